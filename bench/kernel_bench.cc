@@ -1,0 +1,69 @@
+// Google Benchmark micro-benchmarks of the kernels: GEMM on expert shapes, the routers, and the
+// fused expert FFN on gathered rows. Layer-level timings live in `sparsemoe bench moe`.
+#include <benchmark/benchmark.h>
+
+#include <numeric>
+#include <vector>
+
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/ffn_kernel.h"
+#include "sparsemoe/routing/routers.h"
+
+namespace sm = sparsemoe;
+
+static void BM_Gemm(benchmark::State& state) {
+  const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  sm::Tensor a({M, K}, 0.5f), b({K, N}, 0.25f), c({M, N});
+  for (auto _ : state)
+    sm::gemm(false, false, M, N, K, 1.f, a.data(), K, b.data(), N, 0.f, c.data(), N);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Gemm)
+    ->ArgsProduct({{16, 64, 256, 1024}, {512}, {2048}})
+    ->ArgsProduct({{16, 64, 256, 1024}, {2048}, {512}});
+
+static std::vector<float> random_probs(int64_t n, int64_t E) {
+  std::vector<float> p(n * E);
+  for (int64_t i = 0; i < n * E; ++i) p[i] = sm::uniform01(7, i) * 4.f;
+  sm::softmax_rows(p.data(), n, E);
+  return p;
+}
+
+static void BM_RouteExpertsChoose(benchmark::State& state) {
+  const int64_t G = 8, T = 512, E = 16;
+  auto p = random_probs(G * T, E);
+  sm::RoutingPlan plan;
+  for (auto _ : state) sm::route_experts_choose(p.data(), G, T, E, T / E, plan);
+  state.SetItemsProcessed(state.iterations() * G * T);
+}
+BENCHMARK(BM_RouteExpertsChoose);
+
+static void BM_RouteTokensChoose(benchmark::State& state) {
+  const int64_t G = 8, T = 512, E = 16, k = state.range(0);
+  auto p = random_probs(G * T, E);
+  sm::RoutingPlan plan;
+  for (auto _ : state) sm::route_tokens_choose(p.data(), G, T, E, T / E, k, true, plan);
+  state.SetItemsProcessed(state.iterations() * G * T);
+}
+BENCHMARK(BM_RouteTokensChoose)->Arg(1)->Arg(2);
+
+static void BM_FfnForward(benchmark::State& state) {
+  const int64_t E = 16, H = 512, F = 2048, rows = state.range(0);
+  sm::Tensor w1({E, H, F}, 0.01f), w2({E, F, H}, 0.01f), b1({E, F}), b2({E, H});
+  sm::Tensor xs({E * rows, H}, 0.5f), ys({E * rows, H});
+  std::vector<int64_t> off(E + 1);
+  for (int64_t e = 0; e <= E; ++e) off[e] = e * rows;
+  sm::FfnParams p{E, H, F, w1.data(), b1.data(), w2.data(), b2.data(), sm::Activation::kGeluTanh};
+  sm::FfnSaved saved;
+  for (auto _ : state) sm::ffn_forward(p, off.data(), xs.data(), ys.data(), {}, saved);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(4.0 * E * rows * H * F, benchmark::Counter::kIsIterationInvariantRate,
+                         benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_FfnForward)->Arg(8)->Arg(64)->Arg(256)->UseRealTime();
+
+BENCHMARK_MAIN();

@@ -1,0 +1,34 @@
+// The one GEMM primitive, row-major, behind which the BLAS library is swappable at configure
+// time (oneDNN by default, OpenBLAS with -DSPARSEMOE_BLAS=openblas; see docs/performance.md for
+// the measurement that chose oneDNN). gemm() always runs single-threaded: parallelism comes from
+// parallel_for over a partition fixed by the shapes, which keeps results bitwise identical across
+// thread counts. matmul() is that partition for one plain product.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sparsemoe {
+
+// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major, leading dimensions in floats.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// C[m,n] = A[m,k] * B[k,n] (+ beta*C), parallel over fixed row/column tiles.
+void matmul(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c,
+            float beta = 0.f);
+
+// Reference GEMM: plain loops, used by tests to check gemm() and by nothing on a fast path.
+void gemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                    int64_t ldc);
+
+// The library called directly with its own threading (thread count from OpenMP). Only the
+// benchmarks use it, to measure the ceiling the library reaches on our shapes.
+void gemm_library_threaded(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           const float* a, const float* b, float* c);
+
+// "onednn" or "openblas".
+std::string blas_backend();
+
+}  // namespace sparsemoe

@@ -1,0 +1,112 @@
+// The seed's feed-forward layers: FeedForward (dense, the backbone FFN) and FeedForwardExperts
+// (E independent FFNs with stacked weights [E,H,F], [E,F,H], biases [E,F], [E,H]). Both run on the
+// fused kernel in ffn_kernel.h. FeedForwardExperts has the seed's dense API ([G,E,C,H] in and out,
+// every slot computed) and the row API the MoE layer uses (only filled slots computed).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/ffn_kernel.h"
+#include "sparsemoe/layers/layer_common.h"
+
+namespace sparsemoe {
+
+struct FeedForwardConfig {
+  int64_t d_ff = 2048;              // F
+  std::string activation = "gelu";  // tf-models default: exact gelu
+  double inner_dropout = 0.0;       // on the activation
+  double output_dropout = 0.0;      // on the output
+  bool use_bias = true;
+  double kernel_init_stddev = 0.02;  // TruncatedNormal; biases start at 0
+
+  nlohmann::json to_json() const;
+  static FeedForwardConfig from_json(const nlohmann::json& j);
+  void read_fields(JsonFields& f);  // shared with FeedForwardExpertsConfig
+  void validate(const std::string& where) const;
+};
+
+struct FeedForwardExpertsConfig : FeedForwardConfig {
+  int64_t num_experts = 1;  // E
+  nlohmann::json to_json() const;
+  static FeedForwardExpertsConfig from_json(const nlohmann::json& j);
+};
+
+// Weights and gradients of E stacked FFNs (E = 1 for the dense layer).
+class FfnWeights {
+ public:
+  FfnWeights(const FeedForwardConfig& c, int64_t E, int64_t H, bool stacked, uint64_t seed);
+  FfnParams params() const;
+  FfnGrads grads();
+  std::vector<ParamRef> refs();
+
+  Tensor w1, b1, w2, b2;      // [E,H,F] [E,F] [E,F,H] [E,H] (no E axis when not stacked)
+  Tensor dw1, db1, dw2, db2;  // gradients
+  int64_t E, H, F;
+  Activation activation;
+  float inner_dropout, output_dropout;
+  uint64_t seed;
+};
+
+class FeedForward {
+ public:
+  FeedForward(const FeedForwardConfig& config, int64_t hidden_size, uint64_t seed = 0);
+  // x: [..., H] -> y: same shape.
+  void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
+  // dy: [..., H] -> dx (overwritten); accumulates gradients.
+  void backward(const Tensor& dy, Tensor& dx);
+
+  std::vector<ParamRef> params() { return weights_.refs(); }
+  const FeedForwardConfig& config() const { return config_; }
+  Shape output_shape(const Shape& input_shape) const;
+
+ private:
+  FeedForwardConfig config_;
+  FfnWeights weights_;
+  FfnSaved saved_;
+  FfnDropout drop_;
+  std::vector<uint64_t> row_ids_;
+  std::vector<int64_t> offsets_;
+  const Tensor* x_ = nullptr;
+};
+
+class FeedForwardExperts {
+ public:
+  FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
+                     uint64_t seed = 0);
+  // The seed's dense API: x [G, E, C, H] -> y [G, E, C, H].
+  void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
+  void backward(const Tensor& dy, Tensor& dx);
+
+  // Row API: rows grouped by expert (offsets [E+1]); row_ids key the dropout masks.
+  void forward_rows(const int64_t* offsets, const float* xs, float* ys, const uint64_t* row_ids,
+                    const ForwardOptions& opt);
+  void backward_rows(const float* dys, float* dxs);
+
+  std::vector<ParamRef> params() { return weights_.refs(); }
+  const FeedForwardExpertsConfig& config() const { return config_; }
+  FfnWeights& weights() { return weights_; }
+  // The dropout streams of one call (keyed by the layer seed and opt.step).
+  FfnDropout dropout(const ForwardOptions& opt, const uint64_t* row_ids) const;
+  Shape output_shape(const Shape& input_shape) const;
+
+ private:
+  FeedForwardExpertsConfig config_;
+  FfnWeights weights_;
+  FfnSaved saved_;
+  FfnDropout drop_;
+  const int64_t* offsets_ = nullptr;
+  const float* xs_ = nullptr;
+  // Dense API staging (expert-major copies of the [G,E,C,H] input/output).
+  Tensor dense_x_, dense_y_;
+  std::vector<int64_t> dense_offsets_;
+  std::vector<uint64_t> dense_ids_;
+  int64_t dense_g_ = 0, dense_c_ = 0;
+};
+
+}  // namespace sparsemoe

@@ -1,0 +1,60 @@
+// The fused expert feed-forward kernel: for rows grouped by expert (rows of expert e are
+// [offsets[e], offsets[e+1]) of a contiguous buffer), computes
+//   h = xs . W1[e] + b1[e];  a = dropout_in(act(h));  ys = dropout_out(a . W2[e] + b2[e])
+// and its backward. Only filled rows are computed: this is where conditional computation pays.
+// The dense FeedForward is the same kernel with E = 1. Work is split into tiles fixed by shape
+// (256 rows; columns split only when there are few row tiles), each tile one single-threaded
+// GEMM, so results are bitwise identical for any thread count.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/tensor.h"
+
+namespace sparsemoe {
+
+struct FfnParams {
+  int64_t E = 1, H = 0, F = 0;
+  const float* w1 = nullptr;  // [E, H, F]
+  const float* b1 = nullptr;  // [E, F] or null
+  const float* w2 = nullptr;  // [E, F, H]
+  const float* b2 = nullptr;  // [E, H] or null
+  Activation activation = Activation::kGelu;
+  float inner_dropout = 0.f;   // on a, applied only when keys are given
+  float output_dropout = 0.f;  // on ys
+};
+
+struct FfnGrads {  // accumulated (+=); null pointers skip that gradient
+  float* w1 = nullptr;
+  float* b1 = nullptr;
+  float* w2 = nullptr;
+  float* b2 = nullptr;
+};
+
+// Dropout keys for one call; dropout is off when `enabled` is false. Element (r, j) of the inner
+// activation uses counter row_id[r]*F + j, of the output row_id[r]*H + j.
+struct FfnDropout {
+  bool enabled = false;
+  uint64_t inner_key = 0, output_key = 0;
+  const uint64_t* row_id = nullptr;  // [R]
+};
+
+// Saved activations, reused across calls.
+struct FfnSaved {
+  Tensor h;   // [R, F] pre-activation
+  Tensor a;   // [R, F] activation after inner dropout (the input of the second GEMM)
+  Tensor da;  // [R, F] backward workspace
+  Tensor g2;  // [R, H] backward workspace
+};
+
+// xs [R, H] -> ys [R, H]; fills saved.h / saved.a.
+void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
+                 const FfnDropout& drop, FfnSaved& saved);
+
+// dys [R, H] -> dxs [R, H] (overwritten; may be null to skip), accumulating weight gradients.
+void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, const float* dys,
+                  float* dxs, const FfnDropout& drop, FfnSaved& saved, const FfnGrads& grads);
+
+}  // namespace sparsemoe

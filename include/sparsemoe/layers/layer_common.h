@@ -1,0 +1,34 @@
+// What every layer shares: the forward options (training flag, step for the counter RNG), named
+// parameters with their gradients, and the Keras-like weight access built on them
+// (count_params, get/set by name with shape checks).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+
+namespace sparsemoe {
+
+struct ForwardOptions {
+  bool training = false;  // selects jitter, dropout and the train capacity factor
+  uint64_t step = 0;      // folded into RNG keys: a new step draws new dropout/jitter noise
+};
+
+struct ParamRef {
+  std::string name;  // e.g. "experts/intermediate/kernel"
+  Tensor* value;
+  Tensor* grad;
+};
+
+// Prefixes every name with "prefix/".
+std::vector<ParamRef> prefixed(const std::string& prefix, std::vector<ParamRef> params);
+int64_t count_params(const std::vector<ParamRef>& params);
+// Throws InvalidArgument naming the weight when absent; the error lists the known names.
+Tensor& find_weight(const std::vector<ParamRef>& params, const std::string& name);
+// Copies `value` into the named weight; the shapes must match exactly.
+void set_weight(const std::vector<ParamRef>& params, const std::string& name, const Tensor& value);
+void zero_grads(const std::vector<ParamRef>& params);
+
+}  // namespace sparsemoe

@@ -1,0 +1,190 @@
+// `sparsemoe bench moe`: times the MoE layer forward and forward+backward on random inputs and
+// reports tokens/s and GFLOP/s of useful expert work, next to the rate the GEMM library itself
+// reaches on the same expert shapes (its own threading), and the environment that matters.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/layers/moe_layer.h"
+
+namespace sparsemoe::cli {
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct BenchArgs {
+  int64_t hidden = 512, d_ff = 2048, experts = 16, tokens_per_group = 512, batch = 8;
+  std::string router = "all";
+  int64_t k = 0;  // 0: the default set (experts_choose, tokens_choose k=1 and k=2)
+  double capacity_factor = 1.0;
+  int threads = 0;
+  double min_time = 1.0;
+  bool json_out = false;
+};
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+// Median seconds per call of fn over repeated runs lasting at least min_time.
+template <class Fn>
+double time_it(Fn&& fn, double min_time) {
+  fn();  // warm-up: allocates workspaces once
+  std::vector<double> t;
+  const auto start = Clock::now();
+  while (t.size() < 3 || std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    const auto a = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+    if (t.size() >= 1000) break;
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
+  MoeLayerConfig c;
+  c.hidden_size = a.hidden;
+  c.experts.num_experts = a.experts;
+  c.experts.d_ff = a.d_ff;
+  c.experts.activation = "gelu_tanh";
+  c.router.num_experts = a.experts;
+  c.router.type = parse_router_type(router);
+  c.router.num_selected_experts = k;
+  c.train_capacity_factor = c.eval_capacity_factor = a.capacity_factor;
+  MoeLayer layer(c);
+  const int64_t B = a.batch, L = a.tokens_per_group, H = a.hidden, N = B * L;
+  Tensor x({B, L, H}), y, dy({B, L, H}), dx;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    x[i] = 2.f * uniform01(1, i) - 1.f;
+    dy[i] = 2.f * uniform01(2, i) - 1.f;
+  }
+  ForwardOptions opt{true, 0};
+  MoeMetrics m = layer.forward(x, y, opt);
+  const int64_t R = layer.plan().rows();
+  const double fwd = time_it([&] { layer.forward(x, y, opt); }, a.min_time);
+  const double fb = time_it(
+      [&] {
+        layer.forward(x, y, opt);
+        layer.backward(dy, dx);
+      },
+      a.min_time);
+  // Useful expert work: 2 GEMMs of 2*H*F flops per filled slot; backward is twice forward.
+  const double flops = 2.0 * R * 2.0 * H * a.d_ff;
+  // Ceiling: the library's own threaded GEMMs on each expert's row count.
+  std::vector<int64_t> rows(a.experts);
+  for (int64_t e = 0; e < a.experts; ++e)
+    rows[e] = layer.plan().expert_offsets[e + 1] - layer.plan().expert_offsets[e];
+  const int64_t maxr = std::max<int64_t>(1, *std::max_element(rows.begin(), rows.end()));
+  Tensor ga({maxr, a.d_ff}, 0.5f), gw1({H, a.d_ff}, 0.01f), gw2({a.d_ff, H}, 0.01f),
+      gh({maxr, a.d_ff}), go({maxr, H}), gx({maxr, H}, 0.5f);
+  const double lib = time_it(
+      [&] {
+        for (int64_t e = 0; e < a.experts; ++e) {
+          if (!rows[e]) continue;
+          gemm_library_threaded(false, false, rows[e], a.d_ff, H, gx.data(), gw1.data(), gh.data());
+          gemm_library_threaded(false, false, rows[e], H, a.d_ff, ga.data(), gw2.data(), go.data());
+        }
+      },
+      a.min_time);
+  return {{"router", router},
+          {"k", k},
+          {"tokens", N},
+          {"rows", R},
+          {"expert_capacity", m.expert_capacity},
+          {"forward_ms", fwd * 1e3},
+          {"forward_backward_ms", fb * 1e3},
+          {"forward_tokens_per_s", N / fwd},
+          {"forward_backward_tokens_per_s", N / fb},
+          {"forward_gflops", flops / fwd / 1e9},
+          {"forward_backward_gflops", 3 * flops / fb / 1e9},
+          {"library_gemm_gflops", flops / lib / 1e9},
+          {"forward_vs_library", lib / fwd}};
+}
+
+int run_bench_moe(const BenchArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  json env = {{"threads", num_threads()},
+              {"blas", blas_backend()},
+              {"OPENBLAS_CORETYPE", core ? core : "(unset)"},
+              {"cpu", cpu_model()}};
+  std::vector<std::pair<std::string, int64_t>> runs;
+  if (a.router == "all" || a.router.empty()) {
+    runs = {{"experts_choose", 1}, {"tokens_choose", 1}, {"tokens_choose", 2}};
+    if (a.k > 0) runs = {{"experts_choose", 1}, {"tokens_choose", a.k}};
+  } else {
+    runs = {{a.router, a.router == "tokens_choose" ? std::max<int64_t>(a.k, 1) : 1}};
+  }
+  json results = json::array();
+  if (!a.json_out)
+    std::cout << "sparsemoe bench moe  H=" << a.hidden << " F=" << a.d_ff << " E=" << a.experts
+              << " T=" << a.tokens_per_group << " batch=" << a.batch << " cf=" << a.capacity_factor
+              << "\nenvironment: " << env.dump() << "\n";
+  for (const auto& [router, k] : runs) {
+    json r = bench_one(a, router, k);
+    results.push_back(r);
+    if (!a.json_out) {
+      char line[512];
+      std::snprintf(
+          line, sizeof line,
+          "%-15s k=%ld  fwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s | fwd+bwd %8.3f ms "
+          "%10.0f tok/s %6.1f GFLOP/s | library GEMM %6.1f GFLOP/s (fwd at %.0f%%)\n",
+          router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
+          r["forward_tokens_per_s"].get<double>(), r["forward_gflops"].get<double>(),
+          r["forward_backward_ms"].get<double>(), r["forward_backward_tokens_per_s"].get<double>(),
+          r["forward_backward_gflops"].get<double>(), r["library_gemm_gflops"].get<double>(),
+          100 * r["forward_vs_library"].get<double>());
+      std::cout << line << std::flush;
+    }
+  }
+  if (a.json_out) std::cout << json{{"environment", env}, {"results", results}}.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, std::function<int()>& run) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  auto* moe = bench->add_subcommand("moe", "Time the MoE layer forward and forward+backward");
+  auto a = std::make_shared<BenchArgs>();
+  moe->add_option("--hidden", a->hidden, "H")->capture_default_str()->check(CLI::PositiveNumber);
+  moe->add_option("--d-ff", a->d_ff, "F")->capture_default_str()->check(CLI::PositiveNumber);
+  moe->add_option("--experts", a->experts, "E")->capture_default_str()->check(CLI::PositiveNumber);
+  moe->add_option("--tokens-per-group", a->tokens_per_group, "T (= sequence length)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  moe->add_option("--batch", a->batch, "sequences per call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  moe->add_option("--router", a->router, "all, experts_choose or tokens_choose")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"all", "experts_choose", "tokens_choose"}));
+  moe->add_option("--k", a->k, "experts per token for tokens_choose (default: 1 and 2)");
+  moe->add_option("--capacity-factor", a->capacity_factor, "capacity factor")
+      ->capture_default_str();
+  moe->add_option("--threads", a->threads, "threads (default: OpenMP default)");
+  moe->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
+  moe->add_flag("--json", a->json_out, "machine-readable output");
+  moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
+}
+
+}  // namespace sparsemoe::cli

@@ -1,0 +1,14 @@
+// Subcommands of the sparsemoe tool; each registers its flags on the CLI11 app and returns the
+// process exit status from run.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace sparsemoe::cli {
+
+// Registers a subcommand; `run` is set to its action.
+void add_route_command(CLI::App& app, std::function<int()>& run);
+void add_bench_command(CLI::App& app, std::function<int()>& run);
+
+}  // namespace sparsemoe::cli

@@ -1,0 +1,25 @@
+// sparsemoe: the command-line tool. `sparsemoe route` shows a routing decision, `sparsemoe bench`
+// times layers. Usage errors and bad input exit with status 2 and one line on stderr.
+#include <exception>
+#include <iostream>
+
+#include "commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"sparsemoe: sparsely-activated Mixture-of-Experts engine"};
+  app.require_subcommand(1);
+  std::function<int()> run;
+  sparsemoe::cli::add_route_command(app, run);
+  sparsemoe::cli::add_bench_command(app, run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    std::cerr << "sparsemoe: error: " << e.what() << "\n";
+    return 2;
+  }
+}

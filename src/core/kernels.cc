@@ -1,0 +1,189 @@
+// Elementwise kernels (see kernels.h).
+#include "sparsemoe/core/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "sparsemoe/core/errors.h"
+
+namespace sparsemoe {
+
+namespace {
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kInvSqrt2 = 0.7071067811865476f;
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;
+}  // namespace
+
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
+  if (name == "linear") return Activation::kLinear;
+  throw ConfigError("activation: expected one of relu, gelu, gelu_tanh, linear; got '" + name +
+                    "'");
+}
+
+std::string activation_name(Activation a) {
+  switch (a) {
+    case Activation::kRelu:
+      return "relu";
+    case Activation::kGelu:
+      return "gelu";
+    case Activation::kGeluTanh:
+      return "gelu_tanh";
+    case Activation::kLinear:
+      return "linear";
+  }
+  return "?";
+}
+
+float activate(Activation a, float x) {
+  switch (a) {
+    case Activation::kRelu:
+      return x > 0.f ? x : 0.f;
+    case Activation::kGelu:
+      return 0.5f * x * (1.f + std::erf(x * kInvSqrt2));
+    case Activation::kGeluTanh: {
+      const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.f + std::tanh(u));
+    }
+    case Activation::kLinear:
+      return x;
+  }
+  return x;
+}
+
+float activate_grad(Activation a, float x) {
+  switch (a) {
+    case Activation::kRelu:
+      return x > 0.f ? 1.f : 0.f;
+    case Activation::kGelu:
+      return 0.5f * (1.f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+    case Activation::kGeluTanh: {
+      const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+      const float t = std::tanh(u);
+      const float du = kSqrt2OverPi * (1.f + 3.f * 0.044715f * x * x);
+      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
+    }
+    case Activation::kLinear:
+      return 1.f;
+  }
+  return 1.f;
+}
+
+namespace {
+
+// exp(x) for x in float range: x = n*ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial,
+// scaled by 2^n through the exponent bits. Written so that GCC vectorises the calling loops.
+#pragma omp declare simd notinbranch
+inline float fast_exp(float x) {
+  x = std::fmin(std::fmax(x, -87.3f), 88.7f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+#pragma omp declare simd notinbranch
+inline float fast_tanh(float u) {
+  const float e = fast_exp(-2.f * std::fabs(u));
+  const float t = (1.f - e) / (1.f + e);
+  return std::copysign(t, u);
+}
+
+#pragma omp declare simd notinbranch
+inline float fast_erf(float x) {
+  const float ax = std::fabs(x);
+  const float t = 1.f / (1.f + 0.3275911f * ax);
+  const float poly =
+      t * (0.254829592f +
+           t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  return std::copysign(1.f - poly * fast_exp(-ax * ax), x);
+}
+
+}  // namespace
+
+void activation_forward(Activation act, const float* __restrict h, float* __restrict a, int64_t n) {
+  switch (act) {
+    case Activation::kRelu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = h[i] > 0.f ? h[i] : 0.f;
+      return;
+    case Activation::kGelu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = 0.5f * h[i] * (1.f + fast_erf(h[i] * kInvSqrt2));
+      return;
+    case Activation::kGeluTanh:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = h[i];
+        a[i] = 0.5f * x * (1.f + fast_tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+      }
+      return;
+    case Activation::kLinear:
+      for (int64_t i = 0; i < n; ++i) a[i] = h[i];
+      return;
+  }
+}
+
+void activation_backward(Activation act, const float* __restrict h, const float* da, float* dh,
+                         int64_t n) {
+  switch (act) {
+    case Activation::kRelu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dh[i] = h[i] > 0.f ? da[i] : 0.f;
+      return;
+    case Activation::kGelu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = h[i];
+        const float g =
+            0.5f * (1.f + fast_erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * fast_exp(-0.5f * x * x);
+        dh[i] = da[i] * g;
+      }
+      return;
+    case Activation::kGeluTanh:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = h[i];
+        const float t = fast_tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x));
+        const float du = kSqrt2OverPi * (1.f + 3.f * 0.044715f * x * x);
+        dh[i] = da[i] * (0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du);
+      }
+      return;
+    case Activation::kLinear:
+      for (int64_t i = 0; i < n; ++i) dh[i] = da[i];
+      return;
+  }
+}
+
+void softmax_rows(float* x, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * n;
+    const float m = *std::max_element(row, row + n);
+    float sum = 0.f;
+    for (int64_t i = 0; i < n; ++i) sum += (row[i] = std::exp(row[i] - m));
+    const float inv = 1.f / sum;
+    for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+  }
+}
+
+float logsumexp(const float* x, int64_t n) {
+  const float m = *std::max_element(x, x + n);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - m));
+  return m + static_cast<float>(std::log(sum));
+}
+
+float dropout_scale(float rate) { return rate > 0.f ? 1.f / (1.f - rate) : 1.f; }
+
+}  // namespace sparsemoe

@@ -1,0 +1,155 @@
+// FeedForward (dense FFN), the shared FFN config and the stacked FFN weights.
+#include "sparsemoe/layers/feed_forward.h"
+
+#include <numeric>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/routing/router.h"
+
+namespace sparsemoe {
+
+namespace {
+constexpr uint64_t kInnerDropoutTag = 0x46464e31, kOutputDropoutTag = 0x46464e32;
+}
+
+nlohmann::json FeedForwardConfig::to_json() const {
+  return {{"d_ff", d_ff},
+          {"activation", activation},
+          {"inner_dropout", inner_dropout},
+          {"output_dropout", output_dropout},
+          {"use_bias", use_bias},
+          {"kernel_init_stddev", kernel_init_stddev}};
+}
+
+void FeedForwardConfig::read_fields(JsonFields& f) {
+  f.read("d_ff", d_ff);
+  f.read("activation", activation);
+  f.read("inner_dropout", inner_dropout);
+  f.read("output_dropout", output_dropout);
+  f.read("use_bias", use_bias);
+  f.read("kernel_init_stddev", kernel_init_stddev);
+}
+
+FeedForwardConfig FeedForwardConfig::from_json(const nlohmann::json& j) {
+  FeedForwardConfig c;
+  JsonFields f(j, "FeedForwardConfig");
+  c.read_fields(f);
+  f.finish();
+  c.validate("FeedForwardConfig");
+  return c;
+}
+
+void FeedForwardConfig::validate(const std::string& where) const {
+  auto bad = [&](const std::string& m) { throw ConfigError(where + ": " + m); };
+  if (d_ff < 1) bad("d_ff: expected >= 1, got " + std::to_string(d_ff));
+  try {
+    parse_activation(activation);
+  } catch (const ConfigError& e) {
+    bad(e.what());
+  }
+  if (!(inner_dropout >= 0 && inner_dropout < 1)) bad("inner_dropout: expected in [0, 1)");
+  if (!(output_dropout >= 0 && output_dropout < 1)) bad("output_dropout: expected in [0, 1)");
+  if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
+}
+
+nlohmann::json FeedForwardExpertsConfig::to_json() const {
+  auto j = FeedForwardConfig::to_json();
+  j["num_experts"] = num_experts;
+  return j;
+}
+
+FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::json& j) {
+  FeedForwardExpertsConfig c;
+  JsonFields f(j, "FeedForwardExpertsConfig");
+  c.read_fields(f);
+  f.read("num_experts", c.num_experts);
+  f.finish();
+  c.validate("FeedForwardExpertsConfig");
+  if (c.num_experts < 1) throw ConfigError("FeedForwardExpertsConfig: num_experts: expected >= 1");
+  return c;
+}
+
+FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked,
+                       uint64_t seed_)
+    : E(E_),
+      H(H_),
+      F(c.d_ff),
+      activation(parse_activation(c.activation)),
+      inner_dropout(static_cast<float>(c.inner_dropout)),
+      output_dropout(static_cast<float>(c.output_dropout)),
+      seed(seed_) {
+  check_arg(H >= 1, "hidden_size: expected >= 1, got " + std::to_string(H));
+  auto sh = [&](Shape s) {
+    if (stacked) s.insert(s.begin(), E);
+    return s;
+  };
+  w1 = Tensor(sh({H, F}));
+  w2 = Tensor(sh({F, H}));
+  b1 = Tensor(c.use_bias ? sh({F}) : Shape{0});
+  b2 = Tensor(c.use_bias ? sh({H}) : Shape{0});
+  dw1 = Tensor(w1.shape()), dw2 = Tensor(w2.shape());
+  db1 = Tensor(b1.shape()), db2 = Tensor(b2.shape());
+  fill_truncated_normal(w1, c.kernel_init_stddev, derive_key(seed, 0x5731));
+  fill_truncated_normal(w2, c.kernel_init_stddev, derive_key(seed, 0x5732));
+}
+
+FfnParams FfnWeights::params() const {
+  FfnParams p;
+  p.E = E, p.H = H, p.F = F;
+  p.w1 = w1.data(), p.w2 = w2.data();
+  p.b1 = b1.numel() ? b1.data() : nullptr;
+  p.b2 = b2.numel() ? b2.data() : nullptr;
+  p.activation = activation;
+  p.inner_dropout = inner_dropout, p.output_dropout = output_dropout;
+  return p;
+}
+
+FfnGrads FfnWeights::grads() {
+  return {dw1.data(), db1.numel() ? db1.data() : nullptr, dw2.data(),
+          db2.numel() ? db2.data() : nullptr};
+}
+
+std::vector<ParamRef> FfnWeights::refs() {
+  std::vector<ParamRef> r = {{"intermediate/kernel", &w1, &dw1}};
+  if (b1.numel()) r.push_back({"intermediate/bias", &b1, &db1});
+  r.push_back({"output/kernel", &w2, &dw2});
+  if (b2.numel()) r.push_back({"output/bias", &b2, &db2});
+  return r;
+}
+
+FeedForward::FeedForward(const FeedForwardConfig& config, int64_t hidden_size, uint64_t seed)
+    : config_(config),
+      weights_((config.validate("FeedForwardConfig"), config), 1, hidden_size, false, seed) {}
+
+Shape FeedForward::output_shape(const Shape& input_shape) const {
+  check_arg(!input_shape.empty() && input_shape.back() == weights_.H,
+            "FeedForward input: expected shape [..., H=" + std::to_string(weights_.H) + "], got " +
+                shape_str(input_shape));
+  return input_shape;
+}
+
+void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt) {
+  output_shape(x.shape());
+  const int64_t R = x.numel() / weights_.H;
+  offsets_ = {0, R};
+  if (static_cast<int64_t>(row_ids_.size()) != R) {
+    row_ids_.resize(R);
+    std::iota(row_ids_.begin(), row_ids_.end(), uint64_t{0});
+  }
+  drop_ = {opt.training, derive_key(weights_.seed, kInnerDropoutTag, opt.step),
+           derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids_.data()};
+  y.resize(x.shape());
+  x_ = &x;
+  ffn_forward(weights_.params(), offsets_.data(), x.data(), y.data(), drop_, saved_);
+}
+
+void FeedForward::backward(const Tensor& dy, Tensor& dx) {
+  check_arg(x_ != nullptr, "FeedForward::backward: call forward first");
+  check_shape("dy", dy.shape(), x_->shape());
+  dx.resize(dy.shape());
+  ffn_backward(weights_.params(), offsets_.data(), x_->data(), dy.data(), dx.data(), drop_, saved_,
+               weights_.grads());
+}
+
+}  // namespace sparsemoe

@@ -1,0 +1,87 @@
+// FeedForwardExperts: the seed's dense [G,E,C,H] API and the sparse row API.
+#include <string>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/layers/feed_forward.h"
+
+namespace sparsemoe {
+
+namespace {
+constexpr uint64_t kInnerDropoutTag = 0x46464531, kOutputDropoutTag = 0x46464532;
+}
+
+FeedForwardExperts::FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
+                                       uint64_t seed)
+    : config_(config),
+      weights_((config.validate("FeedForwardExpertsConfig"), config), config.num_experts,
+               hidden_size, true, seed) {
+  check_arg(config.num_experts >= 1, "num_experts: expected >= 1");
+}
+
+Shape FeedForwardExperts::output_shape(const Shape& s) const {
+  check_arg(s.size() == 4 && s[1] == weights_.E && s[3] == weights_.H,
+            "FeedForwardExperts input: expected shape [G, E=" + std::to_string(weights_.E) +
+                ", C, H=" + std::to_string(weights_.H) + "], got " + shape_str(s));
+  return s;
+}
+
+FfnDropout FeedForwardExperts::dropout(const ForwardOptions& opt, const uint64_t* row_ids) const {
+  return {opt.training, derive_key(weights_.seed, kInnerDropoutTag, opt.step),
+          derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids};
+}
+
+void FeedForwardExperts::forward_rows(const int64_t* offsets, const float* xs, float* ys,
+                                      const uint64_t* row_ids, const ForwardOptions& opt) {
+  offsets_ = offsets;
+  xs_ = xs;
+  drop_ = dropout(opt, row_ids);
+  ffn_forward(weights_.params(), offsets, xs, ys, drop_, saved_);
+}
+
+void FeedForwardExperts::backward_rows(const float* dys, float* dxs) {
+  check_arg(offsets_ != nullptr, "FeedForwardExperts::backward: call forward first");
+  ffn_backward(weights_.params(), offsets_, xs_, dys, dxs, drop_, saved_, weights_.grads());
+}
+
+void FeedForwardExperts::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt) {
+  output_shape(x.shape());
+  const int64_t G = x.dim(0), E = weights_.E, C = x.dim(2), H = weights_.H;
+  dense_g_ = G, dense_c_ = C;
+  // Expert-major rows: row (e, g, c) = (e*G + g)*C + c; its dropout id is the [G,E,C] index.
+  dense_x_.resize({E * G * C, H});
+  dense_y_.resize({E * G * C, H});
+  dense_offsets_.resize(E + 1);
+  dense_ids_.resize(E * G * C);
+  for (int64_t e = 0; e <= E; ++e) dense_offsets_[e] = e * G * C;
+  parallel_for(E * G, [&](int64_t eg) {
+    const int64_t e = eg / G, g = eg % G;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t row = eg * C + c, src = (g * E + e) * C + c;
+      dense_ids_[row] = static_cast<uint64_t>(src);
+      std::copy_n(x.data() + src * H, H, dense_x_.data() + row * H);
+    }
+  });
+  forward_rows(dense_offsets_.data(), dense_x_.data(), dense_y_.data(), dense_ids_.data(), opt);
+  y.resize(x.shape());
+  parallel_for(E * G * C, [&](int64_t row) {
+    std::copy_n(dense_y_.data() + row * H, H, y.data() + dense_ids_[row] * H);
+  });
+}
+
+void FeedForwardExperts::backward(const Tensor& dy, Tensor& dx) {
+  check_shape("dy", dy.shape(), {dense_g_, weights_.E, dense_c_, weights_.H}, "[G, E, C, H]");
+  const int64_t H = weights_.H, R = dense_x_.dim(0);
+  Tensor dys({R, H}), dxs({R, H});
+  parallel_for(R, [&](int64_t row) {
+    std::copy_n(dy.data() + dense_ids_[row] * H, H, dys.data() + row * H);
+  });
+  backward_rows(dys.data(), dxs.data());
+  dx.resize(dy.shape());
+  parallel_for(R, [&](int64_t row) {
+    std::copy_n(dxs.data() + row * H, H, dx.data() + dense_ids_[row] * H);
+  });
+}
+
+}  // namespace sparsemoe

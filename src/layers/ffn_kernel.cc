@@ -1,0 +1,176 @@
+// Fused expert FFN forward/backward over expert-grouped rows (see ffn_kernel.h).
+#include "sparsemoe/layers/ffn_kernel.h"
+
+#include <algorithm>
+
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/parallel.h"
+
+namespace sparsemoe {
+
+namespace {
+
+constexpr int64_t kRowTile = 256;
+constexpr int64_t kWeightTile = 128;  // rows of a weight gradient per work item
+constexpr int64_t kMinItems = 16;
+
+struct RowTile {
+  int64_t expert, begin, end;
+};
+
+std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t E) {
+  std::vector<RowTile> tiles;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; r += kRowTile)
+      tiles.push_back({e, r, std::min(r + kRowTile, offsets[e + 1])});
+  return tiles;
+}
+
+// Number of column tiles for `cols` columns given `row_items` row tiles (shape-only rule).
+int64_t col_splits(int64_t row_items, int64_t cols) {
+  int64_t s = 1;
+  while (row_items * s < kMinItems && cols / (s * 2) >= 128) s *= 2;
+  return s;
+}
+
+// Runs fn(tile, c0, c1) over every (row tile, column tile) pair.
+template <class Fn>
+void for_tiles(const std::vector<RowTile>& tiles, int64_t cols, Fn&& fn) {
+  const int64_t n = static_cast<int64_t>(tiles.size());
+  const int64_t splits = col_splits(n, cols);
+  const int64_t width = (cols + splits - 1) / splits;
+  parallel_for(n * splits, [&](int64_t item) {
+    const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
+    if (c0 < c1) fn(tiles[item / splits], c0, c1);
+  });
+}
+
+// Sum over each expert's rows of m [R, cols] into out [E, cols] (+=), fixed row order.
+void add_bias_grad(const int64_t* offsets, int64_t E, const float* m, int64_t cols, float* out) {
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (cols + kChunk - 1) / kChunk;
+  parallel_for(E * chunks, [&](int64_t item) {
+    const int64_t e = item / chunks, c0 = (item % chunks) * kChunk;
+    const int64_t c1 = std::min(cols, c0 + kChunk);
+    float* o = out + e * cols;
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int64_t c = c0; c < c1; ++c) o[c] += m[r * cols + c];
+  });
+}
+
+// Weight gradient dW[e] [K, N] += A[rows_e]^T [K, M_e] . B[rows_e] [M_e, N], tiled over K.
+void add_weight_grad(const int64_t* offsets, int64_t E, const float* A, int64_t K, const float* B,
+                     int64_t N, float* dW) {
+  const int64_t tiles = (K + kWeightTile - 1) / kWeightTile;
+  parallel_for(E * tiles, [&](int64_t item) {
+    const int64_t e = item / tiles, k0 = (item % tiles) * kWeightTile;
+    const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
+    if (m == 0) return;
+    gemm(true, false, std::min(kWeightTile, K - k0), N, m, 1.f, A + r0 * K + k0, K, B + r0 * N, N,
+         1.f, dW + e * K * N + k0 * N, N);
+  });
+}
+
+}  // namespace
+
+void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
+                 const FfnDropout& drop, FfnSaved& saved) {
+  const int64_t H = p.H, F = p.F, R = offsets[p.E];
+  saved.h.resize({R, F});
+  saved.a.resize({R, F});
+  const auto tiles = row_tiles(offsets, p.E);
+  const bool drop_in = drop.enabled && p.inner_dropout > 0;
+  const bool drop_out = drop.enabled && p.output_dropout > 0;
+  const float in_scale = dropout_scale(p.inner_dropout),
+              out_scale = dropout_scale(p.output_dropout);
+  float* h = saved.h.data();
+  float* a = saved.a.data();
+  for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    const int64_t rows = t.end - t.begin;
+    gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, p.w1 + t.expert * H * F + c0, F,
+         0.f, h + t.begin * F + c0, F);
+    for (int64_t r = t.begin; r < t.end; ++r) {
+      float* hr = h + r * F;
+      float* ar = a + r * F;
+      if (p.b1) {
+        const float* b = p.b1 + t.expert * F;
+        for (int64_t j = c0; j < c1; ++j) hr[j] += b[j];
+      }
+      activation_forward(p.activation, hr + c0, ar + c0, c1 - c0);
+      if (drop_in)
+        for (int64_t j = c0; j < c1; ++j)
+          ar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
+                      ? ar[j] * in_scale
+                      : 0.f;
+    }
+  });
+  for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    const int64_t rows = t.end - t.begin;
+    gemm(false, false, rows, c1 - c0, F, 1.f, a + t.begin * F, F, p.w2 + t.expert * F * H + c0, H,
+         0.f, ys + t.begin * H + c0, H);
+    for (int64_t r = t.begin; r < t.end; ++r) {
+      float* yr = ys + r * H;
+      const float* b = p.b2 ? p.b2 + t.expert * H : nullptr;
+      for (int64_t j = c0; j < c1; ++j) {
+        float v = b ? yr[j] + b[j] : yr[j];
+        if (drop_out)
+          v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
+                  ? v * out_scale
+                  : 0.f;
+        yr[j] = v;
+      }
+    }
+  });
+}
+
+void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, const float* dys,
+                  float* dxs, const FfnDropout& drop, FfnSaved& saved, const FfnGrads& grads) {
+  const int64_t H = p.H, F = p.F, E = p.E, R = offsets[E];
+  const auto tiles = row_tiles(offsets, E);
+  const bool drop_in = drop.enabled && p.inner_dropout > 0;
+  const bool drop_out = drop.enabled && p.output_dropout > 0;
+  const float in_scale = dropout_scale(p.inner_dropout),
+              out_scale = dropout_scale(p.output_dropout);
+  // g2 = d(a.W2 + b2): the output gradient through the output dropout.
+  saved.g2.resize({R, H});
+  float* g2 = saved.g2.data();
+  parallel_for_range(R, 256, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      for (int64_t j = 0; j < H; ++j) {
+        float v = dys[r * H + j];
+        if (drop_out)
+          v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
+                  ? v * out_scale
+                  : 0.f;
+        g2[r * H + j] = v;
+      }
+  });
+  if (grads.b2) add_bias_grad(offsets, E, g2, H, grads.b2);
+  if (grads.w2) add_weight_grad(offsets, E, saved.a.data(), F, g2, H, grads.w2);
+  // da = g2 . W2[e]^T, then through inner dropout and the activation: dh, stored in saved.da.
+  saved.da.resize({R, F});
+  float* da = saved.da.data();
+  const float* h = saved.h.data();
+  for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    gemm(false, true, t.end - t.begin, c1 - c0, H, 1.f, g2 + t.begin * H, H,
+         p.w2 + t.expert * F * H + c0 * H, H, 0.f, da + t.begin * F + c0, F);
+    for (int64_t r = t.begin; r < t.end; ++r) {
+      float* dar = da + r * F;
+      if (drop_in)
+        for (int64_t j = c0; j < c1; ++j)
+          dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
+                       ? dar[j] * in_scale
+                       : 0.f;
+      activation_backward(p.activation, h + r * F + c0, dar + c0, dar + c0, c1 - c0);
+    }
+  });
+  if (grads.b1) add_bias_grad(offsets, E, da, F, grads.b1);
+  if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F, grads.w1);
+  if (!dxs) return;
+  for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    gemm(false, true, t.end - t.begin, c1 - c0, F, 1.f, da + t.begin * F, F,
+         p.w1 + t.expert * H * F + c0 * F, F, 0.f, dxs + t.begin * H + c0, H);
+  });
+}
+
+}  // namespace sparsemoe

@@ -93,7 +93,7 @@ int run_route(const std::string& file) {
   json req;
   try {
     req = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw InvalidArgument(std::string("invalid JSON: ") + e.what());
   }
   JsonFields f(req, "route request");

@@ -1,0 +1,25 @@
+// Small MoE configurations shared by the layer and gradient tests.
+#pragma once
+
+#include "sparsemoe/layers/moe_layer.h"
+
+namespace sparsemoe::test {
+
+inline MoeLayerConfig small_moe(RouterType type, int64_t E = 4, int64_t k = 1, double cf = 1.0,
+                                int64_t H = 8, int64_t F = 12) {
+  MoeLayerConfig c;
+  c.hidden_size = H;
+  c.experts.num_experts = E;
+  c.experts.d_ff = F;
+  c.experts.activation = "gelu";
+  c.router.num_experts = E;
+  c.router.type = type;
+  c.router.num_selected_experts = k;
+  c.train_capacity_factor = c.eval_capacity_factor = cf;
+  c.seed = 1234;
+  c.router.kernel_init_stddev = 0.5;  // spread-out router probabilities
+  c.experts.kernel_init_stddev = 0.3;
+  return c;
+}
+
+}  // namespace sparsemoe::test

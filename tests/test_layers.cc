@@ -1,0 +1,291 @@
+// Layer invariants: sparse path == masked-einsum reference (forward and backward), one expert
+// with top-1 == dense FeedForward, dropless == a brute-force per-token loop, dropped tokens give
+// exact zeros, bitwise determinism across thread counts, and the Keras-like surface.
+#include <gtest/gtest.h>
+
+#include "moe_fixtures.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/layers/moe_layer.h"
+#include "test_util.h"
+
+namespace sparsemoe {
+namespace {
+
+using test::bitwise_equal;
+using test::normalized_error;
+using test::random_tensor;
+using test::small_moe;
+
+struct PathCase {
+  RouterType type;
+  int64_t k;
+  double cf;
+  bool bpr;
+  bool dropless;
+};
+
+class SparseVsReference : public ::testing::TestWithParam<PathCase> {};
+
+TEST_P(SparseVsReference, ForwardAndBackwardAgree) {
+  const PathCase pc = GetParam();
+  MoeLayerConfig c = small_moe(pc.type, 4, pc.k, pc.cf);
+  c.router.batch_prioritized_routing = pc.bpr;
+  c.dropless = pc.dropless;
+  c.router.jitter_noise = 0.1;
+  c.experts.inner_dropout = 0.2;
+  c.experts.output_dropout = 0.1;
+  c.router.router_z_loss_weight = 0.01;
+  c.router.load_balancing_loss_weight = 0.1;
+  c.examples_per_group = 2;
+  MoeLayer fast(c), ref(c);
+  ref.set_path(MoePath::kMaskedEinsum);
+  Tensor x = random_tensor({4, 6, 8}, 3), dy = random_tensor({4, 6, 8}, 4);
+  Tensor yf, yr, dxf, dxr;
+  const ForwardOptions opt{true, 7};
+  const MoeMetrics mf = fast.forward(x, yf, opt);
+  const MoeMetrics mr = ref.forward(x, yr, opt);
+  EXPECT_LT(normalized_error(yf, yr), 1e-5);
+  EXPECT_EQ(mf.loss, mr.loss);
+  fast.backward(dy, dxf);
+  ref.backward(dy, dxr);
+  EXPECT_LT(normalized_error(dxf, dxr), 1e-5);
+  auto pf = fast.params(), pr = ref.params();
+  ASSERT_EQ(pf.size(), pr.size());
+  for (size_t i = 0; i < pf.size(); ++i)
+    EXPECT_LT(normalized_error(*pf[i].grad, *pr[i].grad), 1e-5) << pf[i].name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Routers, SparseVsReference,
+    ::testing::Values(PathCase{RouterType::kExpertsChoose, 1, 1.0, false, false},
+                      PathCase{RouterType::kExpertsChoose, 1, 0.5, false, false},
+                      PathCase{RouterType::kTokensChoose, 1, 1.0, true, false},
+                      PathCase{RouterType::kTokensChoose, 2, 1.0, false, false},
+                      PathCase{RouterType::kTokensChoose, 2, 0.5, true, false},
+                      PathCase{RouterType::kTokensChoose, 3, 1.0, true, true}),
+    [](const auto& info) {
+      const PathCase& p = info.param;
+      return std::string(p.type == RouterType::kExpertsChoose ? "ec" : "tc") + "_k" +
+             std::to_string(p.k) + "_cf" + std::to_string(static_cast<int>(p.cf * 100)) +
+             (p.bpr ? "_bpr" : "") + (p.dropless ? "_dropless" : "");
+    });
+
+TEST(MoeLayer, OneExpertTop1EqualsDenseFeedForward) {
+  for (RouterType type : {RouterType::kExpertsChoose, RouterType::kTokensChoose}) {
+    MoeLayerConfig c = small_moe(type, 1, 1, 1.0);
+    MoeLayer moe(c);
+    FeedForwardConfig fc;
+    fc.d_ff = c.experts.d_ff;
+    fc.activation = c.experts.activation;
+    FeedForward ff(fc, c.hidden_size);
+    const char* names[] = {"intermediate/kernel", "intermediate/bias", "output/kernel",
+                           "output/bias"};
+    for (const char* n : names) {
+      Tensor w = find_weight(moe.params(), std::string("experts/") + n);
+      Tensor dense = find_weight(ff.params(), n);
+      set_weight(ff.params(), n, Tensor(dense.shape(), w.to_vector()));
+    }
+    Tensor x = random_tensor({2, 5, 8}, 1), dy = random_tensor({2, 5, 8}, 2), y1, y2, dx1, dx2;
+    moe.forward(x, y1);
+    ff.forward(x, y2);
+    EXPECT_LT(normalized_error(y1, y2), 1e-6);
+    moe.backward(dy, dx1);
+    ff.backward(dy, dx2);
+    EXPECT_LT(normalized_error(dx1, dx2), 1e-6);
+    for (const char* n : names) {
+      const auto pm = moe.params();
+      const auto pf = ff.params();
+      const Tensor* gm = nullptr;
+      const Tensor* gf = nullptr;
+      for (auto& p : pm)
+        if (p.name == std::string("experts/") + n) gm = p.grad;
+      for (auto& p : pf)
+        if (p.name == n) gf = p.grad;
+      ASSERT_TRUE(gm && gf);
+      EXPECT_LT(normalized_error(gm->data(), gf->data(), gf->numel()), 1e-6) << n;
+    }
+    // A single expert's softmax is constant: no router gradient.
+    EXPECT_EQ(moe.router().kernel_grad[0], 0.f);
+  }
+}
+
+TEST(MoeLayer, DroplessEqualsBruteForcePerTokenLoop) {
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 5, 2, 1.0);
+  c.dropless = true;
+  MoeLayer moe(c);
+  Tensor x = random_tensor({3, 7, 8}, 5), y;
+  const MoeMetrics m = moe.forward(x, y);
+  EXPECT_EQ(m.fraction_tokens_left_behind, 0.0);
+  const auto& w = moe.experts().weights();
+  const Tensor& probs = moe.router().probs();
+  const int64_t E = 5, H = 8, F = 12;
+  for (int64_t n = 0; n < 21; ++n) {
+    // Top-2 experts of token n, by probability (ties to the lower index).
+    int64_t e1 = 0;
+    for (int64_t e = 1; e < E; ++e)
+      if (probs[n * E + e] > probs[n * E + e1]) e1 = e;
+    int64_t e2 = e1 == 0 ? 1 : 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (e != e1 && probs[n * E + e] > probs[n * E + e2]) e2 = e;
+    for (int64_t h = 0; h < H; ++h) {
+      double expect = 0;
+      for (int64_t e : {e1, e2}) {
+        double out = w.b2[e * H + h];
+        for (int64_t f = 0; f < F; ++f) {
+          double pre = w.b1[e * F + f];
+          for (int64_t i = 0; i < H; ++i) pre += x[n * H + i] * w.w1[(e * H + i) * F + f];
+          out += activate(Activation::kGelu, static_cast<float>(pre)) * w.w2[(e * F + f) * H + h];
+        }
+        expect += probs[n * E + e] * out;
+      }
+      EXPECT_NEAR(y[n * H + h], expect, 1e-5) << "token " << n;
+    }
+  }
+}
+
+TEST(MoeLayer, DroppedTokensOutputExactZero) {
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 4, 1, 0.25);
+  MoeLayer moe(c);
+  Tensor x = random_tensor({2, 16, 8}, 8), y;
+  const MoeMetrics m = moe.forward(x, y);
+  EXPECT_GT(m.fraction_tokens_left_behind, 0.0);
+  const auto& plan = moe.plan();
+  int dropped = 0;
+  for (int64_t n = 0; n < 32; ++n)
+    if (plan.token_offsets[n + 1] == plan.token_offsets[n]) {
+      ++dropped;
+      for (int64_t h = 0; h < 8; ++h) EXPECT_EQ(y[n * 8 + h], 0.f);
+    }
+  EXPECT_EQ(dropped, static_cast<int>(m.fraction_tokens_left_behind * 32 + 0.5));
+  // C = 0 drops everything.
+  c.train_capacity_factor = c.eval_capacity_factor = 0.0;
+  MoeLayer none(c);
+  const MoeMetrics m0 = none.forward(x, y);
+  EXPECT_EQ(m0.expert_capacity, 0);
+  EXPECT_EQ(m0.fraction_tokens_left_behind, 1.0);
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y[i], 0.f);
+}
+
+TEST(MoeLayer, BitwiseIdenticalAcrossThreadCounts) {
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 8, 2, 1.25, 64, 300);
+  c.router.jitter_noise = 0.05;
+  c.experts.inner_dropout = 0.1;
+  c.experts.output_dropout = 0.1;
+  c.router.load_balancing_loss_weight = 0.01;
+  c.router.router_z_loss_weight = 0.001;
+  Tensor x = random_tensor({4, 96, 64}, 1), dy = random_tensor({4, 96, 64}, 2);
+  std::vector<Tensor> ys, dxs, grads;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    MoeLayer moe(c);
+    Tensor y, dx;
+    moe.forward(x, y, {true, 3});
+    moe.backward(dy, dx);
+    ys.push_back(y);
+    dxs.push_back(dx);
+    grads.push_back(*moe.params()[0].grad);
+    grads.push_back(*moe.params()[2].grad);
+  }
+  set_num_threads(0);
+  EXPECT_TRUE(bitwise_equal(ys[0], ys[1]));
+  EXPECT_TRUE(bitwise_equal(dxs[0], dxs[1]));
+  EXPECT_TRUE(bitwise_equal(grads[0], grads[2]));
+  EXPECT_TRUE(bitwise_equal(grads[1], grads[3]));
+}
+
+TEST(MoeLayer, TrainingFlagSelectsCapacityFactorAndNoise) {
+  MoeLayerConfig c = small_moe(RouterType::kExpertsChoose, 4, 1, 1.0);
+  c.train_capacity_factor = 2.0;
+  c.eval_capacity_factor = 0.5;
+  c.experts.output_dropout = 0.5;
+  MoeLayer moe(c);
+  Tensor x = random_tensor({2, 8, 8}, 1), y1, y2;
+  EXPECT_EQ(moe.forward(x, y1, {true, 0}).expert_capacity, 4);  // round(2*8/4)
+  EXPECT_EQ(moe.forward(x, y1, {false, 0}).expert_capacity, 1);
+  moe.forward(x, y2, {false, 1});
+  EXPECT_TRUE(bitwise_equal(y1, y2));  // evaluation: no dropout, step irrelevant
+  moe.forward(x, y1, {true, 1});
+  moe.forward(x, y2, {true, 2});
+  EXPECT_FALSE(bitwise_equal(y1, y2));  // a new step draws a new dropout mask
+}
+
+TEST(MoeLayer, KerasLikeSurface) {
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 2, 1, 1.0, 7, 33);
+  c.examples_per_group = 2.0;
+  MoeLayer moe(c);
+  // TFM-SHAPE1: names and grouping (T = 20, G = 2, C = 10 for x [4, 10, 7]).
+  std::vector<std::string> names;
+  for (auto& p : moe.params()) names.push_back(p.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"router/router_weights/kernel",
+                                             "router/router_weights/bias",
+                                             "experts/intermediate/kernel",
+                                             "experts/intermediate/bias", "experts/output/kernel",
+                                             "experts/output/bias"}));
+  EXPECT_EQ(moe.count_params(), 7 * 2 + 2 + 2 * 7 * 33 + 2 * 33 + 2 * 33 * 7 + 2 * 7);
+  Tensor x({4, 10, 7}, 1.f), y;
+  const MoeMetrics m = moe.forward(x, y, {true, 0});
+  EXPECT_EQ(y.shape(), x.shape());
+  EXPECT_EQ(m.tokens_per_group, 20);
+  EXPECT_EQ(m.num_groups, 2);
+  EXPECT_EQ(m.expert_capacity, 10);
+  const auto mj = m.to_json();
+  for (const char* k : {"router_z_loss", "unscaled_router_z_loss", "load_balancing_loss",
+                        "fraction_tokens_left_behind", "router_confidence", "expert_usage"})
+    EXPECT_TRUE(mj.contains(k)) << k;
+  EXPECT_THROW(moe.forward(Tensor({4, 10, 6}), y), InvalidArgument);
+  EXPECT_THROW(set_weight(moe.params(), "experts/output/bias", Tensor({3, 7})), InvalidArgument);
+  EXPECT_THROW(find_weight(moe.params(), "nope"), InvalidArgument);
+  Tensor b({2, 7}, 0.5f);
+  set_weight(moe.params(), "experts/output/bias", b);
+  EXPECT_EQ(find_weight(moe.params(), "experts/output/bias")[3], 0.5f);
+  // Config round trip and strictness.
+  const auto j = c.to_json();
+  EXPECT_EQ(MoeLayerConfig::from_json(j).to_json(), j);
+  auto bad = j;
+  bad["router"]["jitter"] = 0.1;
+  try {
+    MoeLayerConfig::from_json(bad);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "RouterConfig: unknown key 'jitter'");
+  }
+  bad = j;
+  bad["experts"]["num_experts"] = 3;
+  EXPECT_THROW(MoeLayerConfig::from_json(bad), ConfigError);
+  bad = j;
+  bad["dropless"] = true;
+  bad["router"]["type"] = "experts_choose";
+  EXPECT_THROW(MoeLayerConfig::from_json(bad), ConfigError);
+}
+
+TEST(MoeLayer, ExpertsChooseCapacityAboveTokensIsAClearError) {
+  MoeLayerConfig c = small_moe(RouterType::kExpertsChoose, 2, 1, 1.0);
+  c.min_expert_capacity = 8;
+  MoeLayer moe(c);
+  Tensor x({1, 4, 8}, 1.f), y;
+  try {
+    moe.forward(x, y);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds tokens_per_group T=4"), std::string::npos);
+  }
+}
+
+TEST(MoeLayerWithBackbone, SumsBackboneAndMoe) {
+  MoeLayerWithBackboneConfig c;
+  c.moe = small_moe(RouterType::kTokensChoose, 3, 1, 1.0);
+  c.backbone.d_ff = 13;
+  MoeLayerWithBackbone layer(c);
+  Tensor x = random_tensor({2, 6, 8}, 1), y, ym, yb;
+  layer.forward(x, y);
+  layer.moe().forward(x, ym);
+  layer.backbone().forward(x, yb);
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_FLOAT_EQ(y[i], ym[i] + yb[i]);
+  EXPECT_EQ(layer.count_params(), layer.moe().count_params() + 8 * 13 + 13 + 13 * 8 + 8);
+  EXPECT_EQ(MoeLayerWithBackboneConfig::from_json(c.to_json()).to_json(), c.to_json());
+}
+
+}  // namespace
+}  // namespace sparsemoe

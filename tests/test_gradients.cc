@@ -34,7 +34,8 @@ TEST(Gradients, FeedForward) {
     zero_grads(ff.params());
     ff.backward(r, dx);
     check_gradient(std::string(act) + " x", x, dx, loss);
-    for (auto& p : ff.params()) check_gradient(std::string(act) + " " + p.name, *p.value, *p.grad, loss);
+    for (auto& p : ff.params())
+      check_gradient(std::string(act) + " " + p.name, *p.value, *p.grad, loss);
   }
 }
 

@@ -218,11 +218,10 @@ TEST(MoeLayer, KerasLikeSurface) {
   // TFM-SHAPE1: names and grouping (T = 20, G = 2, C = 10 for x [4, 10, 7]).
   std::vector<std::string> names;
   for (auto& p : moe.params()) names.push_back(p.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"router/router_weights/kernel",
-                                             "router/router_weights/bias",
-                                             "experts/intermediate/kernel",
-                                             "experts/intermediate/bias", "experts/output/kernel",
-                                             "experts/output/bias"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"router/router_weights/kernel", "router/router_weights/bias",
+                                      "experts/intermediate/kernel", "experts/intermediate/bias",
+                                      "experts/output/kernel", "experts/output/bias"}));
   EXPECT_EQ(moe.count_params(), 7 * 2 + 2 + 2 * 7 * 33 + 2 * 33 + 2 * 33 * 7 + 2 * 7);
   Tensor x({4, 10, 7}, 1.f), y;
   const MoeMetrics m = moe.forward(x, y, {true, 0});

@@ -52,13 +52,14 @@ double z_loss_of(const std::vector<std::vector<float>>& rows) {
 
 TEST(PeerCases, RouterZLoss) {
   const json& z1 = peer_case("TFM-Z1");
-  const auto logits = z1["inputs"]["router_logits"]["value"].get<std::vector<std::vector<std::vector<float>>>>();
+  const auto logits =
+      z1["inputs"]["router_logits"]["value"].get<std::vector<std::vector<std::vector<float>>>>();
   EXPECT_NEAR(z_loss_of(logits[0]), z1["expected"]["z_loss"].get<double>(),
               1e-5 /* the case says 1e-7; float32 spacing at 100 is 7.6e-6 */);
   const json& z2 = peer_case("TFM-Z2");
   const Shape s = shape_of(z2["inputs"]["router_logits"]);
-  std::vector<std::vector<float>> rows(s[0] * s[1],
-                                       std::vector<float>(s[2], z2["inputs"]["router_logits"]["fill"].get<float>()));
+  std::vector<std::vector<float>> rows(
+      s[0] * s[1], std::vector<float>(s[2], z2["inputs"]["router_logits"]["fill"].get<float>()));
   EXPECT_NEAR(z_loss_of(rows), z2["expected"]["z_loss"].get<double>(), 1e-5);
 }
 
@@ -75,7 +76,8 @@ TEST(PeerCases, FeedForwardAllOnes) {
   ff.forward(x, y, {c["params"]["training"].get<bool>(), 0});
   EXPECT_EQ(y.shape(), shape_of(c["expected"]["y"]));
   for (int64_t i = 0; i < y.numel(); ++i)
-    EXPECT_NEAR(y[i], c["expected"]["y"]["fill"].get<float>(), c["tolerance"]["atol"].get<double>());
+    EXPECT_NEAR(y[i], c["expected"]["y"]["fill"].get<float>(),
+                c["tolerance"]["atol"].get<double>());
 }
 
 TEST(PeerCases, FeedForwardExpertsAllOnes) {
@@ -92,7 +94,8 @@ TEST(PeerCases, FeedForwardExpertsAllOnes) {
   ffe.forward(x, y, {c["params"]["training"].get<bool>(), 0});
   EXPECT_EQ(y.shape(), shape_of(c["expected"]["y"]));
   for (int64_t i = 0; i < y.numel(); ++i)
-    EXPECT_NEAR(y[i], c["expected"]["y"]["fill"].get<float>(), c["tolerance"]["atol"].get<double>());
+    EXPECT_NEAR(y[i], c["expected"]["y"]["fill"].get<float>(),
+                c["tolerance"]["atol"].get<double>());
 }
 
 TEST(PeerCases, CapacityTable) {
@@ -115,7 +118,8 @@ TEST(PeerCases, CapacityTable) {
 
 TEST(PeerCases, TokensChooseWorkedExampleD1) {
   const json& c = peer_case("D1");
-  const auto probs3 = c["inputs"]["router_probs"].get<std::vector<std::vector<std::vector<float>>>>();
+  const auto probs3 =
+      c["inputs"]["router_probs"].get<std::vector<std::vector<std::vector<float>>>>();
   const int64_t T = c["params"]["tokens"], E = c["params"]["num_experts"], k = c["params"]["k"],
                 C = c["params"]["expert_capacity"];
   std::vector<float> p;
@@ -138,7 +142,8 @@ TEST(PeerCases, TokensChooseWorkedExampleD1) {
     }
     const RoutingStats st = routing_stats(plan);
     EXPECT_NEAR(plan.aux_loss, exp["auxiliary_loss"].get<double>(), tol) << key;
-    EXPECT_NEAR(st.fraction_tokens_left_behind, exp["fraction_tokens_left_behind"].get<double>(), tol);
+    EXPECT_NEAR(st.fraction_tokens_left_behind, exp["fraction_tokens_left_behind"].get<double>(),
+                tol);
     EXPECT_NEAR(st.expert_usage, exp["expert_usage"].get<double>(), tol);
     EXPECT_NEAR(st.router_confidence, exp["router_confidence"].get<double>(), tol) << key;
   }

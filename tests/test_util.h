@@ -45,8 +45,8 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
 // Checks analytic gradient `grad` of loss() w.r.t. the elements of `param` by central
 // differences at up to `samples` evenly spaced elements. loss() must recompute from scratch.
 inline void check_gradient(const std::string& what, Tensor& param, const Tensor& grad,
-                           const std::function<double()>& loss, int samples = 24,
-                           float eps = 1e-3f, double rtol = 2e-2, double atol = 2e-4) {
+                           const std::function<double()>& loss, int samples = 24, float eps = 1e-3f,
+                           double rtol = 2e-2, double atol = 2e-4) {
   ASSERT_EQ(param.shape(), grad.shape()) << what;
   const int64_t n = param.numel();
   const int64_t stride = std::max<int64_t>(1, n / samples);

@@ -32,6 +32,7 @@ struct BenchArgs {
   double capacity_factor = 1.0;
   int threads = 0;
   double min_time = 1.0;
+  bool dropless = false;
   bool json_out = false;
 };
 
@@ -69,6 +70,7 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   c.router.type = parse_router_type(router);
   c.router.num_selected_experts = k;
   c.train_capacity_factor = c.eval_capacity_factor = a.capacity_factor;
+  c.dropless = a.dropless && c.router.type == RouterType::kTokensChoose;
   MoeLayer layer(c);
   const int64_t B = a.batch, L = a.tokens_per_group, H = a.hidden, N = B * L;
   Tensor x({B, L, H}), y, dy({B, L, H}), dx;
@@ -105,6 +107,7 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
       },
       a.min_time);
   return {{"router", router},
+          {"dropless", c.dropless},
           {"k", k},
           {"tokens", N},
           {"rows", R},
@@ -183,6 +186,7 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
       ->capture_default_str();
   moe->add_option("--threads", a->threads, "threads (default: OpenMP default)");
   moe->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
+  moe->add_flag("--dropless", a->dropless, "tokens_choose without a capacity limit");
   moe->add_flag("--json", a->json_out, "machine-readable output");
   moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""PyTorch peer for `sparsemoe bench moe`: the same MoE layer (router, experts-choose or
+tokens-choose top-k routing, GELU-tanh expert FFNs), written two ways, timed in this process
+next to our engine run as a subprocess in the same environment:
+
+  einsum  the seed's formulation: dense [G,T,E,C] dispatch/combine masks and einsums
+  sparse  a gather / per-expert matmul / index_add loop over the routed tokens only
+
+Prints a table of our speed as a ratio to the faster PyTorch formulation, and --json output.
+Run with Debian's /usr/bin/python3 (python3-torch). Scenarios: 4096 tokens (8 x 512), one
+sequence of 128 tokens, and a single token (tokens-choose, dropless)."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as nnf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def capacity(cf, T, E):
+    return int(round(cf * T / E))  # Python round: half to even, as the engine
+
+
+def route(probs, router, k, C, dropless):
+    """probs [G,T,E] -> list of (expert, flat token idx, weight) tensors per expert, and C."""
+    G, T, E = probs.shape
+    if router == "experts_choose":
+        w, idx = torch.topk(probs.transpose(1, 2), C, dim=-1)  # [G,E,C]
+        toks = idx + (torch.arange(G) * T).view(G, 1, 1)
+        return [(toks[:, e].reshape(-1), w[:, e].reshape(-1), idx[:, e], w[:, e]) for e in range(E)], C
+    gate, eidx = torch.topk(probs, k, dim=-1)  # [G,T,k]
+    order = torch.argsort(-gate[..., 0], dim=1, stable=True)  # batch-prioritized
+    eidx_o = torch.gather(eidx, 1, order.unsqueeze(-1).expand(-1, -1, k))
+    onehot = nnf.one_hot(eidx_o.transpose(1, 2).reshape(G, k * T), E)  # [G,kT,E] choice-major
+    pos = (torch.cumsum(onehot, dim=1) - 1) * onehot
+    pos = pos.sum(-1).view(G, k, T).transpose(1, 2)  # [G,T(ordered),k]
+    pos = torch.empty_like(pos).scatter_(1, order.unsqueeze(-1).expand(-1, -1, k), pos)
+    if dropless:
+        C = int(pos.max()) + 1
+    keep = pos < C
+    out = []
+    for e in range(E):
+        m = (eidx == e) & keep  # [G,T,k]
+        g, t, j = torch.nonzero(m, as_tuple=True)
+        out.append((g * T + t, probs[g, t, e], (g, t, pos[g, t, j]), None))
+    return out, C
+
+
+class Layer:
+    def __init__(self, H, F, E):
+        torch.manual_seed(0)
+        self.wr = (torch.randn(H, E) * 0.02).requires_grad_()
+        self.br = torch.zeros(E, requires_grad=True)
+        self.w1 = (torch.randn(E, H, F) * 0.02).requires_grad_()
+        self.b1 = torch.zeros(E, F, requires_grad=True)
+        self.w2 = (torch.randn(E, F, H) * 0.02).requires_grad_()
+        self.b2 = torch.zeros(E, H, requires_grad=True)
+
+    def probs(self, x):
+        return torch.softmax(x @ self.wr + self.br, dim=-1)
+
+    def sparse(self, x, router, k, cf, dropless):
+        G, T, H = x.shape
+        p = self.probs(x)
+        plan, C = route(p, router, k, capacity(cf, T, p.shape[-1]), dropless)
+        flat = x.reshape(G * T, H)
+        y = torch.zeros_like(flat)
+        for e, (toks, w, _, _) in enumerate(plan):
+            if toks.numel() == 0:
+                continue
+            h = nnf.gelu(torch.index_select(flat, 0, toks) @ self.w1[e] + self.b1[e], approximate="tanh")
+            y = y.index_add(0, toks, (h @ self.w2[e] + self.b2[e]) * w.unsqueeze(-1))
+        return y.view(G, T, H)
+
+    def einsum(self, x, router, k, cf, dropless):
+        G, T, H = x.shape
+        p = self.probs(x)
+        E = p.shape[-1]
+        plan, C = route(p.detach(), router, k, capacity(cf, T, E), dropless)
+        dispatch = torch.zeros(G, T, E, C)
+        for e, (toks, _, slots, _) in enumerate(plan):
+            if router == "experts_choose":
+                g = torch.arange(G).view(G, 1).expand(G, C)
+                dispatch[g.reshape(-1), slots.reshape(-1), e, torch.arange(C).repeat(G)] = 1.0
+            else:
+                g, t, c = slots
+                dispatch[g, t, e, c] = 1.0
+        combine = dispatch * p.unsqueeze(-1)
+        xin = torch.einsum("gtec,gth->gech", dispatch, x)
+        h = nnf.gelu(torch.einsum("gech,ehf->gecf", xin, self.w1) + self.b1.view(1, E, 1, -1),
+                     approximate="tanh")
+        out = torch.einsum("gecf,efh->gech", h, self.w2) + self.b2.view(1, E, 1, -1)
+        return torch.einsum("gtec,gech->gth", combine, out)
+
+
+def timeit(fn, min_time):
+    fn()
+    ts, start = [], time.perf_counter()
+    while len(ts) < 3 or time.perf_counter() - start < min_time:
+        a = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - a)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def ours(args, sc, threads):
+    cmd = [args.engine, "bench", "moe", "--json", "--threads", str(threads), "--min-time",
+           str(args.min_time), "--hidden", str(args.hidden), "--d-ff", str(args.d_ff),
+           "--experts", str(args.experts), "--tokens-per-group", str(sc["T"]), "--batch",
+           str(sc["B"]), "--router", sc["router"], "--k", str(sc["k"]), "--capacity-factor",
+           str(args.capacity_factor)] + (["--dropless"] if sc["dropless"] else [])
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return res["results"][0], res["environment"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default=os.path.join(ROOT, "build", "sparsemoe"))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--d-ff", type=int, default=2048)
+    ap.add_argument("--experts", type=int, default=16)
+    ap.add_argument("--capacity-factor", type=float, default=1.0)
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--scenarios", default="4096,128,1")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    scenarios = []
+    for s in args.scenarios.split(","):
+        if s == "4096":
+            scenarios += [dict(name="4096 tok", B=8, T=512, router=r, k=k, dropless=False)
+                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2))]
+        elif s == "128":
+            scenarios += [dict(name="128 tok", B=1, T=128, router=r, k=k, dropless=False)
+                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2))]
+        elif s == "1":
+            scenarios += [dict(name="1 tok", B=1, T=1, router="tokens_choose", k=k, dropless=True)
+                          for k in (1, 2)]
+    rows = []
+    env = None
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for sc in scenarios:
+            mine, env = ours(args, sc, threads)
+            layer = Layer(args.hidden, args.d_ff, args.experts)
+            x = torch.rand(sc["B"], sc["T"], args.hidden) * 2 - 1
+            dy = torch.rand_like(x) * 2 - 1
+            row = dict(scenario=sc["name"], router=sc["router"], k=sc["k"], threads=threads,
+                       ours_fwd_ms=mine["forward_ms"], ours_fb_ms=mine["forward_backward_ms"])
+            for form in ("einsum", "sparse"):
+                fn = getattr(layer, form)
+                with torch.no_grad():
+                    f = timeit(lambda: fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]), args.min_time)
+
+                def fb():
+                    for p in (layer.wr, layer.br, layer.w1, layer.b1, layer.w2, layer.b2):
+                        p.grad = None
+                    (fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]) * dy).sum().backward()
+                b = timeit(fb, args.min_time)
+                row[f"torch_{form}_fwd_ms"] = f * 1e3
+                row[f"torch_{form}_fb_ms"] = b * 1e3
+            best_f = min(row["torch_einsum_fwd_ms"], row["torch_sparse_fwd_ms"])
+            best_b = min(row["torch_einsum_fb_ms"], row["torch_sparse_fb_ms"])
+            row["speedup_fwd"] = best_f / row["ours_fwd_ms"]
+            row["speedup_fb"] = best_b / row["ours_fb_ms"]
+            row["ours_fwd_gflops"] = mine["forward_gflops"]
+            row["ours_fb_gflops"] = mine["forward_backward_gflops"]
+            row["library_gemm_gflops"] = mine["library_gemm_gflops"]
+            rows.append(row)
+            if not args.json:
+                print(f"{row['scenario']:9} {row['router']:14} k={row['k']} thr={threads} | "
+                      f"ours fwd {row['ours_fwd_ms']:8.3f} ms fwd+bwd {row['ours_fb_ms']:8.3f} ms | "
+                      f"torch einsum {row['torch_einsum_fwd_ms']:8.3f}/{row['torch_einsum_fb_ms']:8.3f} "
+                      f"sparse {row['torch_sparse_fwd_ms']:8.3f}/{row['torch_sparse_fb_ms']:8.3f} ms | "
+                      f"speedup fwd {row['speedup_fwd']:5.2f}x fwd+bwd {row['speedup_fb']:5.2f}x", flush=True)
+    info = dict(torch=torch.__version__, torch_config_blas=[l.strip() for l in torch.__config__.show().splitlines() if "BLAS" in l],
+                OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+                LD_LIBRARY_PATH=os.environ.get("LD_LIBRARY_PATH", ""), engine=env)
+    if args.json:
+        print(json.dumps(dict(environment=info, results=rows), indent=2))
+    else:
+        print("environment:", json.dumps(info))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

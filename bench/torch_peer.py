@@ -60,6 +60,14 @@ class Layer:
         self.b1 = torch.zeros(E, F, requires_grad=True)
         self.w2 = (torch.randn(E, F, H) * 0.02).requires_grad_()
         self.b2 = torch.zeros(E, H, requires_grad=True)
+        # The sparse loop uses per-expert leaf tensors (as an nn.ModuleList would): slicing the
+        # stacked [E, ...] tensors makes autograd build a full [E, ...] gradient per expert.
+        self.experts = [tuple(t[e].detach().clone().requires_grad_() for t in
+                              (self.w1, self.b1, self.w2, self.b2)) for e in range(E)]
+
+    def params(self):
+        return [self.wr, self.br, self.w1, self.b1, self.w2, self.b2] + [
+            t for ex in self.experts for t in ex]
 
     def probs(self, x):
         return torch.softmax(x @ self.wr + self.br, dim=-1)
@@ -73,8 +81,9 @@ class Layer:
         for e, (toks, w, _, _) in enumerate(plan):
             if toks.numel() == 0:
                 continue
-            h = nnf.gelu(torch.index_select(flat, 0, toks) @ self.w1[e] + self.b1[e], approximate="tanh")
-            y = y.index_add(0, toks, (h @ self.w2[e] + self.b2[e]) * w.unsqueeze(-1))
+            w1, b1, w2, b2 = self.experts[e]
+            h = nnf.gelu(torch.index_select(flat, 0, toks) @ w1 + b1, approximate="tanh")
+            y = y.index_add(0, toks, (h @ w2 + b2) * w.unsqueeze(-1))
         return y.view(G, T, H)
 
     def einsum(self, x, router, k, cf, dropless):
@@ -160,7 +169,7 @@ def main():
                     f = timeit(lambda: fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]), args.min_time)
 
                 def fb():
-                    for p in (layer.wr, layer.br, layer.w1, layer.b1, layer.w2, layer.b2):
+                    for p in layer.params():
                         p.grad = None
                     (fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]) * dy).sum().backward()
                 b = timeit(fb, args.min_time)

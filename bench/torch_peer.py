@@ -159,7 +159,8 @@ def main():
         for sc in scenarios:
             mine, env = ours(args, sc, threads)
             layer = Layer(args.hidden, args.d_ff, args.experts)
-            x = torch.rand(sc["B"], sc["T"], args.hidden) * 2 - 1
+            # The input needs a gradient, as inside a network: the backward computes dx too.
+            x = (torch.rand(sc["B"], sc["T"], args.hidden) * 2 - 1).requires_grad_()
             dy = torch.rand_like(x) * 2 - 1
             row = dict(scenario=sc["name"], router=sc["router"], k=sc["k"], threads=threads,
                        ours_fwd_ms=mine["forward_ms"], ours_fb_ms=mine["forward_backward_ms"])
@@ -171,6 +172,7 @@ def main():
                 def fb():
                     for p in layer.params():
                         p.grad = None
+                    x.grad = None
                     (fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]) * dy).sum().backward()
                 b = timeit(fb, args.min_time)
                 row[f"torch_{form}_fwd_ms"] = f * 1e3

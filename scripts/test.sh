@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the whole test suite: the release build, then the same suite under
-# AddressSanitizer + UndefinedBehaviorSanitizer, then a clang-format check of every source file.
+# Sets up, builds and runs the whole test suite: the release build; an install of it used by an
+# outside project (tests/consumer); the suite again with the OpenBLAS GEMM backend; the suite under
+# AddressSanitizer + UndefinedBehaviorSanitizer; then a clang-format check of every source file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 (cd build && ctest --output-on-failure -j "$(nproc)")
+
+# Packaging: install to a scratch prefix and build + run a consumer through find_package.
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+cmake --install build --prefix "$prefix/install" >/dev/null
+cmake -S tests/consumer -B "$prefix/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$prefix/install" >/dev/null
+cmake --build "$prefix/consumer" >/dev/null
+libdir=$(dirname "$(find "$prefix/install" -name 'libsparsemoe.so' | head -1)")
+LD_LIBRARY_PATH="$libdir" "$prefix/consumer/consumer"
+# ... and through pkg-config.
+pc_flags=$(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs sparsemoe)
+g++ -std=c++20 tests/consumer/main.cc $pc_flags -o "$prefix/consumer_pc"
+LD_LIBRARY_PATH="$libdir" "$prefix/consumer_pc"
+
+# The other GEMM backend, selectable at configure time, passes the same suite.
+cmake -S . -B build-openblas -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEMOE_BLAS=openblas \
+  -DSPARSEMOE_BUILD_BENCHMARKS=OFF >/dev/null
+cmake --build build-openblas -j "$(nproc)"
+(cd build-openblas && ctest --output-on-failure -j "$(nproc)")
 
 scripts/setup.sh --sanitize
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1

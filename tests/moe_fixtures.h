@@ -1,7 +1,10 @@
 // Small MoE configurations shared by the layer and gradient tests.
 #pragma once
 
+#include <functional>
+
 #include "sparsemoe/layers/moe_layer.h"
+#include "test_util.h"
 
 namespace sparsemoe::test {
 
@@ -20,6 +23,17 @@ inline MoeLayerConfig small_moe(RouterType type, int64_t E = 4, int64_t k = 1, d
   c.router.kernel_init_stddev = 0.5;  // spread-out router probabilities
   c.experts.kernel_init_stddev = 0.3;
   return c;
+}
+
+// Backward of `moe` (after a forward at the point of interest) for upstream gradient r, then dx
+// and every parameter gradient checked against central differences of loss().
+inline void check_moe_gradients(MoeLayer& moe, Tensor& x, const Tensor& r,
+                                const std::function<double()>& loss) {
+  Tensor dx;
+  zero_grads(moe.params());
+  moe.backward(r, dx);
+  check_gradient("x", x, dx, loss, 48);
+  for (auto& p : moe.params()) check_gradient(p.name, *p.value, *p.grad, loss, 32);
 }
 
 }  // namespace sparsemoe::test

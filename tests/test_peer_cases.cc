@@ -1,10 +1,11 @@
 // Known answers from ../shared/spec/peer_cases.json (read at test time, not copied): router
-// z-loss (TFM-Z1/Z2), FeedForward (TFM-FF1), FeedForwardExperts (TFM-FFE1), capacity table (D4,
-// the tf-models and GR/flaxformer rows; lingvo's rows belong to the top-2 gating), and the
-// tokens-choose worked example (D1).
+// z-loss (TFM-Z1/Z2), FeedForward (TFM-FF1), FeedForwardExperts (TFM-FFE1), the capacity table
+// (D4: tf-models, GR/flaxformer and lingvo rows), the tokens-choose worked example (D1) and the
+// lingvo Top-2 worked example (D2).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,7 @@
 #include "sparsemoe/routing/capacity.h"
 #include "sparsemoe/routing/router.h"
 #include "sparsemoe/routing/routers.h"
+#include "sparsemoe/routing/top2_gating.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -111,9 +113,57 @@ TEST(PeerCases, CapacityTable) {
     } else if (src.rfind("GR/flaxformer", 0) == 0) {
       EXPECT_EQ(expert_capacity(cases[i]["cf"], cases[i]["T"], cases[i]["E"], 4), expected[i]) << i;
       ++checked;
+    } else if (src == "lingvo") {
+      EXPECT_EQ(
+          lingvo_expert_capacity(cases[i]["c_dim"], cases[i]["cf"], cases[i]["S"], cases[i]["E"]),
+          expected[i])
+          << i;
+      ++checked;
     }
   }
-  EXPECT_EQ(checked, 7);
+  EXPECT_EQ(checked, 11);
+}
+
+TEST(PeerCases, LingvoTop2WorkedExampleD2) {
+  const json& c = peer_case("D2");
+  const auto raw = c["inputs"]["raw_gates"].get<std::vector<std::vector<std::vector<float>>>>();
+  const int64_t S = c["params"]["S"], E = c["params"]["E"], C = c["params"]["expert_capacity_dim"];
+  std::vector<float> logits;  // ln p, so that softmax(logits) = p
+  for (const auto& row : raw[0])
+    for (float p : row) logits.push_back(std::log(p));
+  const double tol = c["tolerance"]["atol"];
+  for (const auto& [key, legacy] :
+       {std::pair{"legacy_true", true}, std::pair{"legacy_false", false}}) {
+    Top2Options opt;
+    opt.legacy_mtf_behavior = legacy;
+    std::vector<float> probs;
+    RoutingPlan plan;
+    Top2State st;
+    top2_gating_on_logits(logits.data(), nullptr, nullptr, 1, S, E, C, 0.0, opt, false, 0, probs,
+                          plan, st);
+    std::vector<float> dispatch(S * E * C), combine(S * E * C);
+    plan.to_dense(dispatch.data(), combine.data());
+    const json& want = c["expected"][key]["combine_nonzero"];
+    int nonzero = 0;
+    for (int64_t t = 0; t < S; ++t)
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t k = 0; k < C; ++k) {
+          char buf[64];  // (snprintf: GCC 12 warns falsely on the string-concatenation form)
+          std::snprintf(buf, sizeof buf, "t%lld,e%lld,c%lld", static_cast<long long>(t),
+                        static_cast<long long>(e), static_cast<long long>(k));
+          const std::string at = buf;
+          const float got = combine[(t * E + e) * C + k];
+          EXPECT_EQ(dispatch[(t * E + e) * C + k], got != 0.f ? 1.f : 0.f) << at;
+          if (want.contains(at)) {
+            EXPECT_NEAR(got, want[at].get<double>(), tol) << key << " " << at;
+            ++nonzero;
+          } else {
+            EXPECT_EQ(got, 0.f) << key << " " << at;
+          }
+        }
+    EXPECT_EQ(nonzero, static_cast<int>(want.size()));
+    EXPECT_NEAR(plan.aux_loss, c["expected"][key]["aux_loss"].get<double>(), tol) << key;
+  }
 }
 
 TEST(PeerCases, TokensChooseWorkedExampleD1) {

@@ -15,12 +15,31 @@
 #include "sparsemoe/core/kernels.h"
 #include "sparsemoe/routing/capacity.h"
 #include "sparsemoe/routing/routers.h"
+#include "sparsemoe/routing/top2_gating.h"
 
 namespace sparsemoe::cli {
 
 namespace {
 
 using nlohmann::json;
+
+// Reads paddings G x T of 0/1.
+std::vector<float> read_paddings(const json& j, int64_t G, int64_t T) {
+  auto fail = [&](const std::string& m) {
+    throw InvalidArgument("paddings: " + m + " (expected a G=" + std::to_string(G) +
+                          " x T=" + std::to_string(T) + " nested array of 0/1)");
+  };
+  if (!j.is_array() || static_cast<int64_t>(j.size()) != G) fail("wrong number of groups");
+  std::vector<float> out;
+  for (const json& row : j) {
+    if (!row.is_array() || static_cast<int64_t>(row.size()) != T) fail("wrong number of tokens");
+    for (const json& v : row) {
+      if (!v.is_number() || (v.get<double>() != 0 && v.get<double>() != 1)) fail("not 0 or 1");
+      out.push_back(v.get<float>());
+    }
+  }
+  return out;
+}
 
 // Reads logits G x T x E, checking that the nested arrays are rectangular, non-empty, finite.
 std::vector<float> read_logits(const json& j, int64_t& G, int64_t& T, int64_t& E) {
@@ -99,9 +118,11 @@ int run_route(const std::string& file) {
   JsonFields f(req, "route request");
   std::string router;
   f.read("router", router);
-  if (router != "experts_choose" && router != "tokens_choose")
-    throw InvalidArgument("router: expected \"experts_choose\" or \"tokens_choose\", got \"" +
-                          router + "\"");
+  if (router != "experts_choose" && router != "tokens_choose" && router != "top2")
+    throw InvalidArgument(
+        "router: expected \"experts_choose\", \"tokens_choose\" or \"top2\", got \"" + router +
+        "\"");
+  const bool top2 = router == "top2";
   if (!req.contains("logits")) throw InvalidArgument("logits: missing");
   json jl;
   f.read("logits", jl);
@@ -114,18 +135,44 @@ int run_route(const std::string& file) {
   f.read("batch_prioritized_routing", bpr);
   f.read("capacity", C);
   f.read("capacity_factor", cf);
+  // top2 (lingvo Top2GatingOnLogits) options.
+  Top2Options opt;
+  std::string policy = "all";
+  json jpad;
+  uint64_t seed = 0;
+  if (top2) {
+    f.read("second_expert_policy", policy);
+    f.read("second_expert_threshold", opt.second_expert_threshold);
+    f.read("legacy_mtf_behavior", opt.legacy_mtf_behavior);
+    f.read("expert_padding_idx", opt.expert_padding_idx);
+    f.read("paddings", jpad);
+    f.read("seed", seed);
+  }
   f.finish();
+  try {
+    opt.second_expert_policy = parse_second_expert_policy(policy);
+  } catch (const ConfigError& e) {
+    throw InvalidArgument(e.what());
+  }
+  if (!(opt.second_expert_threshold >= 0))
+    throw InvalidArgument("second_expert_threshold: expected >= 0");
+  for (int64_t e : opt.expert_padding_idx)
+    if (e < 0 || e >= E)
+      throw InvalidArgument("expert_padding_idx: expected entries in [0, E=" + std::to_string(E) +
+                            "), got " + std::to_string(e));
   if (req.contains("capacity") && req.contains("capacity_factor"))
     throw InvalidArgument("give either capacity or capacity_factor, not both");
   if (req.contains("capacity_factor")) {
     if (!(cf >= 0) || !std::isfinite(cf))
       throw InvalidArgument("capacity_factor: expected a finite number >= 0");
-    C = expert_capacity(cf, T, E);
-  } else if (!req.contains("capacity")) {
-    C = expert_capacity(1.0, T, E);  // the seed's default capacity factor
+    C = top2 ? lingvo_expert_capacity(0, cf, T, E) : expert_capacity(cf, T, E);
+  } else if (!req.contains("capacity")) {  // the seed's default capacity factor, 1
+    C = top2 ? lingvo_expert_capacity(0, 1.0, T, E) : expert_capacity(1.0, T, E);
   }
   if (C < 0) throw InvalidArgument("capacity: expected >= 0, got " + std::to_string(C));
-  if (router == "experts_choose") {
+  if (top2) {
+    if (req.contains("k") && k != 2) throw InvalidArgument("k: top2 always selects 2 experts");
+  } else if (router == "experts_choose") {
     if (req.contains("k") && k != 1) throw InvalidArgument("k: applies to tokens_choose only");
     if (C > T)
       throw InvalidArgument("capacity: C=" + std::to_string(C) + " exceeds tokens per group T=" +
@@ -144,10 +191,17 @@ int run_route(const std::string& file) {
   }
   z /= static_cast<double>(G * T);
   RoutingPlan plan;
-  if (router == "experts_choose")
+  Top2State top2_state;
+  if (top2) {
+    std::vector<float> paddings;
+    if (!jpad.is_null()) paddings = read_paddings(jpad, G, T);
+    top2_gating_on_logits(logits.data(), paddings.empty() ? nullptr : paddings.data(), nullptr, G,
+                          T, E, C, 0.0, opt, /*sample=*/true, seed, probs, plan, top2_state);
+  } else if (router == "experts_choose") {
     route_experts_choose(probs.data(), G, T, E, C, plan);
-  else
+  } else {
     route_tokens_choose(probs.data(), G, T, E, C, k, bpr, plan);
+  }
   std::vector<float> dispatch(G * T * E * C), combine(G * T * E * C);
   plan.to_dense(dispatch.data(), combine.data());
   const RoutingStats st = routing_stats(plan);
@@ -164,6 +218,10 @@ int run_route(const std::string& file) {
                 {"router_confidence", st.router_confidence},
                 {"expert_usage", st.expert_usage},
                 {"tokens_per_expert", st.tokens_per_expert}}}};
+  if (top2) {
+    out["metrics"]["over_capacity_1_ratio"] = top2_state.over_capacity_1_ratio;
+    out["metrics"]["over_capacity_2_ratio"] = top2_state.over_capacity_2_ratio;
+  }
   std::cout << out.dump() << "\n";
   return 0;
 }

@@ -26,6 +26,7 @@ nlohmann::json MoeLayerConfig::to_json() const {
           {"examples_per_group", examples_per_group},
           {"min_expert_capacity", min_expert_capacity},
           {"dropless", dropless},
+          {"expert_capacity_dim", expert_capacity_dim},
           {"seed", seed}};
 }
 
@@ -41,6 +42,7 @@ MoeLayerConfig MoeLayerConfig::from_json(const nlohmann::json& j) {
   f.read("examples_per_group", c.examples_per_group);
   f.read("min_expert_capacity", c.min_expert_capacity);
   f.read("dropless", c.dropless);
+  f.read("expert_capacity_dim", c.expert_capacity_dim);
   f.read("seed", c.seed);
   f.finish();
   c.validate();
@@ -59,6 +61,7 @@ void MoeLayerConfig::validate() const {
   if (!(eval_capacity_factor >= 0)) bad("eval_capacity_factor: expected >= 0");
   if (!(examples_per_group > 0)) bad("examples_per_group: expected > 0");
   if (min_expert_capacity < 0) bad("min_expert_capacity: expected >= 0");
+  if (expert_capacity_dim < 0) bad("expert_capacity_dim: expected >= 0");
   if (dropless && router.type != RouterType::kTokensChoose)
     bad("dropless: defined for router.type 'tokens_choose' only (experts_choose always fills "
         "exactly C slots per expert)");
@@ -71,7 +74,9 @@ nlohmann::json MoeMetrics::to_json() const {
           {"fraction_tokens_left_behind", fraction_tokens_left_behind},
           {"router_confidence", router_confidence},
           {"expert_usage", expert_usage},
-          {"tokens_per_expert", tokens_per_expert}};
+          {"tokens_per_expert", tokens_per_expert},
+          {"over_capacity_1_ratio", over_capacity_1_ratio},
+          {"over_capacity_2_ratio", over_capacity_2_ratio}};
 }
 
 MoeLayer::MoeLayer(const MoeLayerConfig& config)
@@ -99,9 +104,15 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   output_shape(x.shape());
   const int64_t B = x.dim(0), L = x.dim(1), H = config_.hidden_size, E = config_.router.num_experts;
   const Grouping grp = compute_grouping(B, L, config_.examples_per_group);
-  const int64_t G = grp.num_groups, T = grp.tokens_per_group;
+  const bool top2 = config_.router.type == RouterType::kTop2;
+  // lingvo's local_dispatch=false gates all groups as one.
+  const bool merge = top2 && !config_.router.local_dispatch;
+  const int64_t G = merge ? 1 : grp.num_groups, T = merge ? B * L : grp.tokens_per_group;
   const double cf = opt.training ? config_.train_capacity_factor : config_.eval_capacity_factor;
-  int64_t C = config_.dropless ? -1 : expert_capacity(cf, T, E, config_.min_expert_capacity);
+  const int64_t C = top2 ? lingvo_expert_capacity(config_.expert_capacity_dim, cf, T, E)
+                    : config_.dropless ? -1
+                                       : expert_capacity(cf, T, E, config_.min_expert_capacity);
+  if (opt.paddings) check_shape("paddings", opt.paddings->shape(), {B, L}, "[B, L]");
   if (config_.router.type == RouterType::kExpertsChoose)
     check_arg(C <= T, "experts_choose: expert capacity C=" + std::to_string(C) +
                           " exceeds tokens_per_group T=" + std::to_string(T) +
@@ -110,7 +121,8 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   x_shape_ = x.shape();
 
   const RouterLosses losses = router_.forward(x.data(), G, T, C, opt.training,
-                                              derive_key(config_.seed, kJitterTag, opt.step));
+                                              derive_key(config_.seed, kJitterTag, opt.step),
+                                              opt.paddings ? opt.paddings->data() : nullptr);
   const RoutingPlan& plan = router_.plan();
   const int64_t R = plan.rows();
   y.resize(x.shape());
@@ -155,7 +167,9 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   m.router_confidence = st.router_confidence;
   m.expert_usage = st.expert_usage;
   m.tokens_per_expert = st.tokens_per_expert;
-  const double lb_w = config_.router.type == RouterType::kTokensChoose
+  m.over_capacity_1_ratio = losses.over_capacity_1_ratio;
+  m.over_capacity_2_ratio = losses.over_capacity_2_ratio;
+  const double lb_w = config_.router.type != RouterType::kExpertsChoose
                           ? config_.router.load_balancing_loss_weight
                           : 0;
   m.loss = lb_w * m.load_balancing_loss + m.router_z_loss;
@@ -203,7 +217,7 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx) {
         }
       }
     });
-    // combine = prob * dispatch, so d prob[n, e] = d weight of the (n, e) row (at most one).
+    // d combine[n, e] = d weight of the (n, e) row (a token has at most one row per expert).
     dprobs_.zero();
     for (int64_t e = 0; e < E; ++e)
       for (int64_t r = plan.expert_offsets[e]; r < plan.expert_offsets[e + 1]; ++r)

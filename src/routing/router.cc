@@ -14,14 +14,23 @@
 namespace sparsemoe {
 
 std::string router_type_name(RouterType t) {
-  return t == RouterType::kExpertsChoose ? "experts_choose" : "tokens_choose";
+  switch (t) {
+    case RouterType::kExpertsChoose:
+      return "experts_choose";
+    case RouterType::kTokensChoose:
+      return "tokens_choose";
+    case RouterType::kTop2:
+      return "top2";
+  }
+  return "experts_choose";
 }
 
 RouterType parse_router_type(const std::string& name) {
   if (name == "experts_choose") return RouterType::kExpertsChoose;
   if (name == "tokens_choose") return RouterType::kTokensChoose;
-  throw ConfigError("router type: expected 'experts_choose' or 'tokens_choose', got '" + name +
-                    "'");
+  if (name == "top2") return RouterType::kTop2;
+  throw ConfigError("router type: expected 'experts_choose', 'tokens_choose' or 'top2', got '" +
+                    name + "'");
 }
 
 nlohmann::json RouterConfig::to_json() const {
@@ -33,7 +42,13 @@ nlohmann::json RouterConfig::to_json() const {
           {"jitter_noise", jitter_noise},
           {"router_z_loss_weight", router_z_loss_weight},
           {"load_balancing_loss_weight", load_balancing_loss_weight},
-          {"kernel_init_stddev", kernel_init_stddev}};
+          {"kernel_init_stddev", kernel_init_stddev},
+          {"second_expert_policy", second_expert_policy_name(top2.second_expert_policy)},
+          {"second_expert_threshold", top2.second_expert_threshold},
+          {"legacy_mtf_behavior", top2.legacy_mtf_behavior},
+          {"expert_padding_idx", top2.expert_padding_idx},
+          {"local_dispatch", local_dispatch},
+          {"sample_in_eval", sample_in_eval}};
 }
 
 RouterConfig RouterConfig::from_json(const nlohmann::json& j) {
@@ -50,6 +65,14 @@ RouterConfig RouterConfig::from_json(const nlohmann::json& j) {
   f.read("router_z_loss_weight", c.router_z_loss_weight);
   f.read("load_balancing_loss_weight", c.load_balancing_loss_weight);
   f.read("kernel_init_stddev", c.kernel_init_stddev);
+  std::string policy = second_expert_policy_name(c.top2.second_expert_policy);
+  f.read("second_expert_policy", policy);
+  c.top2.second_expert_policy = parse_second_expert_policy(policy);
+  f.read("second_expert_threshold", c.top2.second_expert_threshold);
+  f.read("legacy_mtf_behavior", c.top2.legacy_mtf_behavior);
+  f.read("expert_padding_idx", c.top2.expert_padding_idx);
+  f.read("local_dispatch", c.local_dispatch);
+  f.read("sample_in_eval", c.sample_in_eval);
   f.finish();
   c.validate();
   return c;
@@ -68,6 +91,15 @@ void RouterConfig::validate() const {
   if (!(router_z_loss_weight >= 0)) bad("router_z_loss_weight: expected >= 0");
   if (!(load_balancing_loss_weight >= 0)) bad("load_balancing_loss_weight: expected >= 0");
   if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
+  if (type == RouterType::kTop2 && num_selected_experts != 1)
+    bad("num_selected_experts applies to tokens_choose only (top2 always selects two experts)");
+  if (!(top2.second_expert_threshold >= 0)) bad("second_expert_threshold: expected >= 0");
+  for (int64_t e : top2.expert_padding_idx)
+    if (e < 0 || e >= num_experts)
+      bad("expert_padding_idx: expected entries in [0, num_experts=" + std::to_string(num_experts) +
+          "), got " + std::to_string(e));
+  if (type != RouterType::kTop2 && (!top2.expert_padding_idx.empty() || !local_dispatch))
+    bad("expert_padding_idx and local_dispatch apply to router type 'top2' only");
 }
 
 void fill_truncated_normal(Tensor& t, double stddev, uint64_t key) {
@@ -99,11 +131,15 @@ Router::Router(const RouterConfig& config, int64_t hidden_size, uint64_t seed)
 }
 
 RouterLosses Router::forward(const float* x, int64_t G, int64_t T, int64_t C, bool training,
-                             uint64_t jitter_key) {
+                             uint64_t key, const float* paddings) {
   const int64_t E = config_.num_experts, H = hidden_, N = G * T;
+  check_arg(paddings == nullptr || config_.type == RouterType::kTop2,
+            "paddings: supported by router type 'top2' only, the router is '" +
+                router_type_name(config_.type) + "'");
   n_ = N, groups_ = G, tokens_ = T, x_ = x;
   jittered_ = training && config_.jitter_noise > 0;
-  jitter_key_ = jitter_key;
+  jitter_key_ = key;
+  const uint64_t jitter_key = key;
   const float* xin = x;
   if (jittered_) {
     x_jit_.resize({N, H});
@@ -137,6 +173,33 @@ RouterLosses Router::forward(const float* x, int64_t G, int64_t T, int64_t C, bo
   out.unscaled_router_z_loss = N ? z / N : 0.0;
   out.router_z_loss = config_.router_z_loss_weight * out.unscaled_router_z_loss;
 
+  if (config_.type == RouterType::kTop2) {
+    // The z-loss above uses the router's real logits; the gate softmaxes the masked ones.
+    const float* gl = lg;
+    if (!config_.top2.expert_padding_idx.empty()) {
+      gate_logits_.resize({N, E});
+      std::copy(lg, lg + N * E, gate_logits_.data());
+      mask_padded_experts(gate_logits_.data(), N, E, config_.top2);
+      gl = gate_logits_.data();
+      parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) {
+          const float m = logsumexp(gl + n * E, E);
+          for (int64_t j = 0; j < E; ++j) pr[n * E + j] = std::exp(gl[n * E + j] - m);
+        }
+      });
+    }
+    for (int64_t i = 0; paddings && i < N; ++i)
+      check_arg(paddings[i] == 0.f || paddings[i] == 1.f, "paddings: expected 0 or 1 at token " +
+                                                              std::to_string(i) + ", got " +
+                                                              std::to_string(paddings[i]));
+    const bool sample = training || config_.sample_in_eval;
+    route_top2(pr, gl, paddings, nullptr, G, T, E, C, config_.top2, sample,
+               derive_key(key, 0x544f5032), plan_, top2_);
+    out.load_balancing_loss = plan_.aux_loss;
+    out.over_capacity_1_ratio = top2_.over_capacity_1_ratio;
+    out.over_capacity_2_ratio = top2_.over_capacity_2_ratio;
+    return out;
+  }
   if (config_.type == RouterType::kExpertsChoose) {
     check_arg(C >= 0,
               "dropless routing is defined for tokens_choose only; experts_choose always "
@@ -150,13 +213,23 @@ RouterLosses Router::forward(const float* x, int64_t G, int64_t T, int64_t C, bo
   return out;
 }
 
-void Router::backward(const float* dprobs, float* dx) {
+void Router::backward(const float* dcombine, float* dx) {
   const int64_t E = config_.num_experts, H = hidden_, N = n_;
   dlogits_.resize({N, E});
   float* dl = dlogits_.data();
   const float* pr = probs_.data();
+  const float* lg = logits_.data();
   const float* ls = lse_.data();
-  // d aux / d p[g,t,e] = E * density[g,e] / (G*T); d z / d logit[n,e] = 2/N * lse[n] * p[n,e].
+  // Experts-choose and tokens-choose combine with the probability itself: dprobs = dcombine.
+  // Top-2 combines with renormalised gates and adds its own aux loss gradient.
+  const float* dprobs = dcombine;
+  if (config_.type == RouterType::kTop2) {
+    dprobs_.resize({N, E});
+    route_top2_backward(top2_, dcombine, config_.load_balancing_loss_weight, dprobs_.data());
+    dprobs = dprobs_.data();
+  }
+  // d aux / d p[g,t,e] = E * density[g,e] / (G*T); d z / d logit[n,e] = 2/N * lse[n] *
+  // softmax(logits)[n,e] (the real logits: for top2 with padded experts, not the gate's probs).
   const double lb_scale = config_.load_balancing_loss_weight * E / static_cast<double>(N);
   const double z_scale = config_.router_z_loss_weight * 2.0 / static_cast<double>(N);
   const bool lb = config_.type == RouterType::kTokensChoose && lb_scale != 0;
@@ -172,7 +245,8 @@ void Router::backward(const float* dprobs, float* dx) {
       }
       for (int64_t j = 0; j < E; ++j) {
         const double p = pr[n * E + j];
-        dl[n * E + j] = static_cast<float>(p * (dp[j] - dot) + z_scale * ls[n] * p);
+        const double pz = z_scale != 0 ? std::exp(static_cast<double>(lg[n * E + j]) - ls[n]) : 0;
+        dl[n * E + j] = static_cast<float>(p * (dp[j] - dot) + z_scale * ls[n] * pz);
       }
     }
   });

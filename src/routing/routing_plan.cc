@@ -6,6 +6,25 @@
 
 namespace sparsemoe {
 
+std::vector<int64_t> RoutingPlan::layout_blocks(const std::vector<int64_t>& load) {
+  // Block (g, e) starts after all of expert e's earlier groups.
+  std::vector<int64_t> block_start(G * E);
+  expert_offsets.assign(E + 1, 0);
+  int64_t r = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    expert_offsets[e] = r;
+    for (int64_t g = 0; g < G; ++g) {
+      block_start[g * E + e] = r;
+      r += load[g * E + e];
+    }
+  }
+  expert_offsets[E] = r;
+  row_token.resize(r);
+  row_slot.resize(r);
+  row_weight.resize(r);
+  return block_start;
+}
+
 void RoutingPlan::build_token_index() {
   const int64_t n = G * T, R = rows();
   token_offsets.assign(n + 1, 0);
@@ -35,7 +54,9 @@ RoutingStats routing_stats(const RoutingPlan& plan) {
   for (int64_t i = 0; i < n; ++i) dispatched += plan.token_offsets[i + 1] > plan.token_offsets[i];
   double weight_sum = 0;
   for (int64_t r = 0; r < R; ++r) weight_sum += plan.row_weight[r];
-  s.fraction_tokens_left_behind = n ? 1.0 - static_cast<double>(dispatched) / n : 0.0;
+  // Padding tokens are never dispatched and do not count as left behind; 0/0 reports 0.
+  const int64_t valid = plan.valid_tokens < 0 ? n : plan.valid_tokens;
+  s.fraction_tokens_left_behind = valid ? 1.0 - static_cast<double>(dispatched) / valid : 0.0;
   s.router_confidence = R ? weight_sum / R : 0.0;
   const double slots = static_cast<double>(plan.E * plan.C * plan.G);
   s.expert_usage = slots > 0 ? R / slots : 0.0;

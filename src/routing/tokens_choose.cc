@@ -26,6 +26,7 @@ void route_tokens_choose(const float* probs, int64_t G, int64_t T, int64_t E, in
                                   std::to_string(E) + "], got " + std::to_string(k));
   const bool dropless = C < 0;
   plan.G = G, plan.T = T, plan.E = E;
+  plan.valid_tokens = -1;
   plan.density.assign(G * E, 0.f);
   std::vector<std::vector<Choice>> kept(G);  // per group, kept choices
   std::vector<int64_t> load(G * E, 0);       // [G, E] kept rows
@@ -85,21 +86,7 @@ void route_tokens_choose(const float* probs, int64_t G, int64_t T, int64_t E, in
   for (int64_t l : load) max_load = std::max(max_load, l);
   plan.C = dropless ? max_load : C;
 
-  // Expert-major placement: block (g, e) starts after all of expert e's earlier groups.
-  std::vector<int64_t> block_start(G * E);
-  plan.expert_offsets.assign(E + 1, 0);
-  int64_t r = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    plan.expert_offsets[e] = r;
-    for (int64_t g = 0; g < G; ++g) {
-      block_start[g * E + e] = r;
-      r += load[g * E + e];
-    }
-  }
-  plan.expert_offsets[E] = r;
-  plan.row_token.resize(r);
-  plan.row_slot.resize(r);
-  plan.row_weight.resize(r);
+  const std::vector<int64_t> block_start = plan.layout_blocks(load);
   parallel_for(G, [&](int64_t g) {
     for (const Choice& c : kept[g]) {
       const int64_t row = block_start[g * E + c.expert] + c.slot;

@@ -14,6 +14,7 @@ namespace sparsemoe {
 struct ForwardOptions {
   bool training = false;  // selects jitter, dropout and the train capacity factor
   uint64_t step = 0;      // folded into RNG keys: a new step draws new dropout/jitter noise
+  const Tensor* paddings = nullptr;  // [B, L] of 0/1 (1 = padding), for layers that use them
 };
 
 struct ParamRef {

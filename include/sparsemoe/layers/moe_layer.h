@@ -27,6 +27,7 @@ struct MoeLayerConfig {
   double examples_per_group = 1.0;  // tokens_per_group T = int(L * examples_per_group)
   int64_t min_expert_capacity = 0;  // tf-models: none; the paper and flaxformer use 4
   bool dropless = false;            // tokens-choose: no capacity limit, nothing dropped
+  int64_t expert_capacity_dim = 0;  // top2: lingvo's c_dim; C = lingvo rule (spec §2.5)
   uint64_t seed = 0;                // initialisation, dropout and jitter streams
 
   nlohmann::json to_json() const;
@@ -43,6 +44,8 @@ struct MoeMetrics {
   double router_confidence = 0;
   double expert_usage = 0;
   std::vector<int64_t> tokens_per_expert;  // [E]
+  double over_capacity_1_ratio = 0;        // top2 (lingvo summaries); 0 for the other routers
+  double over_capacity_2_ratio = 0;
   double loss = 0;  // what this layer adds to the training loss: weighted lb loss + z-loss
   int64_t num_groups = 0, tokens_per_group = 0, expert_capacity = 0;
   nlohmann::json to_json() const;

@@ -23,6 +23,7 @@ struct RoutingPlan {
 
   std::vector<float> density;  // [G, E] fraction of a group's tokens whose top-k holds e (TC)
   double aux_loss = 0;         // unscaled load-balancing loss (0 for experts-choose)
+  int64_t valid_tokens = -1;   // non-padding tokens (top2 with paddings); -1: all G*T
 
   int64_t rows() const { return static_cast<int64_t>(row_token.size()); }
   int64_t row_group(int64_t r) const { return row_token[r] / T; }
@@ -31,6 +32,10 @@ struct RoutingPlan {
   uint64_t dense_slot_id(int64_t expert, int64_t r) const {
     return static_cast<uint64_t>((row_group(r) * E + expert) * C + row_slot[r]);
   }
+
+  // Lays rows out expert-major from the row count of each (g, e) block, load [G, E]: sets
+  // expert_offsets, sizes the row arrays, and returns where each block starts, [G, E].
+  std::vector<int64_t> layout_blocks(const std::vector<int64_t>& load);
 
   // Rebuilds token_offsets/token_rows from the rows (a token's rows in expert order).
   void build_token_index();

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch peer for `sparsemoe bench moe`: the same MoE layer (router, experts-choose or
-tokens-choose top-k routing, GELU-tanh expert FFNs), written two ways, timed in this process
+"""PyTorch peer for `sparsemoe bench moe`: the same MoE layer (router, experts-choose,
+tokens-choose top-k or lingvo top-2 routing, GELU-tanh expert FFNs), written two ways, timed in this process
 next to our engine run as a subprocess in the same environment:
 
   einsum  the seed's formulation: dense [G,T,E,C] dispatch/combine masks and einsums
@@ -26,9 +26,44 @@ def capacity(cf, T, E):
     return int(round(cf * T / E))  # Python round: half to even, as the engine
 
 
+def lingvo_capacity(cf, S, E):
+    c = int(S * cf / E) or 4  # truncation, 0 -> 4, then up to a multiple of 4
+    return (c + 3) // 4 * 4
+
+
+def route_top2(probs, C):
+    """lingvo Top2GatingOnLogits, policy 'all', legacy gates (renormalised before the drop)."""
+    G, T, E = probs.shape
+    g1, i1 = probs.max(-1)
+    rest = probs.scatter(-1, i1.unsqueeze(-1), 0.0)
+    g2, i2 = rest.max(-1)
+    d = g1 + g2 + 1e-9
+    w = (g1 / d, g2 / d)
+    m1 = nnf.one_hot(i1, E)
+    pos1 = ((torch.cumsum(m1, 1) - m1) * m1).sum(-1)
+    keep1 = pos1 < C
+    count1 = (m1 * keep1.unsqueeze(-1)).sum(1, keepdim=True)  # [G,1,E] kept first choices
+    m2 = nnf.one_hot(i2, E)
+    pos2 = ((torch.cumsum(m2, 1) - m2 + count1) * m2).sum(-1)
+    keep2 = pos2 < C
+    out = []
+    for e in range(E):
+        toks, ws, gs, ts, cs = [], [], [], [], []
+        for idx, pos, keep, wj in ((i1, pos1, keep1, w[0]), (i2, pos2, keep2, w[1])):
+            g, t = torch.nonzero((idx == e) & keep, as_tuple=True)
+            toks.append(g * T + t)
+            ws.append(wj[g, t])
+            gs.append(g), ts.append(t), cs.append(pos[g, t])
+        out.append((torch.cat(toks), torch.cat(ws), (torch.cat(gs), torch.cat(ts), torch.cat(cs)),
+                    None))
+    return out, C
+
+
 def route(probs, router, k, C, dropless):
     """probs [G,T,E] -> list of (expert, flat token idx, weight) tensors per expert, and C."""
     G, T, E = probs.shape
+    if router == "top2":
+        return route_top2(probs, lingvo_capacity(C, T, E))  # C carries the capacity factor
     if router == "experts_choose":
         w, idx = torch.topk(probs.transpose(1, 2), C, dim=-1)  # [G,E,C]
         toks = idx + (torch.arange(G) * T).view(G, 1, 1)
@@ -75,7 +110,8 @@ class Layer:
     def sparse(self, x, router, k, cf, dropless):
         G, T, H = x.shape
         p = self.probs(x)
-        plan, C = route(p, router, k, capacity(cf, T, p.shape[-1]), dropless)
+        plan, C = route(p, router, k, cf if router == "top2" else capacity(cf, T, p.shape[-1]),
+                        dropless)
         flat = x.reshape(G * T, H)
         y = torch.zeros_like(flat)
         for e, (toks, w, _, _) in enumerate(plan):
@@ -90,8 +126,11 @@ class Layer:
         G, T, H = x.shape
         p = self.probs(x)
         E = p.shape[-1]
-        plan, C = route(p.detach(), router, k, capacity(cf, T, E), dropless)
+        # top2's combine weights are renormalised gates and need their gradient from the plan.
+        plan, C = route(p if router == "top2" else p.detach(), router, k,
+                        cf if router == "top2" else capacity(cf, T, E), dropless)
         dispatch = torch.zeros(G, T, E, C)
+        combine = torch.zeros(G, T, E, C)
         for e, (toks, _, slots, _) in enumerate(plan):
             if router == "experts_choose":
                 g = torch.arange(G).view(G, 1).expand(G, C)
@@ -99,7 +138,10 @@ class Layer:
             else:
                 g, t, c = slots
                 dispatch[g, t, e, c] = 1.0
-        combine = dispatch * p.unsqueeze(-1)
+                if router == "top2":  # renormalised gates, differentiable
+                    combine = combine.index_put((g, t, torch.full_like(g, e), c), plan[e][1])
+        if router != "top2":
+            combine = dispatch * p.unsqueeze(-1)
         xin = torch.einsum("gtec,gth->gech", dispatch, x)
         h = nnf.gelu(torch.einsum("gech,ehf->gecf", xin, self.w1) + self.b1.view(1, E, 1, -1),
                      approximate="tanh")
@@ -145,10 +187,12 @@ def main():
     for s in args.scenarios.split(","):
         if s == "4096":
             scenarios += [dict(name="4096 tok", B=8, T=512, router=r, k=k, dropless=False)
-                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2))]
+                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2),
+                                       ("top2", 2))]
         elif s == "128":
             scenarios += [dict(name="128 tok", B=1, T=128, router=r, k=k, dropless=False)
-                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2))]
+                          for r, k in (("experts_choose", 1), ("tokens_choose", 1), ("tokens_choose", 2),
+                                       ("top2", 2))]
         elif s == "1":
             scenarios += [dict(name="1 tok", B=1, T=1, router="tokens_choose", k=k, dropless=True)
                           for k in (1, 2)]

@@ -28,7 +28,8 @@ using Clock = std::chrono::steady_clock;
 struct BenchArgs {
   int64_t hidden = 512, d_ff = 2048, experts = 16, tokens_per_group = 512, batch = 8;
   std::string router = "all";
-  int64_t k = 0;  // 0: the default set (experts_choose, tokens_choose k=1 and k=2)
+  std::string policy = "all";  // top2 second_expert_policy
+  int64_t k = 0;               // 0: the default set (experts_choose, tokens_choose k=1 and k=2)
   double capacity_factor = 1.0;
   int threads = 0;
   double min_time = 1.0;
@@ -68,7 +69,9 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   c.experts.activation = "gelu_tanh";
   c.router.num_experts = a.experts;
   c.router.type = parse_router_type(router);
-  c.router.num_selected_experts = k;
+  // top2 always selects two experts (lingvo policy from --policy, legacy gates, lingvo capacity).
+  c.router.num_selected_experts = c.router.type == RouterType::kTop2 ? 1 : k;
+  c.router.top2.second_expert_policy = parse_second_expert_policy(a.policy);
   c.train_capacity_factor = c.eval_capacity_factor = a.capacity_factor;
   c.dropless = a.dropless && c.router.type == RouterType::kTokensChoose;
   MoeLayer layer(c);
@@ -134,7 +137,9 @@ int run_bench_moe(const BenchArgs& a) {
     runs = {{"experts_choose", 1}, {"tokens_choose", 1}, {"tokens_choose", 2}};
     if (a.k > 0) runs = {{"experts_choose", 1}, {"tokens_choose", a.k}};
   } else {
-    runs = {{a.router, a.router == "tokens_choose" ? std::max<int64_t>(a.k, 1) : 1}};
+    runs = {{a.router, a.router == "tokens_choose" ? std::max<int64_t>(a.k, 1)
+                       : a.router == "top2"        ? 2
+                                                   : 1}};
   }
   json results = json::array();
   if (!a.json_out)
@@ -178,9 +183,14 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->add_option("--batch", a->batch, "sequences per call")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  moe->add_option("--router", a->router, "all, experts_choose or tokens_choose")
+  moe->add_option("--router", a->router,
+                  "all (experts_choose, tokens_choose k=1 and 2), experts_choose, tokens_choose or "
+                  "top2 (lingvo Top-2 gating)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"all", "experts_choose", "tokens_choose"}));
+      ->check(CLI::IsMember({"all", "experts_choose", "tokens_choose", "top2"}));
+  moe->add_option("--policy", a->policy, "top2 second_expert_policy: all, sampling or random")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"all", "sampling", "random"}));
   moe->add_option("--k", a->k, "experts per token for tokens_choose (default: 1 and 2)");
   moe->add_option("--capacity-factor", a->capacity_factor, "capacity factor")
       ->capture_default_str();

@@ -57,7 +57,14 @@ static void BM_FfnForward(benchmark::State& state) {
   sm::Tensor xs({E * rows, H}, 0.5f), ys({E * rows, H});
   std::vector<int64_t> off(E + 1);
   for (int64_t e = 0; e <= E; ++e) off[e] = e * rows;
-  sm::FfnParams p{E, H, F, w1.data(), b1.data(), w2.data(), b2.data(), sm::Activation::kGeluTanh};
+  sm::FfnParams p{.E = E,
+                  .H = H,
+                  .F = F,
+                  .w1 = w1.data(),
+                  .b1 = b1.data(),
+                  .w2 = w2.data(),
+                  .b2 = b2.data(),
+                  .activation = sm::Activation::kGeluTanh};
   sm::FfnSaved saved;
   for (auto _ : state) sm::ffn_forward(p, off.data(), xs.data(), ys.data(), {}, saved);
   state.counters["GFLOP/s"] =

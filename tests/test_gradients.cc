@@ -16,10 +16,11 @@ using test::dot;
 using test::random_tensor;
 
 TEST(Gradients, FeedForward) {
-  for (const char* act : {"relu", "gelu", "gelu_tanh"}) {
+  for (const char* act : {"relu", "gelu", "gelu_tanh", "glu_gelu"}) {
     FeedForwardConfig c;
     c.d_ff = 10;
-    c.activation = act;
+    c.glu = std::string(act) == "glu_gelu";  // the GLU variant: [H, 2F] intermediate kernel
+    c.activation = c.glu ? "gelu" : act;
     c.inner_dropout = 0.2;
     c.output_dropout = 0.1;
     c.kernel_init_stddev = 0.4;

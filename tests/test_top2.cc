@@ -263,6 +263,34 @@ INSTANTIATE_TEST_SUITE_P(
                       Top2Case{"sampling_legacy", true, SecondExpertPolicy::kSampling, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// lingvo FeedForwardNetworksApplyGating's GLU variant (wi split in two), ReLU default replaced by
+// GELU so that finite differences are clean; no biases, as lingvo's sharded layer.
+TEST(Top2Layer, GluExpertsSparseEqualsReferenceAndGradients) {
+  MoeLayerConfig c = top2_moe(true, SecondExpertPolicy::kAll, 3);
+  c.experts.glu = true;
+  c.experts.use_bias = false;
+  c.experts.activation = "gelu";
+  MoeLayer sparse(c), ref(c);
+  ref.set_path(MoePath::kMaskedEinsum);
+  EXPECT_EQ(find_weight(sparse.params(), "experts/intermediate/kernel").shape(),
+            (Shape{4, 8, 24}));  // [E, H, 2F]
+  Tensor x = random_tensor({2, 8, 8}, 31), r = random_tensor({2, 8, 8}, 32), ys, yr, dxr;
+  sparse.forward(x, ys, {true, 1});
+  ref.forward(x, yr, {true, 1});
+  EXPECT_LT(test::normalized_error(ys, yr), 1e-5);
+  zero_grads(ref.params());
+  ref.backward(r, dxr);
+  auto loss = [&] {
+    const double aux = sparse.forward(x, ys, {true, 1}).loss;
+    return dot(ys, r) + aux;
+  };
+  sparse.forward(x, ys, {true, 1});
+  test::check_moe_gradients(sparse, x, r, loss);
+  auto ps = sparse.params(), pr = ref.params();
+  for (size_t i = 0; i < ps.size(); ++i)
+    EXPECT_LT(test::normalized_error(*ps[i].grad, *pr[i].grad), 1e-5) << ps[i].name;
+}
+
 TEST(Top2Layer, BadInputGivesClearErrors) {
   MoeLayer moe(top2_moe(true, SecondExpertPolicy::kAll, 3));
   Tensor x = random_tensor({2, 8, 8}, 1), y;

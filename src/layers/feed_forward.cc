@@ -19,7 +19,8 @@ nlohmann::json FeedForwardConfig::to_json() const {
           {"inner_dropout", inner_dropout},
           {"output_dropout", output_dropout},
           {"use_bias", use_bias},
-          {"kernel_init_stddev", kernel_init_stddev}};
+          {"kernel_init_stddev", kernel_init_stddev},
+          {"glu", glu}};
 }
 
 void FeedForwardConfig::read_fields(JsonFields& f) {
@@ -29,6 +30,7 @@ void FeedForwardConfig::read_fields(JsonFields& f) {
   f.read("output_dropout", output_dropout);
   f.read("use_bias", use_bias);
   f.read("kernel_init_stddev", kernel_init_stddev);
+  f.read("glu", glu);
 }
 
 FeedForwardConfig FeedForwardConfig::from_json(const nlohmann::json& j) {
@@ -75,6 +77,7 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
     : E(E_),
       H(H_),
       F(c.d_ff),
+      glu(c.glu),
       activation(parse_activation(c.activation)),
       inner_dropout(static_cast<float>(c.inner_dropout)),
       output_dropout(static_cast<float>(c.output_dropout)),
@@ -84,9 +87,10 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
     if (stacked) s.insert(s.begin(), E);
     return s;
   };
-  w1 = Tensor(sh({H, F}));
+  const int64_t F1 = glu ? 2 * F : F;
+  w1 = Tensor(sh({H, F1}));
   w2 = Tensor(sh({F, H}));
-  b1 = Tensor(c.use_bias ? sh({F}) : Shape{0});
+  b1 = Tensor(c.use_bias ? sh({F1}) : Shape{0});
   b2 = Tensor(c.use_bias ? sh({H}) : Shape{0});
   dw1 = Tensor(w1.shape()), dw2 = Tensor(w2.shape());
   db1 = Tensor(b1.shape()), db2 = Tensor(b2.shape());
@@ -97,6 +101,7 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
 FfnParams FfnWeights::params() const {
   FfnParams p;
   p.E = E, p.H = H, p.F = F;
+  p.glu = glu;
   p.w1 = w1.data(), p.w2 = w2.data();
   p.b1 = b1.numel() ? b1.data() : nullptr;
   p.b2 = b2.numel() ? b2.data() : nullptr;

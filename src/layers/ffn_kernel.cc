@@ -75,8 +75,8 @@ void add_weight_grad(const int64_t* offsets, int64_t E, const float* A, int64_t 
 
 void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
                  const FfnDropout& drop, FfnSaved& saved) {
-  const int64_t H = p.H, F = p.F, R = offsets[p.E];
-  saved.h.resize({R, F});
+  const int64_t H = p.H, F = p.F, F1 = p.width1(), R = offsets[p.E];
+  saved.h.resize({R, F1});
   saved.a.resize({R, F});
   const auto tiles = row_tiles(offsets, p.E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
@@ -87,16 +87,22 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   float* a = saved.a.data();
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const int64_t rows = t.end - t.begin;
-    gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, p.w1 + t.expert * H * F + c0, F,
-         0.f, h + t.begin * F + c0, F);
+    const float* w1 = p.w1 + t.expert * H * F1;
+    gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, w1 + c0, F1, 0.f,
+         h + t.begin * F1 + c0, F1);
+    if (p.glu)  // the linear half: columns F + [c0, c1)
+      gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, w1 + F + c0, F1, 0.f,
+           h + t.begin * F1 + F + c0, F1);
     for (int64_t r = t.begin; r < t.end; ++r) {
-      float* hr = h + r * F;
+      float* hr = h + r * F1;
       float* ar = a + r * F;
       if (p.b1) {
-        const float* b = p.b1 + t.expert * F;
+        const float* b = p.b1 + t.expert * F1;
         for (int64_t j = c0; j < c1; ++j) hr[j] += b[j];
+        for (int64_t j = c0; p.glu && j < c1; ++j) hr[F + j] += b[F + j];
       }
       activation_forward(p.activation, hr + c0, ar + c0, c1 - c0);
+      for (int64_t j = c0; p.glu && j < c1; ++j) ar[j] *= hr[F + j];
       if (drop_in)
         for (int64_t j = c0; j < c1; ++j)
           ar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
@@ -125,7 +131,7 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
 
 void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, const float* dys,
                   float* dxs, const FfnDropout& drop, FfnSaved& saved, const FfnGrads& grads) {
-  const int64_t H = p.H, F = p.F, E = p.E, R = offsets[E];
+  const int64_t H = p.H, F = p.F, F1 = p.width1(), E = p.E, R = offsets[E];
   const auto tiles = row_tiles(offsets, E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
   const bool drop_out = drop.enabled && p.output_dropout > 0;
@@ -147,29 +153,40 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
   });
   if (grads.b2) add_bias_grad(offsets, E, g2, H, grads.b2);
   if (grads.w2) add_weight_grad(offsets, E, saved.a.data(), F, g2, H, grads.w2);
-  // da = g2 . W2[e]^T, then through inner dropout and the activation: dh, stored in saved.da.
-  saved.da.resize({R, F});
+  // da = g2 . W2[e]^T, then through inner dropout and the activation (and the GLU product):
+  // dh [R, F1], stored in saved.da.
+  saved.da.resize({R, F1});
   float* da = saved.da.data();
   const float* h = saved.h.data();
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
     gemm(false, true, t.end - t.begin, c1 - c0, H, 1.f, g2 + t.begin * H, H,
-         p.w2 + t.expert * F * H + c0 * H, H, 0.f, da + t.begin * F + c0, F);
+         p.w2 + t.expert * F * H + c0 * H, H, 0.f, da + t.begin * F1 + c0, F1);
+    std::vector<float> act(p.glu ? c1 - c0 : 0);
     for (int64_t r = t.begin; r < t.end; ++r) {
-      float* dar = da + r * F;
+      float* dar = da + r * F1;
+      const float* hr = h + r * F1;
       if (drop_in)
         for (int64_t j = c0; j < c1; ++j)
           dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
                        ? dar[j] * in_scale
                        : 0.f;
-      activation_backward(p.activation, h + r * F + c0, dar + c0, dar + c0, c1 - c0);
+      if (p.glu) {  // a = act(h_act) * h_lin
+        activation_forward(p.activation, hr + c0, act.data(), c1 - c0);
+        for (int64_t j = c0; j < c1; ++j) {
+          const float g = dar[j];
+          dar[F + j] = g * act[j - c0];
+          dar[j] = g * hr[F + j];
+        }
+      }
+      activation_backward(p.activation, hr + c0, dar + c0, dar + c0, c1 - c0);
     }
   });
-  if (grads.b1) add_bias_grad(offsets, E, da, F, grads.b1);
-  if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F, grads.w1);
+  if (grads.b1) add_bias_grad(offsets, E, da, F1, grads.b1);
+  if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F1, grads.w1);
   if (!dxs) return;
   for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
-    gemm(false, true, t.end - t.begin, c1 - c0, F, 1.f, da + t.begin * F, F,
-         p.w1 + t.expert * H * F + c0 * F, F, 0.f, dxs + t.begin * H + c0, H);
+    gemm(false, true, t.end - t.begin, c1 - c0, F1, 1.f, da + t.begin * F1, F1,
+         p.w1 + t.expert * H * F1 + c0 * F1, F1, 0.f, dxs + t.begin * H + c0, H);
   });
 }
 

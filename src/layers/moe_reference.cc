@@ -10,12 +10,12 @@ namespace sparsemoe {
 
 void moe_reference_forward(const FfnParams& p, const RoutingPlan& plan, const float* x, float* y,
                            const FfnDropout& drop, MoeReferenceState& s) {
-  const int64_t G = plan.G, T = plan.T, E = plan.E, C = plan.C, H = p.H, F = p.F;
+  const int64_t G = plan.G, T = plan.T, E = plan.E, C = plan.C, H = p.H, F = p.F, F1 = p.width1();
   s.dispatch.resize({G, T, E, C});
   s.combine.resize({G, T, E, C});
   plan.to_dense(s.dispatch.data(), s.combine.data());
   s.expert_in.resize({G, E, C, H});
-  s.h.resize({G, E, C, F});
+  s.h.resize({G, E, C, F1});
   s.a.resize({G, E, C, F});
   s.expert_out.resize({G, E, C, H});
   const float* D = s.dispatch.data();
@@ -37,11 +37,14 @@ void moe_reference_forward(const FfnParams& p, const RoutingPlan& plan, const fl
       for (int64_t c = 0; c < C; ++c) {
         const uint64_t id = static_cast<uint64_t>((g * E + e) * C + c);
         const float* in = s.expert_in.data() + id * H;
+        for (int64_t j = 0; j < F1; ++j) {  // h = in . W1 + b1, both GLU halves
+          double acc = p.b1 ? p.b1[e * F1 + j] : 0.0;
+          for (int64_t h = 0; h < H; ++h) acc += in[h] * p.w1[(e * H + h) * F1 + j];
+          s.h[id * F1 + j] = static_cast<float>(acc);
+        }
         for (int64_t f = 0; f < F; ++f) {
-          double acc = p.b1 ? p.b1[e * F + f] : 0.0;
-          for (int64_t h = 0; h < H; ++h) acc += in[h] * p.w1[(e * H + h) * F + f];
-          s.h[id * F + f] = static_cast<float>(acc);
-          float a = activate(p.activation, static_cast<float>(acc));
+          float a = activate(p.activation, s.h[id * F1 + f]);
+          if (p.glu) a *= s.h[id * F1 + F + f];
           if (drop_in)
             a = dropout_keep(drop.inner_key, id * F + f, p.inner_dropout)
                     ? a * dropout_scale(p.inner_dropout)
@@ -74,7 +77,7 @@ void moe_reference_forward(const FfnParams& p, const RoutingPlan& plan, const fl
 void moe_reference_backward(const FfnParams& p, const RoutingPlan& plan, const float* dy, float* dx,
                             float* dprobs, const FfnDropout& drop, MoeReferenceState& s,
                             const FfnGrads& grads) {
-  const int64_t G = plan.G, T = plan.T, E = plan.E, C = plan.C, H = p.H, F = p.F;
+  const int64_t G = plan.G, T = plan.T, E = plan.E, C = plan.C, H = p.H, F = p.F, F1 = p.width1();
   const float* D = s.dispatch.data();
   const float* W = s.combine.data();
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
@@ -100,7 +103,7 @@ void moe_reference_backward(const FfnParams& p, const RoutingPlan& plan, const f
     for (int64_t e = 0; e < E; ++e)
       for (int64_t c = 0; c < C; ++c) {
         const uint64_t id = static_cast<uint64_t>((g * E + e) * C + c);
-        std::vector<double> g2(H), dh(F);
+        std::vector<double> g2(H), dh(F1);
         for (int64_t h = 0; h < H; ++h) {
           double v = d_out[id * H + h];
           if (drop_out)
@@ -121,15 +124,22 @@ void moe_reference_backward(const FfnParams& p, const RoutingPlan& plan, const f
             da = dropout_keep(drop.inner_key, id * F + f, p.inner_dropout)
                      ? da * dropout_scale(p.inner_dropout)
                      : 0.0;
-          dh[f] = da * activate_grad(p.activation, s.h[id * F + f]);
-          if (grads.b1) grads.b1[e * F + f] += static_cast<float>(dh[f]);
+          const float ha = s.h[id * F1 + f];
+          if (p.glu) {  // a = act(h_act) * h_lin
+            const double hl = s.h[id * F1 + F + f];
+            dh[F + f] = da * activate(p.activation, ha);
+            da *= hl;
+          }
+          dh[f] = da * activate_grad(p.activation, ha);
         }
+        for (int64_t j = 0; grads.b1 && j < F1; ++j)
+          grads.b1[e * F1 + j] += static_cast<float>(dh[j]);
         for (int64_t h = 0; h < H; ++h) {
           double acc = 0;
-          for (int64_t f = 0; f < F; ++f) {
-            acc += dh[f] * p.w1[(e * H + h) * F + f];
+          for (int64_t j = 0; j < F1; ++j) {
+            acc += dh[j] * p.w1[(e * H + h) * F1 + j];
             if (grads.w1)
-              grads.w1[(e * H + h) * F + f] += static_cast<float>(s.expert_in[id * H + h] * dh[f]);
+              grads.w1[(e * H + h) * F1 + j] += static_cast<float>(s.expert_in[id * H + h] * dh[j]);
           }
           d_in[id * H + h] = acc;
         }

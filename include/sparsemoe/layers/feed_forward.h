@@ -24,6 +24,7 @@ struct FeedForwardConfig {
   double output_dropout = 0.0;      // on the output
   bool use_bias = true;
   double kernel_init_stddev = 0.02;  // TruncatedNormal; biases start at 0
+  bool glu = false;  // GLU variant: intermediate kernel [H, 2F], a = act(first half) * second
 
   nlohmann::json to_json() const;
   static FeedForwardConfig from_json(const nlohmann::json& j);
@@ -45,9 +46,10 @@ class FfnWeights {
   FfnGrads grads();
   std::vector<ParamRef> refs();
 
-  Tensor w1, b1, w2, b2;      // [E,H,F] [E,F] [E,F,H] [E,H] (no E axis when not stacked)
+  Tensor w1, b1, w2, b2;      // [E,H,F1] [E,F1] [E,F,H] [E,H] (no E axis when not stacked)
   Tensor dw1, db1, dw2, db2;  // gradients
   int64_t E, H, F;
+  bool glu;  // F1 = glu ? 2F : F
   Activation activation;
   float inner_dropout, output_dropout;
   uint64_t seed;

@@ -1,7 +1,8 @@
 // The fused expert feed-forward kernel: for rows grouped by expert (rows of expert e are
 // [offsets[e], offsets[e+1]) of a contiguous buffer), computes
 //   h = xs . W1[e] + b1[e];  a = dropout_in(act(h));  ys = dropout_out(a . W2[e] + b2[e])
-// and its backward. Only filled rows are computed: this is where conditional computation pays.
+// and its backward. The GLU variant (lingvo's wi split in two) widens W1 to [H, 2F]: with
+// h = [h_act | h_lin], a = dropout_in(act(h_act) * h_lin). Only filled rows are computed: this is where conditional computation pays.
 // The dense FeedForward is the same kernel with E = 1. Work is split into tiles fixed by shape
 // (256 rows; columns split only when there are few row tiles), each tile one single-threaded
 // GEMM, so results are bitwise identical for any thread count.
@@ -17,13 +18,15 @@ namespace sparsemoe {
 
 struct FfnParams {
   int64_t E = 1, H = 0, F = 0;
-  const float* w1 = nullptr;  // [E, H, F]
-  const float* b1 = nullptr;  // [E, F] or null
+  bool glu = false;           // W1 and b1 are twice as wide: [act half | linear half]
+  const float* w1 = nullptr;  // [E, H, F1] with F1 = glu ? 2F : F
+  const float* b1 = nullptr;  // [E, F1] or null
   const float* w2 = nullptr;  // [E, F, H]
   const float* b2 = nullptr;  // [E, H] or null
   Activation activation = Activation::kGelu;
   float inner_dropout = 0.f;   // on a, applied only when keys are given
   float output_dropout = 0.f;  // on ys
+  int64_t width1() const { return glu ? 2 * F : F; }  // F1, the first GEMM's width
 };
 
 struct FfnGrads {  // accumulated (+=); null pointers skip that gradient
@@ -43,9 +46,9 @@ struct FfnDropout {
 
 // Saved activations, reused across calls.
 struct FfnSaved {
-  Tensor h;   // [R, F] pre-activation
+  Tensor h;   // [R, F1] pre-activation
   Tensor a;   // [R, F] activation after inner dropout (the input of the second GEMM)
-  Tensor da;  // [R, F] backward workspace
+  Tensor da;  // [R, F1] backward workspace
   Tensor g2;  // [R, H] backward workspace
 };
 

@@ -1,0 +1,219 @@
+// lingvo SharedEmbeddingSoftmaxLayer: lookup and tied softmax loss (see
+// shared_embedding_softmax.h and spec §13).
+#include "sparsemoe/layers/shared_embedding_softmax.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/rng.h"
+
+namespace sparsemoe {
+
+nlohmann::json SharedEmbeddingSoftmaxConfig::to_json() const {
+  return {{"vocab_size", vocab_size},
+          {"max_len", max_len},
+          {"embedding_dim", embedding_dim},
+          {"z_loss_coef", z_loss_coef},
+          {"logits_abs_max", logits_abs_max},
+          {"label_smoothing", label_smoothing},
+          {"use_tgt_labels_size_as_loss_denominator", use_tgt_labels_size_as_loss_denominator},
+          {"init_stddev", init_stddev},
+          {"seed", seed}};
+}
+
+SharedEmbeddingSoftmaxConfig SharedEmbeddingSoftmaxConfig::from_json(const nlohmann::json& j) {
+  SharedEmbeddingSoftmaxConfig c;
+  JsonFields f(j, "SharedEmbeddingSoftmaxConfig");
+  f.read("vocab_size", c.vocab_size);
+  f.read("max_len", c.max_len);
+  f.read("embedding_dim", c.embedding_dim);
+  f.read("z_loss_coef", c.z_loss_coef);
+  f.read("logits_abs_max", c.logits_abs_max);
+  f.read("label_smoothing", c.label_smoothing);
+  f.read("use_tgt_labels_size_as_loss_denominator", c.use_tgt_labels_size_as_loss_denominator);
+  f.read("init_stddev", c.init_stddev);
+  f.read("seed", c.seed);
+  f.finish();
+  c.validate();
+  return c;
+}
+
+void SharedEmbeddingSoftmaxConfig::validate() const {
+  auto bad = [](const std::string& m) { throw ConfigError("SharedEmbeddingSoftmaxConfig: " + m); };
+  if (vocab_size < 1) bad("vocab_size: expected >= 1, got " + std::to_string(vocab_size));
+  if (max_len < 1) bad("max_len: expected >= 1, got " + std::to_string(max_len));
+  if (embedding_dim < 1) bad("embedding_dim: expected >= 1, got " + std::to_string(embedding_dim));
+  if (!(z_loss_coef >= 0)) bad("z_loss_coef: expected >= 0");
+  if (!(logits_abs_max >= 0)) bad("logits_abs_max: expected >= 0 (0 = no clipping)");
+  if (!(label_smoothing >= 0 && label_smoothing <= 1)) bad("label_smoothing: expected in [0, 1]");
+  if (!(init_stddev >= 0)) bad("init_stddev: expected >= 0");
+}
+
+namespace {
+
+// Reads integer ids stored as floats, checking 0 <= id < limit.
+std::vector<int64_t> read_ids(const Tensor& t, int64_t limit, const char* name) {
+  std::vector<int64_t> out(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = t[i];
+    if (!(v >= 0 && v < static_cast<float>(limit) && v == std::floor(v)))
+      throw InvalidArgument(std::string(name) + ": expected integers in [0, " +
+                            std::to_string(limit) + "), got " + std::to_string(v) + " at element " +
+                            std::to_string(i));
+    out[i] = static_cast<int64_t>(v);
+  }
+  return out;
+}
+
+void fill_normal(Tensor& t, double stddev, uint64_t key) {
+  float* d = t.data();
+  for (int64_t i = 0; i < t.numel(); ++i) {  // Box-Muller on the counter stream
+    const double u1 = uniform01(key, 2 * i) + 0.5 / 16777216.0, u2 = uniform01(key, 2 * i + 1);
+    d[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) *
+                              std::cos(6.283185307179586 * u2));
+  }
+}
+
+}  // namespace
+
+SharedEmbeddingSoftmax::SharedEmbeddingSoftmax(const SharedEmbeddingSoftmaxConfig& config)
+    : config_((config.validate(), config)) {
+  const int64_t V = config.vocab_size, D = config.embedding_dim;
+  embedding = Tensor({V, D});
+  pos_emb = Tensor({config.max_len, D});
+  embedding_grad = Tensor({V, D});
+  pos_emb_grad = Tensor({config.max_len, D});
+  fill_normal(embedding, config.init_stddev, derive_key(config.seed, 0x454d42));
+  fill_normal(pos_emb, config.init_stddev, derive_key(config.seed, 0x504f53));
+}
+
+std::vector<ParamRef> SharedEmbeddingSoftmax::params() {
+  return {{"embedding", &embedding, &embedding_grad}, {"pos_emb", &pos_emb, &pos_emb_grad}};
+}
+
+void SharedEmbeddingSoftmax::forward(const Tensor& ids, const Tensor& segment_pos, Tensor& out) {
+  check_arg(ids.rank() == 2, "ids: expected shape [B, L], got " + shape_str(ids.shape()));
+  check_shape("segment_pos", segment_pos.shape(), ids.shape(), "[B, L] like ids");
+  const int64_t D = config_.embedding_dim;
+  ids_ = read_ids(ids, config_.vocab_size, "ids");
+  pos_ = read_ids(segment_pos, config_.max_len, "segment_pos");
+  out.resize({ids.dim(0), ids.dim(1), D});
+  for (size_t n = 0; n < ids_.size(); ++n)
+    for (int64_t d = 0; d < D; ++d)
+      out[n * D + d] = embedding[ids_[n] * D + d] + pos_emb[pos_[n] * D + d];
+}
+
+void SharedEmbeddingSoftmax::backward(const Tensor& dout) {
+  const int64_t D = config_.embedding_dim, N = static_cast<int64_t>(ids_.size());
+  check_arg(N > 0, "SharedEmbeddingSoftmax::backward: call forward first");
+  check_arg(dout.rank() == 3 && dout.dim(2) == D && dout.numel() == N * D,
+            "dout: expected shape [B, L, D] of the last forward (" + std::to_string(N) +
+                " tokens, D=" + std::to_string(D) + "), got " + shape_str(dout.shape()));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) {
+      embedding_grad[ids_[n] * D + d] += dout[n * D + d];
+      pos_emb_grad[pos_[n] * D + d] += dout[n * D + d];
+    }
+}
+
+SoftmaxLossResult SharedEmbeddingSoftmax::compute_loss(const Tensor& activation,
+                                                       const Tensor& labels,
+                                                       const Tensor& segment_ids) {
+  const int64_t V = config_.vocab_size, D = config_.embedding_dim;
+  check_arg(activation.rank() == 3 && activation.dim(2) == D,
+            "activation: expected shape [B, L, D=" + std::to_string(D) + "], got " +
+                shape_str(activation.shape()));
+  const int64_t B = activation.dim(0), L = activation.dim(1), N = B * L;
+  check_shape("labels", labels.shape(), {B, L}, "[B, L]");
+  check_shape("segment_ids", segment_ids.shape(), {B, L}, "[B, L]");
+  labels_ = read_ids(labels, V, "labels");
+  act_ = &activation;
+  act_shape_ = activation.shape();
+  nonpad_.resize(N);
+  for (int64_t n = 0; n < N; ++n) nonpad_[n] = segment_ids[n] != 0.f ? 1.f : 0.f;
+
+  // logits = (activation * D^-0.5) . embedding^T, optionally clipped.
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  raw_logits_.resize({N, V});
+  gemm(false, true, N, V, D, scale, activation.data(), D, embedding.data(), D, 0.f,
+       raw_logits_.data(), V);
+  probs_.resize({N, V});
+  lse_.resize(N);
+  const float clip = static_cast<float>(config_.logits_abs_max);
+  const double ls = config_.label_smoothing, off = ls / V, on = 1.0 - ls + off;
+  const double zc = config_.z_loss_coef;
+  double sum_loss = 0, sum_z = 0, sum_xent = 0, sum_soft = 0, sum_nonpad = 0;
+  std::vector<double> row_loss(B, 0.0), row_nonpad(B, 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    float* p = probs_.data() + n * V;
+    const float* raw = raw_logits_.data() + n * V;
+    double logit_sum = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      p[v] = clip > 0 ? std::min(std::max(raw[v], -clip), clip) : raw[v];
+      logit_sum += p[v];
+    }
+    const float logit_label = p[labels_[n]];
+    const float lse = logsumexp(p, V);
+    lse_[n] = lse;
+    for (int64_t v = 0; v < V; ++v) p[v] = std::exp(p[v] - lse);
+    const double xent = lse - logit_label;  // one-hot cross-entropy
+    // Soft-target cross-entropy: sum_v target_v (lse - logit_v), targets summing to 1.
+    const double soft = lse - (off * logit_sum + (on - off) * logit_label);
+    const double z = zc > 0 ? zc * static_cast<double>(lse) * lse : 0.0;
+    const double w = nonpad_[n];
+    sum_loss += (soft + z) * w;
+    sum_z += z * w;
+    sum_xent += xent * w;
+    sum_soft += soft * w;
+    sum_nonpad += w;
+    row_loss[n / L] += (soft + z) * w;
+    row_nonpad[n / L] += w;
+  }
+  const bool by_size = config_.use_tgt_labels_size_as_loss_denominator;
+  denom_ = by_size ? static_cast<double>(N) : sum_nonpad;
+  auto div = [](double a, double b) { return b != 0 ? a / b : 0.0; };  // 0/0 reports 0
+  SoftmaxLossResult res;
+  res.metrics["mean_xent"] = {div(sum_xent, sum_nonpad), sum_nonpad};
+  res.metrics["soft_targets_xent"] = {div(sum_soft, sum_nonpad), sum_nonpad};
+  res.metrics["weight"] = {sum_nonpad, 1.0};
+  res.metrics["loss"] = {div(sum_loss, denom_), 1.0};
+  res.metrics["avg_z_loss_inc"] = {div(sum_z, denom_), 1.0};
+  res.per_example_loss.resize(B);
+  for (int64_t b = 0; b < B; ++b)
+    res.per_example_loss[b] = div(row_loss[b], by_size ? static_cast<double>(L) : row_nonpad[b]);
+  return res;
+}
+
+void SharedEmbeddingSoftmax::compute_loss_backward(double dloss, Tensor& dactivation) {
+  check_arg(act_ != nullptr, "compute_loss_backward: call compute_loss first");
+  const int64_t V = config_.vocab_size, D = config_.embedding_dim,
+                N = act_shape_[0] * act_shape_[1];
+  const double ls = config_.label_smoothing, off = ls / V, on = 1.0 - ls + off;
+  const double zc = config_.z_loss_coef;
+  const float clip = static_cast<float>(config_.logits_abs_max);
+  dlogits_.resize({N, V});
+  for (int64_t n = 0; n < N; ++n) {
+    float* g = dlogits_.data() + n * V;
+    const double w = denom_ != 0 ? dloss * nonpad_[n] / denom_ : 0.0;
+    const float* p = probs_.data() + n * V;
+    const float* raw = raw_logits_.data() + n * V;
+    for (int64_t v = 0; v < V; ++v) {
+      const double target = v == labels_[n] ? on : off;
+      double d = w * (p[v] - target + 2.0 * zc * lse_[n] * p[v]);
+      if (clip > 0 && (raw[v] > clip || raw[v] < -clip)) d = 0;  // clipped: no gradient
+      g[v] = static_cast<float>(d);
+    }
+  }
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  dactivation.resize(act_shape_);
+  gemm(false, false, N, D, V, scale, dlogits_.data(), V, embedding.data(), D, 0.f,
+       dactivation.data(), D);
+  gemm(true, false, V, D, N, scale, dlogits_.data(), V, act_->data(), D, 1.f, embedding_grad.data(),
+       D);
+}
+
+}  // namespace sparsemoe

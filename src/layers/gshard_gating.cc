@@ -133,9 +133,8 @@ void Top2Gating::dense(Tensor& dispatch, Tensor& combine) const {
 
 void Top2Gating::backward(const Tensor& dcombine, Tensor& dinputs) {
   const RoutingPlan& p = plan();
-  const int64_t N = G_ * S_, E = p.E, C = p.C, M = config_.model_dim;
+  const int64_t N = G_ * S_, E = p.E, C = p.C;
   check_shape("dcombine", dcombine.shape(), {G_, S_, E, C}, "[G, S, E, C]");
-  check_shape("dinputs", dinputs.shape(), {G_, S_, M}, "[G, S, M]");
   // Each (token, expert) has at most one slot: gather its combine gradient.
   dcomb_.resize({N, E});
   dcomb_.zero();
@@ -144,13 +143,19 @@ void Top2Gating::backward(const Tensor& dcombine, Tensor& dinputs) {
       const int64_t n = p.row_token[r];
       dcomb_[n * E + e] = dcombine[(n * E + e) * C + p.row_slot[r]];
     }
+  backward_rows(dcomb_.data(), dinputs);
+}
+
+void Top2Gating::backward_rows(const float* dcombine, Tensor& dinputs) {
+  const int64_t N = G_ * S_, M = config_.model_dim;
+  check_shape("dinputs", dinputs.shape(), {G_, S_, M}, "[G, S, M]");
   if (input_ == GateInput::kSentence) {
     dgate_.resize({N, M});
     dgate_.zero();
-    router_.backward(dcomb_.data(), dgate_.data());
+    router_.backward(dcombine, dgate_.data());
     sentence_embeddings_backward(segment_id_.data(), N, M, dgate_.data(), dinputs.data());
   } else {
-    router_.backward(dcomb_.data(), dinputs.data());
+    router_.backward(dcombine, dinputs.data());
   }
 }
 

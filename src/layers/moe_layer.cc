@@ -102,7 +102,7 @@ std::vector<ParamRef> MoeLayer::params() {
 
 MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt) {
   output_shape(x.shape());
-  const int64_t B = x.dim(0), L = x.dim(1), H = config_.hidden_size, E = config_.router.num_experts;
+  const int64_t B = x.dim(0), L = x.dim(1), E = config_.router.num_experts;
   const Grouping grp = compute_grouping(B, L, config_.examples_per_group);
   const bool top2 = config_.router.type == RouterType::kTop2;
   // lingvo's local_dispatch=false gates all groups as one.
@@ -124,38 +124,13 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
                                               derive_key(config_.seed, kJitterTag, opt.step),
                                               opt.paddings ? opt.paddings->data() : nullptr);
   const RoutingPlan& plan = router_.plan();
-  const int64_t R = plan.rows();
   y.resize(x.shape());
 
   if (path_ == MoePath::kMaskedEinsum) {
     ref_drop_ = experts_.dropout(opt, nullptr);  // the sparse path's streams, dense slot ids
     moe_reference_forward(experts_.weights().params(), plan, x.data(), y.data(), ref_drop_, ref_);
   } else {
-    // Gather: xs[r] = x[token of r]; dropout ids are the rows' dense [G, E, C] slots.
-    xs_.resize({R, H});
-    ys_.resize({R, H});
-    row_ids_.resize(R);
-    parallel_for(E, [&](int64_t e) {
-      for (int64_t r = plan.expert_offsets[e]; r < plan.expert_offsets[e + 1]; ++r) {
-        std::memcpy(xs_.data() + r * H, x.data() + static_cast<int64_t>(plan.row_token[r]) * H,
-                    H * sizeof(float));
-        row_ids_[r] = plan.dense_slot_id(e, r);
-      }
-    });
-    experts_.forward_rows(plan.expert_offsets.data(), xs_.data(), ys_.data(), row_ids_.data(), opt);
-    // Combine: y[n] = sum over n's rows of weight * ys[row], in the plan's fixed row order.
-    const float* ys = ys_.data();
-    parallel_for_range(G * T, 64, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) {
-        float* out = y.data() + n * H;
-        std::memset(out, 0, H * sizeof(float));
-        for (int64_t i = plan.token_offsets[n]; i < plan.token_offsets[n + 1]; ++i) {
-          const int64_t r = plan.token_rows[i];
-          const float w = plan.row_weight[r];
-          for (int64_t h = 0; h < H; ++h) out[h] += w * ys[r * H + h];
-        }
-      }
-    });
+    apply_.forward(plan, experts_, x.data(), y.data(), opt);
   }
 
   const RoutingStats st = routing_stats(plan);
@@ -181,47 +156,14 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx) {
   check_arg(x_ != nullptr, "MoeLayer::backward: call forward first");
   check_shape("dy", dy.shape(), x_shape_, "[B, L, H]");
   const RoutingPlan& plan = router_.plan();
-  const int64_t H = config_.hidden_size, E = plan.E, N = plan.G * plan.T, R = plan.rows();
+  const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
   dprobs_.resize({N, E});
   if (path_ == MoePath::kMaskedEinsum) {
     moe_reference_backward(experts_.weights().params(), plan, dy.data(), dx.data(), dprobs_.data(),
                            ref_drop_, ref_, experts_.weights().grads());
   } else {
-    // d weight[r] = dy[token] . ys[r]; dys[r] = weight[r] * dy[token].
-    dys_.resize({R, H});
-    dxs_.resize({R, H});
-    dweight_.resize(R);
-    parallel_for_range(R, 64, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const float* g = dy.data() + static_cast<int64_t>(plan.row_token[r]) * H;
-        const float* o = ys_.data() + r * H;
-        const float w = plan.row_weight[r];
-        float* d = dys_.data() + r * H;
-        double dot = 0;
-        for (int64_t h = 0; h < H; ++h) {
-          dot += static_cast<double>(g[h]) * o[h];
-          d[h] = w * g[h];
-        }
-        dweight_[r] = static_cast<float>(dot);
-      }
-    });
-    experts_.backward_rows(dys_.data(), dxs_.data());
-    parallel_for_range(N, 64, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) {
-        float* out = dx.data() + n * H;
-        std::memset(out, 0, H * sizeof(float));
-        for (int64_t i = plan.token_offsets[n]; i < plan.token_offsets[n + 1]; ++i) {
-          const float* d = dxs_.data() + static_cast<int64_t>(plan.token_rows[i]) * H;
-          for (int64_t h = 0; h < H; ++h) out[h] += d[h];
-        }
-      }
-    });
-    // d combine[n, e] = d weight of the (n, e) row (a token has at most one row per expert).
-    dprobs_.zero();
-    for (int64_t e = 0; e < E; ++e)
-      for (int64_t r = plan.expert_offsets[e]; r < plan.expert_offsets[e + 1]; ++r)
-        dprobs_[static_cast<int64_t>(plan.row_token[r]) * E + e] = dweight_[r];
+    apply_.backward(plan, experts_, dy.data(), dx.data(), dprobs_.data());
   }
   router_.backward(dprobs_.data(), dx.data());
 }

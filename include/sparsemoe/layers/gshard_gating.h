@@ -62,6 +62,9 @@ class Top2Gating {
   // weights' gradient and adds into dinputs [G, S, M] the gradient w.r.t. the inputs (kTokens,
   // kSentence) or the task embeddings (kTask).
   void backward(const Tensor& dcombine, Tensor& dinputs);
+  // The same from dcombine [G*S, E]: the gradient w.r.t. each (token, expert) combine weight, as
+  // ApplyGating::backward returns it.
+  void backward_rows(const float* dcombine, Tensor& dinputs);
 
   std::vector<ParamRef> params() { return {{"w", &router_.kernel, &router_.kernel_grad}}; }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/apply_gating.h"
 #include "sparsemoe/layers/feed_forward.h"
 #include "sparsemoe/layers/layer_common.h"
 #include "sparsemoe/layers/moe_reference.h"
@@ -82,12 +83,8 @@ class MoeLayer {
   // Saved by forward, reused across calls.
   const Tensor* x_ = nullptr;
   Shape x_shape_;
-  Tensor xs_;                      // [R, H] gathered expert inputs
-  Tensor ys_;                      // [R, H] expert outputs (before combine weights)
-  Tensor dys_, dxs_;               // [R, H] backward workspaces
-  Tensor dprobs_;                  // [N, E]
-  std::vector<float> dweight_;     // [R]
-  std::vector<uint64_t> row_ids_;  // [R] dense slot ids for dropout
+  ApplyGating apply_;  // the sparse path's gather / experts / combine
+  Tensor dprobs_;      // [N, E] gradient w.r.t. each (token, expert) combine weight
   FfnDropout ref_drop_;
   MoeReferenceState ref_;
 };

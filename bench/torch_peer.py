@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--capacity-factor", type=float, default=1.0)
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--scenarios", default="4096,128,1")
+    ap.add_argument("--routers", default="", help="comma list to keep (e.g. top2); default all")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -196,6 +197,9 @@ def main():
         elif s == "1":
             scenarios += [dict(name="1 tok", B=1, T=1, router="tokens_choose", k=k, dropless=True)
                           for k in (1, 2)]
+    if args.routers:
+        keep = args.routers.split(",")
+        scenarios = [sc for sc in scenarios if sc["router"] in keep]
     rows = []
     env = None
     for threads in [int(t) for t in args.threads.split(",")]:

@@ -122,6 +122,38 @@ TEST(Top2, PaddingIsNeverDispatched) {
   }
 }
 
+TEST(Top2, ImportanceGatesFirstAndSecondChoices) {
+  // lingvo's importance: a first choice needs importance 1, a second > 0; the non-legacy
+  // densities are divided by mean(importance) + 1e-6.
+  const Tensor logits = random_tensor({1, 6, 3}, 8, -2.f, 2.f);
+  std::vector<float> probs(18);
+  for (int64_t n = 0; n < 6; ++n) {
+    float m = -1e30f, sum = 0;
+    for (int e = 0; e < 3; ++e) m = std::max(m, logits[n * 3 + e]);
+    for (int e = 0; e < 3; ++e) sum += (probs[n * 3 + e] = std::exp(logits[n * 3 + e] - m));
+    for (int e = 0; e < 3; ++e) probs[n * 3 + e] /= sum;
+  }
+  const std::vector<float> importance = {1, 0.5f, 0, 1, 1, 0.5f};
+  Top2Options opt;
+  opt.legacy_mtf_behavior = false;
+  RoutingPlan plan;
+  Top2State st;
+  route_top2(probs.data(), logits.data(), nullptr, importance.data(), 1, 6, 3, 6, opt, false, 0,
+             plan, st);
+  EXPECT_DOUBLE_EQ(st.denom[0], static_cast<float>(4.0 / 6 + 1e-6));
+  for (int64_t s = 0; s < 6; ++s) {
+    EXPECT_EQ(st.tokens[s].kept1, importance[s] == 1.f) << s;
+    EXPECT_EQ(st.tokens[s].kept2, importance[s] > 0.f) << s;
+  }
+  // A half-important token has only its second choice, the argmax over all experts (its first
+  // expert was not taken), renormalised to weight 1 (non-legacy).
+  const int64_t n = 1;
+  EXPECT_EQ(plan.token_offsets[n + 1] - plan.token_offsets[n], 1);
+  EXPECT_EQ(st.tokens[n].e2, st.tokens[n].e1);
+  EXPECT_FLOAT_EQ(plan.row_weight[plan.token_rows[plan.token_offsets[n]]], 1.f);
+  EXPECT_EQ(plan.token_offsets[3] - plan.token_offsets[2], 0);  // importance 0: nothing
+}
+
 TEST(Top2, ZeroCapacityDropsEverythingAndCountsAllElements) {
   const Tensor logits = random_tensor({2, 5, 3}, 5);
   const Routed r = route(logits, 0, policy(SecondExpertPolicy::kAll, 0), true, 1);

@@ -18,7 +18,7 @@ for arg in "$@"; do
 done
 
 packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nlohmann-json3-dev
-          libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev python3)
+          libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3)
 if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
 
 missing=()

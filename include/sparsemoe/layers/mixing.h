@@ -1,0 +1,48 @@
+// Token mixing for the Sparse Mixer (spec §11): LINEAR (learned [L, L] sequence kernel and [H, H]
+// hidden kernel, no bias), FOURIER (real part of the unnormalised 2-D DFT over sequence and
+// hidden) and HARTLEY (Re - Im of the same transform). The transforms run either as products with
+// precomputed cos/sin DFT matrices (use_fft = false, the default) or through kissfft's 2-D FFT.
+// All act on x [B, L, H] with L fixed at construction, and ignore padding.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/layer_common.h"
+
+namespace sparsemoe {
+
+enum class MixingMechanism { kLinear, kFourier, kHartley };
+std::string mixing_mechanism_name(MixingMechanism m);
+MixingMechanism parse_mixing_mechanism(const std::string& name);  // "linear", "fourier", "hartley"
+
+class MixingLayer {
+ public:
+  MixingLayer(MixingMechanism mechanism, int64_t seq_length, int64_t hidden, bool use_fft = false,
+              double kernel_init_stddev = 0.02, uint64_t seed = 0);
+
+  // x [B, L, H] -> y [B, L, H].
+  void forward(const Tensor& x, Tensor& y);
+  // dy -> dx (overwritten); accumulates the LINEAR kernels' gradients.
+  void backward(const Tensor& dy, Tensor& dx);
+
+  std::vector<ParamRef> params();  // LINEAR: seq_kernel [L, L], hidden_kernel [H, H]; else none
+  MixingMechanism mechanism() const { return mechanism_; }
+
+  Tensor seq_kernel, hidden_kernel, seq_kernel_grad, hidden_kernel_grad;
+
+ private:
+  void transform(const float* x, float* y, int64_t B) const;  // FOURIER / HARTLEY, self-adjoint
+  void check_input(const Tensor& x, const char* name) const;
+
+  MixingMechanism mechanism_;
+  int64_t L_, H_;
+  bool use_fft_;
+  Tensor cos_l_, sin_l_, cos_h_, sin_h_;  // [L, L], [H, H] DFT matrices (cos/sin parts)
+  const Tensor* x_ = nullptr;
+  Tensor t_;  // LINEAR: x . hidden_kernel [B, L, H], saved for backward
+};
+
+}  // namespace sparsemoe

@@ -1,0 +1,101 @@
+// Mixing layers: TFM-MIX1 (linear, all ones), the DFT-matrix path against the FFT path and both
+// against a direct complex-double DFT (TFM-MIX2, GR-L3 properties), the FFT length guard (GR-L4),
+// finite-difference gradients, and the fixed-length error.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <complex>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/layers/mixing.h"
+#include "test_util.h"
+
+namespace sparsemoe {
+namespace {
+
+using test::random_tensor;
+
+TEST(Mixing, LinearAllOnesGivesTwelve) {  // TFM-MIX1
+  MixingLayer m(MixingMechanism::kLinear, 4, 3);
+  m.seq_kernel.fill(1.f);
+  m.hidden_kernel.fill(1.f);
+  Tensor x({2, 4, 3}, 1.f), y;
+  m.forward(x, y);
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(y[i], 12.f, 1e-6);
+}
+
+// y = Re(F) (Fourier) or Re(F) - Im(F) (Hartley), F = the unnormalised 2-D DFT, in double.
+Tensor direct_dft(const Tensor& x, bool hartley) {
+  const int64_t B = x.dim(0), L = x.dim(1), H = x.dim(2);
+  Tensor y(x.shape());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = 0; n < L; ++n)
+      for (int64_t k = 0; k < H; ++k) {
+        std::complex<double> f = 0;
+        for (int64_t i = 0; i < L; ++i)
+          for (int64_t j = 0; j < H; ++j)
+            f += static_cast<double>(x[(b * L + i) * H + j]) *
+                 std::polar(1.0, -2 * M_PI * (double(n * i) / L + double(k * j) / H));
+        y[(b * L + n) * H + k] = static_cast<float>(hartley ? f.real() - f.imag() : f.real());
+      }
+  return y;
+}
+
+TEST(Mixing, DftMatrixAndFftPathsAgreeWithTheDft) {
+  for (auto mech : {MixingMechanism::kFourier, MixingMechanism::kHartley})
+    for (Shape s : {Shape{3, 4, 8}, Shape{1, 8, 4}, Shape{2, 6, 5}}) {
+      const Tensor x = random_tensor(s, 3, -2.f, 2.f);
+      const Tensor want = direct_dft(x, mech == MixingMechanism::kHartley);
+      for (bool fft : {false, true}) {
+        MixingLayer m(mech, s[1], s[2], fft);
+        Tensor y;
+        m.forward(x, y);
+        EXPECT_LT(test::normalized_error(y, want), 1e-5)
+            << mixing_mechanism_name(mech) << " fft=" << fft << " " << shape_str(s);
+      }
+    }
+}
+
+TEST(Mixing, FftLengthGuard) {  // GR-L4
+  try {
+    MixingLayer m(MixingMechanism::kFourier, 8194, 2, true);
+    FAIL() << "no error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("must be a power of 2"), std::string::npos);
+  }
+  EXPECT_NO_THROW(MixingLayer(MixingMechanism::kFourier, 8192, 2, true));
+}
+
+TEST(Mixing, GradientsMatchFiniteDifferences) {
+  for (auto mech : {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley})
+    for (bool fft : {false, true}) {
+      if (mech == MixingMechanism::kLinear && fft) continue;
+      MixingLayer m(mech, 5, 4, fft, 0.5, 7);
+      Tensor x = random_tensor({2, 5, 4}, 1), r = random_tensor({2, 5, 4}, 2), y, dx;
+      auto loss = [&] {
+        m.forward(x, y);
+        return test::dot(y, r);
+      };
+      loss();
+      zero_grads(m.params());
+      m.backward(r, dx);
+      const std::string what = mixing_mechanism_name(mech) + (fft ? " fft" : "");
+      test::check_gradient(what + " x", x, dx, loss, 40);
+      for (auto& p : m.params()) test::check_gradient(what + " " + p.name, *p.value, *p.grad, loss);
+    }
+}
+
+TEST(Mixing, WrongLengthIsAClearError) {
+  MixingLayer m(MixingMechanism::kFourier, 8, 4);
+  Tensor y;
+  try {
+    m.forward(Tensor({1, 7, 4}), y);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("L=8"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_mixing_mechanism("wavelet"), ConfigError);
+}
+
+}  // namespace
+}  // namespace sparsemoe

@@ -63,8 +63,8 @@ TEST(Kernels, FastActivationsMatchLibraryMath) {
   const int64_t n = 4001;
   Tensor h({n}), a({n}), da({n}, 1.f), dh({n});
   for (int64_t i = 0; i < n; ++i) h[i] = -12.f + 24.f * i / (n - 1);
-  for (Activation act :
-       {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh, Activation::kLinear}) {
+  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
+                         Activation::kLinear, Activation::kTanh}) {
     activation_forward(act, h.data(), a.data(), n);
     activation_backward(act, h.data(), da.data(), dh.data(), n);
     for (int64_t i = 0; i < n; ++i) {
@@ -78,7 +78,7 @@ TEST(Kernels, FastActivationsMatchLibraryMath) {
 }
 
 TEST(Kernels, ActivationGradientsMatchFiniteDifferences) {
-  for (Activation act : {Activation::kGelu, Activation::kGeluTanh}) {
+  for (Activation act : {Activation::kGelu, Activation::kGeluTanh, Activation::kTanh}) {
     for (double x = -4; x <= 4; x += 0.37) {
       const double eps = 1e-3;
       const double fd = (activate(act, static_cast<float>(x + eps)) -

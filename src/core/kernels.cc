@@ -20,8 +20,9 @@ Activation parse_activation(const std::string& name) {
   if (name == "gelu") return Activation::kGelu;
   if (name == "gelu_tanh") return Activation::kGeluTanh;
   if (name == "linear") return Activation::kLinear;
-  throw ConfigError("activation: expected one of relu, gelu, gelu_tanh, linear; got '" + name +
-                    "'");
+  if (name == "tanh") return Activation::kTanh;
+  throw ConfigError("activation: expected one of relu, gelu, gelu_tanh, linear, tanh; got '" +
+                    name + "'");
 }
 
 std::string activation_name(Activation a) {
@@ -34,6 +35,8 @@ std::string activation_name(Activation a) {
       return "gelu_tanh";
     case Activation::kLinear:
       return "linear";
+    case Activation::kTanh:
+      return "tanh";
   }
   return "?";
 }
@@ -50,6 +53,8 @@ float activate(Activation a, float x) {
     }
     case Activation::kLinear:
       return x;
+    case Activation::kTanh:
+      return std::tanh(x);
   }
   return x;
 }
@@ -68,6 +73,10 @@ float activate_grad(Activation a, float x) {
     }
     case Activation::kLinear:
       return 1.f;
+    case Activation::kTanh: {
+      const float t = std::tanh(x);
+      return 1.f - t * t;
+    }
   }
   return 1.f;
 }
@@ -134,6 +143,9 @@ void activation_forward(Activation act, const float* __restrict h, float* __rest
     case Activation::kLinear:
       for (int64_t i = 0; i < n; ++i) a[i] = h[i];
       return;
+    case Activation::kTanh:
+      for (int64_t i = 0; i < n; ++i) a[i] = fast_tanh(h[i]);
+      return;
   }
 }
 
@@ -164,6 +176,12 @@ void activation_backward(Activation act, const float* __restrict h, const float*
       return;
     case Activation::kLinear:
       for (int64_t i = 0; i < n; ++i) dh[i] = da[i];
+      return;
+    case Activation::kTanh:
+      for (int64_t i = 0; i < n; ++i) {
+        const float t = fast_tanh(h[i]);
+        dh[i] = da[i] * (1.f - t * t);
+      }
       return;
   }
 }

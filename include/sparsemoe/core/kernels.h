@@ -7,9 +7,9 @@
 
 namespace sparsemoe {
 
-enum class Activation { kRelu, kGelu, kGeluTanh, kLinear };
+enum class Activation { kRelu, kGelu, kGeluTanh, kLinear, kTanh };
 
-// "relu", "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "linear".
+// "relu", "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "linear", "tanh".
 Activation parse_activation(const std::string& name);
 std::string activation_name(Activation a);
 

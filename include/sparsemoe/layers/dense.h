@@ -1,0 +1,40 @@
+// A dense (fully connected) layer over the last axis: y = act(x . kernel + bias), kernel [in, out]
+// TruncatedNormal(stddev), bias zeros. Used by the embedding projection, the pooler and the heads.
+// Row tiles fixed by shape, one single-threaded GEMM each, so results do not depend on threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/layer_common.h"
+
+namespace sparsemoe {
+
+class Dense {
+ public:
+  Dense(int64_t in, int64_t out, Activation activation = Activation::kLinear, bool use_bias = true,
+        double init_stddev = 0.02, uint64_t seed = 0);
+
+  // x [..., in] -> y [..., out].
+  void forward(const Tensor& x, Tensor& y);
+  // dy [..., out] -> dx [..., in] (overwritten; null skips it); accumulates kernel/bias grads.
+  void backward(const Tensor& dy, Tensor* dx);
+
+  std::vector<ParamRef> params();
+  int64_t in() const { return in_; }
+  int64_t out() const { return out_; }
+
+  Tensor kernel, bias, kernel_grad, bias_grad;
+
+ private:
+  int64_t in_, out_;
+  Activation act_;
+  const Tensor* x_ = nullptr;
+  Shape x_shape_;
+  Tensor h_;   // [N, out] pre-activation
+  Tensor dh_;  // [N, out]
+};
+
+}  // namespace sparsemoe

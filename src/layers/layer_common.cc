@@ -1,6 +1,8 @@
 // Named-parameter helpers (see layer_common.h).
 #include "sparsemoe/layers/layer_common.h"
 
+#include <cmath>
+
 #include "sparsemoe/core/errors.h"
 
 namespace sparsemoe {
@@ -32,6 +34,18 @@ void set_weight(const std::vector<ParamRef>& params, const std::string& name, co
 
 void zero_grads(const std::vector<ParamRef>& params) {
   for (const auto& p : params) p.grad->zero();
+}
+
+std::vector<int64_t> read_ids(const Tensor& t, int64_t limit, const std::string& name) {
+  std::vector<int64_t> out(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = t[i];
+    if (!(v >= 0 && v < static_cast<float>(limit) && v == std::floor(v)))
+      throw InvalidArgument(name + ": expected integers in [0, " + std::to_string(limit) +
+                            "), got " + std::to_string(v) + " at element " + std::to_string(i));
+    out[i] = static_cast<int64_t>(v);
+  }
+  return out;
 }
 
 }  // namespace sparsemoe

@@ -55,20 +55,6 @@ void SharedEmbeddingSoftmaxConfig::validate() const {
 
 namespace {
 
-// Reads integer ids stored as floats, checking 0 <= id < limit.
-std::vector<int64_t> read_ids(const Tensor& t, int64_t limit, const char* name) {
-  std::vector<int64_t> out(t.numel());
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = t[i];
-    if (!(v >= 0 && v < static_cast<float>(limit) && v == std::floor(v)))
-      throw InvalidArgument(std::string(name) + ": expected integers in [0, " +
-                            std::to_string(limit) + "), got " + std::to_string(v) + " at element " +
-                            std::to_string(i));
-    out[i] = static_cast<int64_t>(v);
-  }
-  return out;
-}
-
 void fill_normal(Tensor& t, double stddev, uint64_t key) {
   float* d = t.data();
   for (int64_t i = 0; i < t.numel(); ++i) {  // Box-Muller on the counter stream

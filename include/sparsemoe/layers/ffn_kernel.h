@@ -2,10 +2,10 @@
 // [offsets[e], offsets[e+1]) of a contiguous buffer), computes
 //   h = xs . W1[e] + b1[e];  a = dropout_in(act(h));  ys = dropout_out(a . W2[e] + b2[e])
 // and its backward. The GLU variant (lingvo's wi split in two) widens W1 to [H, 2F]: with
-// h = [h_act | h_lin], a = dropout_in(act(h_act) * h_lin). Only filled rows are computed: this is where conditional computation pays.
-// The dense FeedForward is the same kernel with E = 1. Work is split into tiles fixed by shape
-// (256 rows; columns split only when there are few row tiles), each tile one single-threaded
-// GEMM, so results are bitwise identical for any thread count.
+// h = [h_act | h_lin], a = dropout_in(act(h_act) * h_lin). Only filled rows are computed: this is
+// where conditional computation pays. The dense FeedForward is the same kernel with E = 1. Work is
+// split into tiles fixed by shape (256 rows; columns split only when there are few row tiles), each
+// tile one single-threaded GEMM, so results are bitwise identical for any thread count.
 #pragma once
 
 #include <cstdint>
@@ -24,8 +24,8 @@ struct FfnParams {
   const float* w2 = nullptr;  // [E, F, H]
   const float* b2 = nullptr;  // [E, H] or null
   Activation activation = Activation::kGelu;
-  float inner_dropout = 0.f;   // on a, applied only when keys are given
-  float output_dropout = 0.f;  // on ys
+  float inner_dropout = 0.f;                          // on a, applied only when keys are given
+  float output_dropout = 0.f;                         // on ys
   int64_t width1() const { return glu ? 2 * F : F; }  // F1, the first GEMM's width
 };
 

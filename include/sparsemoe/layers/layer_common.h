@@ -32,4 +32,8 @@ Tensor& find_weight(const std::vector<ParamRef>& params, const std::string& name
 void set_weight(const std::vector<ParamRef>& params, const std::string& name, const Tensor& value);
 void zero_grads(const std::vector<ParamRef>& params);
 
+// Integer ids stored in a float tensor (token ids, positions, labels): checks each is an integer
+// in [0, limit) and throws InvalidArgument naming `name`, the value and the element otherwise.
+std::vector<int64_t> read_ids(const Tensor& t, int64_t limit, const std::string& name);
+
 }  // namespace sparsemoe

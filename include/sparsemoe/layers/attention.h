@@ -1,0 +1,49 @@
+// Multi-head self-attention as Keras MultiHeadAttention computes it for the Sparse Mixer's
+// attention layers: Q, K, V = Dense(x) with bias ([H, heads*dh] kernels), scores = Q K^T /
+// sqrt(dh) with masked positions pushed to -1e9 (so they get probability 0; a row with no
+// visible key becomes uniform, as in Keras), softmax, dropout on the probabilities, context = P V,
+// output = Dense(context) back to H. Forward keeps Q, K, V and the probabilities for backward.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/dense.h"
+#include "sparsemoe/layers/layer_common.h"
+
+namespace sparsemoe {
+
+class SelfAttention {
+ public:
+  SelfAttention(int64_t hidden, int64_t num_heads, double dropout = 0.0, double init_stddev = 0.02,
+                uint64_t seed = 0);
+
+  // x [B, L, H]; mask [B, L, L] of 0/1 (1 = query may attend to key) or null. -> y [B, L, H].
+  void forward(const Tensor& x, const Tensor* mask, Tensor& y, const ForwardOptions& opt = {});
+  // dy -> dx (overwritten); accumulates the four projections' gradients.
+  void backward(const Tensor& dy, Tensor& dx);
+
+  std::vector<ParamRef> params();
+
+ private:
+  int64_t H_, heads_, dh_;
+  double dropout_;
+  uint64_t seed_;
+  Dense q_, k_, v_, o_;
+  // Saved by forward.
+  int64_t B_ = 0, L_ = 0;
+  bool drop_ = false;
+  uint64_t drop_key_ = 0;
+  Tensor q_out_, k_out_, v_out_;  // [B, L, heads*dh]
+  Tensor probs_;                  // [B, heads, L, L] softmax
+  Tensor dprobs_;                 // [B, heads, L, L] after dropout (what multiplies V)
+  Tensor ctx_;                    // [B, L, heads*dh]
+  Tensor mask_;                   // [B, L, L] copy of the mask (empty: none)
+  Tensor dctx_, dq_, dk_, dv_, tmp_;
+};
+
+// Keras-style mask from a padding mask [B, L] (1 = real token): mask[b, i, j] = pad[b, j].
+Tensor attention_mask_from_padding(const Tensor& input_mask);
+
+}  // namespace sparsemoe

@@ -182,8 +182,11 @@ int run_route(const std::string& file) {
                           std::to_string(k));
   }
 
-  std::vector<float> probs = logits;
-  softmax_rows(probs.data(), G * T, E);
+  std::vector<float> probs;  // top2 softmaxes its own (expert-masked) logits
+  if (!top2) {
+    probs = logits;
+    softmax_rows(probs.data(), G * T, E);
+  }
   double z = 0;
   for (int64_t n = 0; n < G * T; ++n) {
     const double l = logsumexp(logits.data() + n * E, E);

@@ -103,6 +103,7 @@ void SelfAttention::backward(const Tensor& dy, Tensor& dx) {
   dq_.resize({B, L, D});
   dk_.resize({B, L, D});
   dv_.resize({B, L, D});
+  dscores_.resize({B, nh, L, L});
   const float scale = 1.f / std::sqrt(static_cast<float>(dh));
   const float rate = static_cast<float>(dropout_), keep_scale = dropout_scale(rate);
   parallel_for(B * nh, [&](int64_t bh) {
@@ -112,11 +113,10 @@ void SelfAttention::backward(const Tensor& dy, Tensor& dx) {
     const float* dc = dctx_.data() + b * L * D + h * dh;
     // dV = Pd^T dctx; dPd = dctx V^T; dP = dPd through dropout; dS = P * (dP - rowsum(dP * P)).
     gemm(true, false, L, dh, L, 1.f, pd, L, dc, D, 0.f, dv_.data() + b * L * D + h * dh, D);
-    std::vector<float> ds(L * L);
-    gemm(false, true, L, L, dh, 1.f, dc, D, v_out_.data() + b * L * D + h * dh, D, 0.f, ds.data(),
-         L);
+    float* ds = dscores_.data() + bh * L * L;
+    gemm(false, true, L, L, dh, 1.f, dc, D, v_out_.data() + b * L * D + h * dh, D, 0.f, ds, L);
     for (int64_t i = 0; i < L; ++i) {
-      float* row = ds.data() + i * L;
+      float* row = ds + i * L;
       if (drop_)
         for (int64_t j = 0; j < L; ++j)
           row[j] =
@@ -130,9 +130,9 @@ void SelfAttention::backward(const Tensor& dy, Tensor& dx) {
         if (mask_[b * L * L + i * L + j] == 0.f) row[j] = 0.f;
     }
     // scores = scale * Q K^T: dQ = scale * dS K, dK = scale * dS^T Q.
-    gemm(false, false, L, dh, L, scale, ds.data(), L, k_out_.data() + b * L * D + h * dh, D, 0.f,
+    gemm(false, false, L, dh, L, scale, ds, L, k_out_.data() + b * L * D + h * dh, D, 0.f,
          dq_.data() + b * L * D + h * dh, D);
-    gemm(true, false, L, dh, L, scale, ds.data(), L, q_out_.data() + b * L * D + h * dh, D, 0.f,
+    gemm(true, false, L, dh, L, scale, ds, L, q_out_.data() + b * L * D + h * dh, D, 0.f,
          dk_.data() + b * L * D + h * dh, D);
   });
   q_.backward(dq_, &dx);

@@ -119,18 +119,20 @@ void Embeddings::backward(const Tensor& dout, Tensor* ddense) {
       grad2_[i] = dropout_keep(drop_key_, i, rate) ? (*g)[i] * scale : 0.f;
     g = &grad2_;
   }
-  Tensor dsum;
-  norm_.backward(*g, dsum);
+  norm_.backward(*g, dsum_);
   if (ddense && Ld_) ddense->resize({B_, Ld_, W});
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t l = 0; l < L; ++l) {
-      const float* d = dsum.data() + (b * L + l) * W;
-      float* tgt = l < Lt_ ? word_grad.data() + ids_[b * Lt_ + l] * W
-                           : (ddense ? ddense->data() + (b * Ld_ + (l - Lt_)) * W : nullptr);
+      const float* d = dsum_.data() + (b * L + l) * W;
       for (int64_t w = 0; w < W; ++w) {
-        if (tgt) tgt[w] = (l < Lt_ ? tgt[w] : 0.f) + d[w];
         position_grad[l * W + w] += d[w];
         type_grad[types_[b * L + l] * W + w] += d[w];
+      }
+      if (l < Lt_) {
+        float* row = word_grad.data() + ids_[b * Lt_ + l] * W;
+        for (int64_t w = 0; w < W; ++w) row[w] += d[w];
+      } else if (ddense) {
+        std::memcpy(ddense->data() + (b * Ld_ + (l - Lt_)) * W, d, W * sizeof(float));
       }
     }
 }

@@ -161,7 +161,6 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
     gemm(false, true, t.end - t.begin, c1 - c0, H, 1.f, g2 + t.begin * H, H,
          p.w2 + t.expert * F * H + c0 * H, H, 0.f, da + t.begin * F1 + c0, F1);
-    std::vector<float> act(p.glu ? c1 - c0 : 0);
     for (int64_t r = t.begin; r < t.end; ++r) {
       float* dar = da + r * F1;
       const float* hr = h + r * F1;
@@ -170,11 +169,11 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
           dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
                        ? dar[j] * in_scale
                        : 0.f;
-      if (p.glu) {  // a = act(h_act) * h_lin
-        activation_forward(p.activation, hr + c0, act.data(), c1 - c0);
+      if (p.glu) {  // a = act(h_act) * h_lin; act(h_act) is staged in the linear half's slot
+        activation_forward(p.activation, hr + c0, dar + F + c0, c1 - c0);
         for (int64_t j = c0; j < c1; ++j) {
           const float g = dar[j];
-          dar[F + j] = g * act[j - c0];
+          dar[F + j] *= g;
           dar[j] = g * hr[F + j];
         }
       }

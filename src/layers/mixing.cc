@@ -88,36 +88,43 @@ void MixingLayer::check_input(const Tensor& x, const char* name) const {
 // Fourier: y = Re(D_L X D_H) = C_L X C_H - S_L X S_H.
 // Hartley: y = Re - Im = C_L (X C_H + X S_H) + S_L (X C_H - X S_H).
 // Both are self-adjoint (C and S are symmetric), so backward applies the same map to dy.
-void MixingLayer::transform(const float* x, float* y, int64_t B) const {
+void MixingLayer::transform(const float* x, float* y, int64_t B) {
   const int64_t L = L_, H = H_;
   const bool hartley = mechanism_ == MixingMechanism::kHartley;
   if (use_fft_) {
+    const int dims[2] = {static_cast<int>(L), static_cast<int>(H)};
+    while (static_cast<int64_t>(plans_.size()) < B)
+      plans_.emplace_back(kiss_fftnd_alloc(dims, 2, 0, nullptr, nullptr), &std::free);
+    fft_in_.resize(2 * B * L * H);
+    fft_out_.resize(2 * B * L * H);
+    static_assert(sizeof(kiss_fft_cpx) == 2 * sizeof(float));
     parallel_for(B, [&](int64_t b) {
-      const int dims[2] = {static_cast<int>(L), static_cast<int>(H)};
-      std::unique_ptr<void, decltype(&std::free)> cfg(
-          kiss_fftnd_alloc(dims, 2, 0, nullptr, nullptr), &std::free);
-      std::vector<kiss_fft_cpx> in(L * H), out(L * H);
+      auto* in = reinterpret_cast<kiss_fft_cpx*>(fft_in_.data()) + b * L * H;
+      auto* out = reinterpret_cast<kiss_fft_cpx*>(fft_out_.data()) + b * L * H;
       for (int64_t i = 0; i < L * H; ++i) in[i] = {x[b * L * H + i], 0.f};
-      kiss_fftnd(static_cast<kiss_fftnd_cfg>(cfg.get()), in.data(), out.data());
+      kiss_fftnd(static_cast<kiss_fftnd_cfg>(plans_[b].get()), in, out);
       for (int64_t i = 0; i < L * H; ++i)
         y[b * L * H + i] = hartley ? out[i].r - out[i].i : out[i].r;
     });
     return;
   }
+  p_.resize({B, L, H});
+  q_.resize({B, L, H});
   parallel_for(B, [&](int64_t b) {
     const float* xb = x + b * L * H;
     float* yb = y + b * L * H;
-    std::vector<float> p(L * H), q(L * H);
-    gemm(false, false, L, H, H, 1.f, xb, H, cos_h_.data(), H, 0.f, p.data(), H);  // X C_H
-    gemm(false, false, L, H, H, 1.f, xb, H, sin_h_.data(), H, 0.f, q.data(), H);  // X S_H
+    float* p = p_.data() + b * L * H;
+    float* q = q_.data() + b * L * H;
+    gemm(false, false, L, H, H, 1.f, xb, H, cos_h_.data(), H, 0.f, p, H);  // X C_H
+    gemm(false, false, L, H, H, 1.f, xb, H, sin_h_.data(), H, 0.f, q, H);  // X S_H
     if (hartley)
       for (int64_t i = 0; i < L * H; ++i) {
         const float a = p[i], c = q[i];
         p[i] = a + c;
         q[i] = a - c;
       }
-    gemm(false, false, L, H, L, 1.f, cos_l_.data(), L, p.data(), H, 0.f, yb, H);
-    gemm(false, false, L, H, L, hartley ? 1.f : -1.f, sin_l_.data(), L, q.data(), H, 1.f, yb, H);
+    gemm(false, false, L, H, L, 1.f, cos_l_.data(), L, p, H, 0.f, yb, H);
+    gemm(false, false, L, H, L, hartley ? 1.f : -1.f, sin_l_.data(), L, q, H, 1.f, yb, H);
   });
 }
 
@@ -150,18 +157,18 @@ void MixingLayer::backward(const Tensor& dy, Tensor& dx) {
     return;
   }
   // dt_b = W_seq^T dy_b; dW_seq += dy_b t_b^T; dx_b = dt_b W_hid^T; dW_hid += x^T dt.
-  Tensor dt(dy.shape());
+  dt_.resize(dy.shape());
+  float* dt = dt_.data();
   parallel_for(B, [&](int64_t b) {
     gemm(true, false, L, H, L, 1.f, seq_kernel.data(), L, dy.data() + b * L * H, H, 0.f,
-         dt.data() + b * L * H, H);
-    gemm(false, true, L, H, H, 1.f, dt.data() + b * L * H, H, hidden_kernel.data(), H, 0.f,
+         dt + b * L * H, H);
+    gemm(false, true, L, H, H, 1.f, dt + b * L * H, H, hidden_kernel.data(), H, 0.f,
          dx.data() + b * L * H, H);
   });
   for (int64_t b = 0; b < B; ++b)  // fixed order: deterministic sum over the batch
     gemm(false, true, L, L, H, 1.f, dy.data() + b * L * H, H, t_.data() + b * L * H, H, 1.f,
          seq_kernel_grad.data(), L);
-  gemm(true, false, H, H, B * L, 1.f, x_->data(), H, dt.data(), H, 1.f, hidden_kernel_grad.data(),
-       H);
+  gemm(true, false, H, H, B * L, 1.f, x_->data(), H, dt, H, 1.f, hidden_kernel_grad.data(), H);
 }
 
 }  // namespace sparsemoe

@@ -10,6 +10,7 @@
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/routing/router.h"  // fill_normal
 
 namespace sparsemoe {
 
@@ -52,19 +53,6 @@ void SharedEmbeddingSoftmaxConfig::validate() const {
   if (!(label_smoothing >= 0 && label_smoothing <= 1)) bad("label_smoothing: expected in [0, 1]");
   if (!(init_stddev >= 0)) bad("init_stddev: expected >= 0");
 }
-
-namespace {
-
-void fill_normal(Tensor& t, double stddev, uint64_t key) {
-  float* d = t.data();
-  for (int64_t i = 0; i < t.numel(); ++i) {  // Box-Muller on the counter stream
-    const double u1 = uniform01(key, 2 * i) + 0.5 / 16777216.0, u2 = uniform01(key, 2 * i + 1);
-    d[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) *
-                              std::cos(6.283185307179586 * u2));
-  }
-}
-
-}  // namespace
 
 SharedEmbeddingSoftmax::SharedEmbeddingSoftmax(const SharedEmbeddingSoftmaxConfig& config)
     : config_((config.validate(), config)) {

@@ -1,6 +1,7 @@
 // Router forward/backward (see router.h).
 #include "sparsemoe/routing/router.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "sparsemoe/core/config_io.h"
@@ -102,20 +103,24 @@ void RouterConfig::validate() const {
     bad("expert_padding_idx and local_dispatch apply to router type 'top2' only");
 }
 
-void fill_truncated_normal(Tensor& t, double stddev, uint64_t key) {
+void fill_normal(Tensor& t, double stddev, uint64_t key, double truncate_at) {
   float* d = t.data();
   parallel_for_range(t.numel(), 1 << 16, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       double z = 0;
-      for (uint64_t attempt = 0;; ++attempt) {  // Box-Muller; resample outside 2 stddev
+      for (uint64_t attempt = 0;; ++attempt) {  // Box-Muller; resample outside the truncation
         const uint64_t c = (static_cast<uint64_t>(i) << 8 | attempt) * 2;
         const double u1 = (uniform01(key, c) + 0.5 / 16777216.0), u2 = uniform01(key, c + 1);
         z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-        if (std::fabs(z) < 2.0 || attempt == 255) break;
+        if (truncate_at <= 0 || std::fabs(z) < truncate_at || attempt == 255) break;
       }
       d[i] = static_cast<float>(z * stddev);
     }
   });
+}
+
+void fill_truncated_normal(Tensor& t, double stddev, uint64_t key) {
+  fill_normal(t, stddev, key, 2.0);
 }
 
 Router::Router(const RouterConfig& config, int64_t hidden_size, uint64_t seed)
@@ -158,13 +163,24 @@ RouterLosses Router::forward(const float* x, int64_t G, int64_t T, int64_t C, bo
   float* lg = logits_.data();
   float* pr = probs_.data();
   float* ls = lse_.data();
+  // top2 with padded experts: the z-loss keeps the router's real logits (lse), while the gate
+  // softmaxes a masked copy.
+  const bool masked = config_.type == RouterType::kTop2 && !config_.top2.expert_padding_idx.empty();
+  if (masked) gate_logits_.resize({N, E});
+  float* gl = masked ? gate_logits_.data() : lg;
   parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) {
       float* row = lg + n * E;
       if (config_.use_bias)
         for (int64_t j = 0; j < E; ++j) row[j] += bias[j];
       ls[n] = logsumexp(row, E);
-      for (int64_t j = 0; j < E; ++j) pr[n * E + j] = std::exp(row[j] - ls[n]);
+      float m = ls[n];
+      if (masked) {
+        std::copy(row, row + E, gl + n * E);
+        mask_padded_experts(gl + n * E, 1, E, config_.top2);
+        m = logsumexp(gl + n * E, E);
+      }
+      for (int64_t j = 0; j < E; ++j) pr[n * E + j] = std::exp(gl[n * E + j] - m);
     }
   });
   RouterLosses out;
@@ -174,20 +190,6 @@ RouterLosses Router::forward(const float* x, int64_t G, int64_t T, int64_t C, bo
   out.router_z_loss = config_.router_z_loss_weight * out.unscaled_router_z_loss;
 
   if (config_.type == RouterType::kTop2) {
-    // The z-loss above uses the router's real logits; the gate softmaxes the masked ones.
-    const float* gl = lg;
-    if (!config_.top2.expert_padding_idx.empty()) {
-      gate_logits_.resize({N, E});
-      std::copy(lg, lg + N * E, gate_logits_.data());
-      mask_padded_experts(gate_logits_.data(), N, E, config_.top2);
-      gl = gate_logits_.data();
-      parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) {
-          const float m = logsumexp(gl + n * E, E);
-          for (int64_t j = 0; j < E; ++j) pr[n * E + j] = std::exp(gl[n * E + j] - m);
-        }
-      });
-    }
     for (int64_t i = 0; paddings && i < N; ++i)
       check_arg(paddings[i] == 0.f || paddings[i] == 1.f, "paddings: expected 0 or 1 at token " +
                                                               std::to_string(i) + ", got " +

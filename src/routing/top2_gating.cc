@@ -73,7 +73,6 @@ void route_top2(const float* probs, const float* logits, const float* paddings,
   st.tokens.assign(G * S, {});
   st.density1.assign(G * E, 0.f);
   st.denom.assign(G, 1.f);
-  st.proxy_mask.assign(G * S, 0);
   std::vector<double> group_aux(G, 0.0);
   std::vector<int64_t> over1(G, 0), over2(G, 0), sum1(G, 0), sum2(G, 0), valid(G, 0);
   std::vector<int64_t> load(G * E, 0);  // [G, E] rows kept (nonzero gate)
@@ -113,7 +112,6 @@ void route_top2(const float* probs, const float* logits, const float* paddings,
       tk.p1 = tk.live1 ? raw[i1] : 0.f;
       if (m1[s]) {
         density[i1] += 1.f;
-        st.proxy_mask[n] = 1;
         for (int64_t e = 0; e < E; ++e) proxy[e] += raw[e];
       }
       // rest = raw * (1 - mask1): the first expert is excluded only for tokens it was given to.
@@ -252,13 +250,13 @@ void top2_gating_on_logits(const float* logits, const float* paddings, const flo
 void route_top2_backward(const Top2State& st, const float* dcombine, double aux_weight,
                          float* dprobs) {
   const int64_t G = st.G, S = st.S, E = st.E;
-  // d aux / d raw[g,s,e] = E/G * density1[g,e] * proxy_mask[g,s] / (S * denom[g]).
+  // d aux / d raw[g,s,e] = E/G * density1[g,e] * live1[g,s] / (S * denom[g]).
   parallel_for_range(G * S, 256, [&](int64_t b, int64_t end) {
     for (int64_t n = b; n < end; ++n) {
       const int64_t g = n / S;
       float* dp = dprobs + n * E;
       const double aux_scale =
-          st.proxy_mask[n] ? aux_weight * E / (static_cast<double>(G) * S * st.denom[g]) : 0.0;
+          st.tokens[n].live1 ? aux_weight * E / (static_cast<double>(G) * S * st.denom[g]) : 0.0;
       for (int64_t e = 0; e < E; ++e)
         dp[e] = static_cast<float>(aux_scale * st.density1[g * E + e]);
       const Top2State::Token& tk = st.tokens[n];

@@ -40,6 +40,7 @@ class SelfAttention {
   Tensor dprobs_;                 // [B, heads, L, L] after dropout (what multiplies V)
   Tensor ctx_;                    // [B, L, heads*dh]
   Tensor mask_;                   // [B, L, L] copy of the mask (empty: none)
+  Tensor dscores_;                // [B, heads, L, L] backward workspace
   Tensor dctx_, dq_, dk_, dv_, tmp_;
 };
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@ class MixingLayer {
   Tensor seq_kernel, hidden_kernel, seq_kernel_grad, hidden_kernel_grad;
 
  private:
-  void transform(const float* x, float* y, int64_t B) const;  // FOURIER / HARTLEY, self-adjoint
+  void transform(const float* x, float* y, int64_t B);  // FOURIER / HARTLEY, self-adjoint
   void check_input(const Tensor& x, const char* name) const;
 
   MixingMechanism mechanism_;
@@ -43,6 +44,11 @@ class MixingLayer {
   Tensor cos_l_, sin_l_, cos_h_, sin_h_;  // [L, L], [H, H] DFT matrices (cos/sin parts)
   const Tensor* x_ = nullptr;
   Tensor t_;  // LINEAR: x . hidden_kernel [B, L, H], saved for backward
+  // Workspaces reused across calls: [B, L, H] products, the FFT's complex buffers, and one kissfft
+  // plan per batch item (a plan holds scratch memory, so concurrent items need their own).
+  Tensor p_, q_, dt_;
+  std::vector<float> fft_in_, fft_out_;  // [B, L, H] complex, interleaved (re, im)
+  std::vector<std::unique_ptr<void, void (*)(void*)>> plans_;
 };
 
 }  // namespace sparsemoe

@@ -96,5 +96,7 @@ class Router {
 
 // Keras TruncatedNormal: normal(0, stddev) resampled until within 2 stddev; counter-based.
 void fill_truncated_normal(Tensor& t, double stddev, uint64_t key);
+// normal(0, stddev), counter-based; truncate_at > 0 resamples beyond that many stddevs.
+void fill_normal(Tensor& t, double stddev, uint64_t key, double truncate_at = 0.0);
 
 }  // namespace sparsemoe

@@ -43,13 +43,13 @@ struct Top2State {
     float p1 = 0, p2 = 0;    // their raw gates after the padding masks (0 when masked)
     bool kept1 = false;      // first choice inside capacity
     bool kept2 = false;      // second choice sampled (kRandom) and inside capacity
-    bool live1 = false;      // p1 is raw[e1] (else the constant 0), so it carries a gradient
+    bool live1 = false;      // first choice allowed (importance 1): p1 is raw[e1] (else the
+                             // constant 0) and the token enters the aux loss's proxy
     bool live2 = false;      // p2 is raw[e2]
   };
-  std::vector<Token> tokens;        // [G*S]
-  std::vector<float> density1;      // [G, E] top-1 density before the drop, / denom
-  std::vector<float> denom;         // [G] 1 (legacy) or mean(importance) + 1e-6
-  std::vector<uint8_t> proxy_mask;  // [G*S] tokens that enter the aux loss's proxy
+  std::vector<Token> tokens;    // [G*S]
+  std::vector<float> density1;  // [G, E] top-1 density before the drop, / denom
+  std::vector<float> denom;     // [G] 1 (legacy) or mean(importance) + 1e-6
   bool legacy = true;
   double aux_loss = 0;
   double over_capacity_1_ratio = 0, over_capacity_2_ratio = 0;

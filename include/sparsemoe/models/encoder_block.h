@@ -49,6 +49,7 @@ class EncoderBlock {
 
   std::vector<ParamRef> params();
   bool is_moe() const { return config_.moe; }
+  MoeLayer* moe_layer() { return moe_.get(); }  // null for a dense block
 
  private:
   void mix_forward(const Tensor& in, Tensor& out, const ForwardOptions& opt);

@@ -1,0 +1,129 @@
+// The Sparse Mixer encoder network (tf-models SparseMixer, spec §12; diagram in
+// docs/sparse_mixer.md): embeddings -> num_layers EncoderBlocks (mixing or attention, dense FFN or
+// MoE, by layer index) -> sequence output, pooled output tanh(Dense(h[:, 0])), every layer's
+// output, and the MoE losses and metrics per MoE layer and in total. The config reads the seed's
+// keyword names from JSON, strictly (unknown keys are errors).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/dense.h"
+#include "sparsemoe/layers/embeddings.h"
+#include "sparsemoe/layers/mixing.h"
+#include "sparsemoe/models/encoder_block.h"
+#include "sparsemoe/routing/router.h"
+
+namespace sparsemoe {
+
+// The paper code's placement rule (GR-sm `_is_replacement_layer`) for n of N layers:
+// "bottom" l < n; "middle" N-n <= 2l < N+n; "mixed" l % (N/n) == 0; "top" l >= N-n.
+std::vector<int64_t> layer_layout(const std::string& layout, int64_t num_layers, int64_t count);
+
+struct SparseMixerConfig {
+  int64_t vocab_size = 0;  // required
+  int64_t hidden_size = 512;
+  int64_t num_layers = 14;
+  std::vector<int64_t> moe_layers = {5, 6, 7, 8};
+  std::vector<int64_t> attention_layers = {10, 11, 12, 13};
+  int64_t num_experts = 16;
+  double train_capacity_factor = 1.0;
+  double eval_capacity_factor = 1.0;
+  double examples_per_group = 1.0;
+  MixingMechanism mixing_mechanism = MixingMechanism::kLinear;
+  bool use_fft = false;
+  int64_t num_attention_heads = 8;
+  int64_t max_sequence_length = 512;
+  int64_t type_vocab_size = 16;
+  int64_t inner_dim = 2048;
+  std::string inner_activation = "gelu_tanh";
+  double output_dropout = 0.1;
+  double attention_dropout = 0.1;
+  double initializer_range = 0.02;  // TruncatedNormal stddev for every weight
+  int64_t output_range = 0;         // 0: the whole sequence; else sequence_output [:, :range]
+  int64_t embedding_width = 0;      // 0: hidden_size (no projection)
+  bool norm_first = false;
+  bool with_dense_inputs = false;
+  bool export_metrics = true;  // false: per-layer metrics are not reported (losses still are)
+  // Ours, beyond the seed's arguments:
+  RouterConfig router;  // the MoE layers' router (type, k, jitter, loss weights); num_experts
+                        // comes from above
+  int64_t min_expert_capacity = 0;
+  bool tf_models_compat = false;  // reproduce the tf-models code's wiring quirks (spec §12.1)
+  uint64_t seed = 0;              // initialisation and dropout/jitter streams
+
+  nlohmann::json to_json() const;
+  static SparseMixerConfig from_json(const nlohmann::json& j);  // strict; validates
+  void validate() const;
+  bool is_moe_layer(int64_t l) const;
+  bool is_attention_layer(int64_t l) const;
+};
+
+// MoE losses and metrics of one forward: one entry per MoE layer (in layer order) and totals.
+// Losses are summed over layers (as the paper's training code does); the ratio metrics and the
+// tokens per expert are averaged over layers (as t5x does).
+struct SparseMixerMetrics {
+  std::vector<int64_t> moe_layer_index;  // which encoder layer each entry is
+  std::vector<MoeMetrics> per_layer;     // empty when export_metrics is false
+  double load_balancing_loss = 0;        // sum, unscaled
+  double router_z_loss = 0;              // sum, scaled
+  double unscaled_router_z_loss = 0;     // sum
+  double fraction_tokens_left_behind = 0, router_confidence = 0, expert_usage = 0;  // mean
+  double loss = 0;  // what the MoE layers add to the training loss (weighted, summed)
+  nlohmann::json to_json() const;  // {"total": {...}, "layer_5": {...}, ...}
+};
+
+// The network's inputs. Only input_word_ids is required: a null mask means every token is real,
+// null type ids mean type 0. Dense inputs need with_dense_inputs and are appended after the
+// tokens; their length plus the tokens' must equal max_sequence_length.
+struct SparseMixerInputs {
+  const Tensor* input_word_ids = nullptr;  // [B, Lt] integer ids
+  const Tensor* input_mask = nullptr;      // [B, Lt] 1 = real token, 0 = padding
+  const Tensor* input_type_ids = nullptr;  // [B, Lt]
+  const Tensor* dense_inputs = nullptr;    // [B, Ld, W]
+  const Tensor* dense_mask = nullptr;      // [B, Ld]
+  const Tensor* dense_type_ids = nullptr;  // [B, Ld]
+};
+
+class SparseMixer {
+ public:
+  explicit SparseMixer(const SparseMixerConfig& config);
+
+  SparseMixerMetrics forward(const SparseMixerInputs& in, const ForwardOptions& opt = {});
+  // dsequence [B, Lout, H] and/or dpooled [B, H] (either may be null) -> accumulates every
+  // parameter's gradient, the MoE losses' included. ddense_inputs, if given, gets the dense
+  // inputs' gradient.
+  void backward(const Tensor* dsequence, const Tensor* dpooled, Tensor* ddense_inputs = nullptr);
+
+  const Tensor& sequence_output() const;                   // [B, Lout, H]; Lout = output_range or L
+  const Tensor& pooled_output() const { return pooled_; }  // [B, H]
+  // Layer l's output [B, L, H], l in [0, num_layers).
+  const Tensor& encoder_output(int64_t l) const { return hidden_.at(l + 1); }
+  const Tensor& attention_mask() const { return mask_; }  // [B, L, L] of the last forward
+
+  std::vector<ParamRef> params();
+  int64_t count_params() { return sparsemoe::count_params(params()); }
+  const SparseMixerConfig& config() const { return config_; }
+  Embeddings& embeddings() { return embeddings_; }
+  EncoderBlock& block(int64_t l) { return *blocks_.at(l); }
+
+ private:
+  SparseMixerConfig config_;
+  Embeddings embeddings_;
+  std::vector<std::unique_ptr<EncoderBlock>> blocks_;
+  Dense pooler_;
+  // Saved by forward.
+  Tensor type_zeros_;           // [B, Lt] when no type ids are given
+  Tensor mask_, paddings_;      // [B, L, L] attention mask; [B, L] paddings (top2 MoE only)
+  bool has_mask_ = false;       // false: every token real, attention unmasked
+  std::vector<Tensor> hidden_;  // num_layers + 1 of [B, L, H]: embeddings, then each layer
+  Tensor sliced_;               // [B, output_range, H] when output_range is set
+  Tensor first_, pooled_;       // [B, H]
+  Tensor g_, g2_, dfirst_;      // backward workspaces
+};
+
+}  // namespace sparsemoe

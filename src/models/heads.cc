@@ -1,0 +1,165 @@
+// Masked-LM and classification heads and the softmax cross-entropy (see heads.h).
+#include "sparsemoe/models/heads.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/core/rng.h"
+
+namespace sparsemoe {
+
+namespace {
+
+constexpr int64_t kRows = 64;  // fixed row tiles: results do not depend on the thread count
+constexpr uint64_t kTransformTag = 1, kDropoutTag = 2, kDenseTag = 3;
+
+}  // namespace
+
+double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels,
+                             const float* weights, Tensor* dlogits, double* correct) {
+  check_arg(logits.rank() >= 1, "logits: expected shape [N, C]");
+  const int64_t C = logits.dim(-1), N = C ? logits.numel() / C : 0;
+  check_arg(static_cast<int64_t>(labels.size()) == N, "labels: expected " + std::to_string(N) +
+                                                          " labels (one per logits row), got " +
+                                                          std::to_string(labels.size()));
+  double wsum = 0, loss = 0, hits = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    check_arg(labels[i] >= 0 && labels[i] < C,
+              "labels: expected values in [0, " + std::to_string(C) + "), got " +
+                  std::to_string(labels[i]) + " at row " + std::to_string(i));
+    wsum += weights ? weights[i] : 1.0;
+  }
+  if (dlogits) dlogits->resize(logits.shape());
+  const double inv = wsum > 0 ? 1.0 / wsum : 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* z = logits.data() + i * C;
+    const double w = weights ? weights[i] : 1.0;
+    const float lse = logsumexp(z, C);
+    loss += w * (lse - z[labels[i]]);
+    hits += w * (std::max_element(z, z + C) - z == labels[i]);
+    if (dlogits) {
+      float* d = dlogits->data() + i * C;
+      const float s = static_cast<float>(w * inv);
+      for (int64_t c = 0; c < C; ++c) d[c] = s * std::exp(z[c] - lse);
+      d[labels[i]] -= s;
+    }
+  }
+  if (correct) *correct += hits;
+  return loss * inv;
+}
+
+MaskedLmHead::MaskedLmHead(int64_t hidden, int64_t width, int64_t vocab, Activation activation,
+                           double init_stddev, uint64_t seed)
+    : output_bias({vocab}),
+      output_bias_grad({vocab}),
+      H_(hidden),
+      W_(width),
+      V_(vocab),
+      transform_(hidden, width, activation, true, init_stddev, derive_key(seed, kTransformTag)),
+      norm_(width, 1e-12) {}
+
+std::vector<ParamRef> MaskedLmHead::params() {
+  auto p = prefixed("cls/predictions/transform/dense", transform_.params());
+  for (auto& r : prefixed("cls/predictions/transform/layer_norm", norm_.params())) p.push_back(r);
+  p.push_back({"cls/predictions/output_bias", &output_bias, &output_bias_grad});
+  return p;
+}
+
+void MaskedLmHead::forward(const Tensor& seq, const Tensor& positions, const Tensor& table,
+                           Tensor& logits) {
+  check_arg(seq.rank() == 3 && seq.dim(2) == H_,
+            "sequence_output: expected shape [B, L, H=" + std::to_string(H_) + "], got " +
+                shape_str(seq.shape()));
+  const int64_t B = seq.dim(0), L = seq.dim(1);
+  check_arg(positions.rank() == 2 && positions.dim(0) == B,
+            "masked_lm_positions: expected shape [B=" + std::to_string(B) + ", P], got " +
+                shape_str(positions.shape()));
+  check_shape("embedding table", table.shape(), {V_, W_}, "[V, W]");
+  const int64_t P = positions.dim(1), N = B * P;
+  const std::vector<int64_t> pos = read_ids(positions, L, "masked_lm_positions");
+  table_ = &table;
+  seq_shape_ = seq.shape();
+  rows_.resize(N);
+  gathered_.resize({B, P, H_});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < P; ++p) {
+      rows_[b * P + p] = b * L + pos[b * P + p];
+      std::copy_n(seq.data() + rows_[b * P + p] * H_, H_, gathered_.data() + (b * P + p) * H_);
+    }
+  transform_.forward(gathered_, t_);
+  norm_.forward(t_, n_);
+  logits.resize({B, P, V_});
+  // logits = n . table^T + bias
+  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
+    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
+    float* out = logits.data() + r0 * V_;
+    gemm(false, true, rows, V_, W_, 1.f, n_.data() + r0 * W_, W_, table.data(), W_, 0.f, out, V_);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < V_; ++v) out[r * V_ + v] += output_bias[v];
+  });
+}
+
+void MaskedLmHead::backward(const Tensor& dlogits, Tensor& dseq, Tensor& dtable) {
+  check_arg(table_ != nullptr, "MaskedLmHead::backward: call forward first");
+  const int64_t N = static_cast<int64_t>(rows_.size());
+  check_shape("dlogits", dlogits.shape(), {gathered_.dim(0), gathered_.dim(1), V_}, "[B, P, V]");
+  check_shape("dtable", dtable.shape(), {V_, W_}, "[V, W]");
+  check_shape("dsequence", dseq.shape(), seq_shape_, "[B, L, H] like the sequence output");
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t v = 0; v < V_; ++v) output_bias_grad[v] += dlogits[i * V_ + v];
+  // dtable += dlogits^T . n (tiles over vocabulary rows); dn = dlogits . table.
+  parallel_for((V_ + kRows - 1) / kRows, [&](int64_t t) {
+    const int64_t v0 = t * kRows, rows = std::min(kRows, V_ - v0);
+    gemm(true, false, rows, W_, N, 1.f, dlogits.data() + v0, V_, n_.data(), W_, 1.f,
+         dtable.data() + v0 * W_, W_);
+  });
+  dn_.resize(n_.shape());
+  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
+    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
+    gemm(false, false, rows, W_, V_, 1.f, dlogits.data() + r0 * V_, V_, table_->data(), W_, 0.f,
+         dn_.data() + r0 * W_, W_);
+  });
+  norm_.backward(dn_, dt_);
+  transform_.backward(dt_, &dg_);
+  // Scatter-add in position order (a position listed twice gets both contributions).
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t h = 0; h < H_; ++h) dseq[rows_[i] * H_ + h] += dg_[i * H_ + h];
+}
+
+ClassificationHead::ClassificationHead(int64_t hidden, int64_t num_classes, double dropout,
+                                       double init_stddev, uint64_t seed)
+    : dropout_(dropout),
+      seed_(seed),
+      dense_(hidden, num_classes, Activation::kLinear, true, init_stddev,
+             derive_key(seed, kDenseTag)) {
+  check_arg(dropout >= 0 && dropout < 1,
+            "ClassificationHead dropout: expected in [0, 1), got " + std::to_string(dropout));
+}
+
+void ClassificationHead::forward(const Tensor& pooled, Tensor& logits, const ForwardOptions& opt) {
+  check_arg(pooled.rank() == 2 && pooled.dim(1) == dense_.in(),
+            "pooled_output: expected shape [B, H=" + std::to_string(dense_.in()) + "], got " +
+                shape_str(pooled.shape()));
+  drop_ = opt.training && dropout_ > 0;
+  drop_key_ = derive_key(seed_, kDropoutTag, opt.step);
+  if (!drop_) return dense_.forward(pooled, logits);
+  const float rate = static_cast<float>(dropout_), scale = dropout_scale(rate);
+  dropped_.resize(pooled.shape());
+  for (int64_t i = 0; i < pooled.numel(); ++i)
+    dropped_[i] = dropout_keep(drop_key_, i, rate) ? pooled[i] * scale : 0.f;
+  dense_.forward(dropped_, logits);
+}
+
+void ClassificationHead::backward(const Tensor& dlogits, Tensor& dpooled) {
+  dense_.backward(dlogits, &dpooled);
+  if (!drop_) return;
+  const float rate = static_cast<float>(dropout_), scale = dropout_scale(rate);
+  for (int64_t i = 0; i < dpooled.numel(); ++i)
+    dpooled[i] = dropout_keep(drop_key_, i, rate) ? dpooled[i] * scale : 0.f;
+}
+
+}  // namespace sparsemoe

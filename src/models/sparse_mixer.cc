@@ -1,0 +1,419 @@
+// The Sparse Mixer encoder network (see sparse_mixer.h).
+#include "sparsemoe/models/sparse_mixer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/layers/attention.h"
+
+namespace sparsemoe {
+
+namespace {
+
+constexpr uint64_t kEmbeddingsTag = 1, kBlockTag = 2, kPoolerTag = 3;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+// moe_layers / attention_layers: a list of indices, or {"layout": name, "count": n}.
+std::vector<int64_t> read_layers(const nlohmann::json& j, int64_t num_layers,
+                                 const std::string& key) {
+  if (j.is_array()) {
+    try {
+      return j.get<std::vector<int64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw ConfigError("SparseMixerConfig: key '" + key + "' must be a list of layer indices");
+    }
+  }
+  if (!j.is_object())
+    throw ConfigError("SparseMixerConfig: key '" + key +
+                      "' must be a list of layer indices or {\"layout\": ..., \"count\": n}");
+  JsonFields f(j, "SparseMixerConfig." + key);
+  std::string layout;
+  int64_t count = -1;
+  f.read("layout", layout);
+  f.read("count", count);
+  f.finish();
+  if (count < 0) throw ConfigError("SparseMixerConfig." + key + ": 'count' (>= 0) is required");
+  try {
+    return layer_layout(layout, num_layers, count);
+  } catch (const InvalidArgument& e) {
+    throw ConfigError("SparseMixerConfig." + key + ": " + e.what());
+  }
+}
+
+bool contains(const std::vector<int64_t>& v, int64_t x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+}  // namespace
+
+std::vector<int64_t> layer_layout(const std::string& layout, int64_t N, int64_t n) {
+  check_arg(n >= 0 && n <= N,
+            "layer_layout count: expected 0 <= count <= num_layers=" + str(N) + ", got " + str(n));
+  std::vector<int64_t> out;
+  for (int64_t l = 0; l < N; ++l) {
+    bool take;
+    if (layout == "bottom")
+      take = l < n;
+    else if (layout == "middle")
+      take = N - n <= 2 * l && 2 * l < N + n;
+    else if (layout == "mixed")
+      take = n > 0 && l % (N / n) == 0;
+    else if (layout == "top")
+      take = l >= N - n;
+    else
+      throw InvalidArgument("layout: expected 'bottom', 'middle', 'mixed' or 'top', got '" +
+                            layout + "'");
+    if (take) out.push_back(l);
+  }
+  return out;
+}
+
+bool SparseMixerConfig::is_moe_layer(int64_t l) const { return contains(moe_layers, l); }
+bool SparseMixerConfig::is_attention_layer(int64_t l) const {
+  return contains(attention_layers, l);
+}
+
+nlohmann::json SparseMixerConfig::to_json() const {
+  nlohmann::json r = router.to_json();
+  r.erase("num_experts");  // both set from the network's own keys
+  r.erase("kernel_init_stddev");
+  return {{"vocab_size", vocab_size},
+          {"hidden_size", hidden_size},
+          {"num_layers", num_layers},
+          {"moe_layers", moe_layers},
+          {"attention_layers", attention_layers},
+          {"num_experts", num_experts},
+          {"train_capacity_factor", train_capacity_factor},
+          {"eval_capacity_factor", eval_capacity_factor},
+          {"examples_per_group", examples_per_group},
+          {"mixing_mechanism", mixing_mechanism_name(mixing_mechanism)},
+          {"use_fft", use_fft},
+          {"num_attention_heads", num_attention_heads},
+          {"max_sequence_length", max_sequence_length},
+          {"type_vocab_size", type_vocab_size},
+          {"inner_dim", inner_dim},
+          {"inner_activation", inner_activation},
+          {"output_dropout", output_dropout},
+          {"attention_dropout", attention_dropout},
+          {"initializer_range", initializer_range},
+          {"output_range", output_range},
+          {"embedding_width", embedding_width},
+          {"norm_first", norm_first},
+          {"with_dense_inputs", with_dense_inputs},
+          {"export_metrics", export_metrics},
+          {"router", r},
+          {"min_expert_capacity", min_expert_capacity},
+          {"tf_models_compat", tf_models_compat},
+          {"seed", seed}};
+}
+
+SparseMixerConfig SparseMixerConfig::from_json(const nlohmann::json& j) {
+  SparseMixerConfig c;
+  JsonFields f(j, "SparseMixerConfig");
+  f.read("vocab_size", c.vocab_size);
+  f.read("hidden_size", c.hidden_size);
+  f.read("num_layers", c.num_layers);
+  nlohmann::json moe_layers, attention_layers;
+  f.read("moe_layers", moe_layers);
+  f.read("attention_layers", attention_layers);
+  if (!moe_layers.is_null()) c.moe_layers = read_layers(moe_layers, c.num_layers, "moe_layers");
+  if (!attention_layers.is_null())
+    c.attention_layers = read_layers(attention_layers, c.num_layers, "attention_layers");
+  f.read("num_experts", c.num_experts);
+  f.read("train_capacity_factor", c.train_capacity_factor);
+  f.read("eval_capacity_factor", c.eval_capacity_factor);
+  f.read("examples_per_group", c.examples_per_group);
+  std::string mixing = mixing_mechanism_name(c.mixing_mechanism);
+  f.read("mixing_mechanism", mixing);
+  try {
+    c.mixing_mechanism = parse_mixing_mechanism(mixing);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(std::string("SparseMixerConfig: ") + e.what());
+  }
+  f.read("use_fft", c.use_fft);
+  f.read("num_attention_heads", c.num_attention_heads);
+  f.read("max_sequence_length", c.max_sequence_length);
+  f.read("type_vocab_size", c.type_vocab_size);
+  f.read("inner_dim", c.inner_dim);
+  f.read("inner_activation", c.inner_activation);
+  f.read("output_dropout", c.output_dropout);
+  f.read("attention_dropout", c.attention_dropout);
+  f.read("initializer_range", c.initializer_range);
+  f.read("output_range", c.output_range);
+  f.read("embedding_width", c.embedding_width);
+  f.read("norm_first", c.norm_first);
+  f.read("with_dense_inputs", c.with_dense_inputs);
+  f.read("export_metrics", c.export_metrics);
+  if (auto* r = f.object("router")) {
+    for (const char* k : {"num_experts", "kernel_init_stddev"})
+      if (r->contains(k))
+        throw ConfigError(std::string("SparseMixerConfig.router: '") + k +
+                          "' is set by the network ('num_experts' / 'initializer_range')");
+    c.router = RouterConfig::from_json(*r);
+  }
+  f.read("min_expert_capacity", c.min_expert_capacity);
+  f.read("tf_models_compat", c.tf_models_compat);
+  f.read("seed", c.seed);
+  f.finish();
+  c.validate();
+  return c;
+}
+
+void SparseMixerConfig::validate() const {
+  auto bad = [](const std::string& m) { throw ConfigError("SparseMixerConfig: " + m); };
+  auto at_least = [&](const char* key, int64_t v, int64_t lo) {
+    if (v < lo) bad(std::string(key) + ": expected >= " + str(lo) + ", got " + str(v));
+  };
+  at_least("vocab_size", vocab_size, 1);
+  at_least("hidden_size", hidden_size, 1);
+  at_least("num_layers", num_layers, 0);
+  at_least("num_experts", num_experts, 1);
+  at_least("num_attention_heads", num_attention_heads, 1);
+  at_least("max_sequence_length", max_sequence_length, 1);
+  at_least("type_vocab_size", type_vocab_size, 1);
+  at_least("inner_dim", inner_dim, 1);
+  at_least("output_range", output_range, 0);
+  at_least("embedding_width", embedding_width, 0);
+  at_least("min_expert_capacity", min_expert_capacity, 0);
+  for (const auto* list : {&moe_layers, &attention_layers}) {
+    const char* key = list == &moe_layers ? "moe_layers" : "attention_layers";
+    for (size_t i = 0; i < list->size(); ++i) {
+      const int64_t l = (*list)[i];
+      if (l < 0 || l >= num_layers)
+        bad(std::string(key) + ": layer " + str(l) + " outside [0, num_layers=" + str(num_layers) +
+            ")");
+      if (std::find(list->begin(), list->begin() + i, l) != list->begin() + i)
+        bad(std::string(key) + ": layer " + str(l) + " listed twice");
+    }
+  }
+  if (!attention_layers.empty() && hidden_size % num_attention_heads != 0)
+    bad("hidden_size (" + str(hidden_size) + ") must be divisible by num_attention_heads (" +
+        str(num_attention_heads) + ")");
+  if (output_range > max_sequence_length)
+    bad("output_range: expected <= max_sequence_length=" + str(max_sequence_length) + ", got " +
+        str(output_range));
+  for (double p : {output_dropout, attention_dropout})
+    if (!(p >= 0 && p < 1)) bad("output_dropout and attention_dropout: expected in [0, 1)");
+  if (!(initializer_range > 0)) bad("initializer_range: expected > 0");
+  try {
+    parse_activation(inner_activation);
+  } catch (const std::invalid_argument& e) {
+    bad(std::string("inner_activation: ") + e.what());
+  }
+  if (!moe_layers.empty()) {
+    RouterConfig r = router;
+    r.num_experts = num_experts;
+    r.validate();
+  }
+}
+
+nlohmann::json SparseMixerMetrics::to_json() const {
+  nlohmann::json j;
+  j["total"] = {{"load_balancing_loss", load_balancing_loss},
+                {"router_z_loss", router_z_loss},
+                {"unscaled_router_z_loss", unscaled_router_z_loss},
+                {"fraction_tokens_left_behind", fraction_tokens_left_behind},
+                {"router_confidence", router_confidence},
+                {"expert_usage", expert_usage},
+                {"loss", loss}};
+  for (size_t i = 0; i < per_layer.size(); ++i)
+    j["layer_" + str(moe_layer_index[i])] = per_layer[i].to_json();
+  return j;
+}
+
+namespace {
+
+EmbeddingsConfig embeddings_config(const SparseMixerConfig& c) {
+  EmbeddingsConfig e;
+  e.vocab_size = c.vocab_size;
+  e.hidden_size = c.hidden_size;
+  e.embedding_width = c.embedding_width;
+  e.max_sequence_length = c.max_sequence_length;
+  e.type_vocab_size = c.type_vocab_size;
+  e.dropout = c.output_dropout;
+  e.init_stddev = c.initializer_range;
+  e.seed = derive_key(c.seed, kEmbeddingsTag);
+  return e;
+}
+
+EncoderBlockConfig block_config(const SparseMixerConfig& c, int64_t l) {
+  EncoderBlockConfig b;
+  b.hidden_size = c.hidden_size;
+  b.seq_length = c.max_sequence_length;
+  b.attention = c.is_attention_layer(l);
+  b.mixing = c.mixing_mechanism;
+  b.use_fft = c.use_fft;
+  b.num_heads = c.num_attention_heads;
+  b.attention_dropout = c.attention_dropout;
+  b.ffn.d_ff = c.inner_dim;
+  b.ffn.activation = c.inner_activation;
+  b.ffn.output_dropout = c.output_dropout;
+  b.ffn.kernel_init_stddev = c.initializer_range;
+  b.moe = c.is_moe_layer(l);
+  if (b.moe) {
+    MoeLayerConfig& m = b.moe_layer;
+    m.name = "moe_" + str(l);
+    static_cast<FeedForwardConfig&>(m.experts) = b.ffn;
+    m.experts.num_experts = c.num_experts;
+    m.router = c.router;
+    m.router.num_experts = c.num_experts;
+    m.router.kernel_init_stddev = c.initializer_range;
+    m.train_capacity_factor = c.train_capacity_factor;
+    m.eval_capacity_factor = c.eval_capacity_factor;
+    m.examples_per_group = c.examples_per_group;
+    m.min_expert_capacity = c.min_expert_capacity;
+  }
+  b.norm_first = c.norm_first;
+  b.tf_models_compat = c.tf_models_compat;
+  b.init_stddev = c.initializer_range;
+  b.seed = derive_key(c.seed, kBlockTag, static_cast<uint64_t>(l));
+  return b;
+}
+
+}  // namespace
+
+SparseMixer::SparseMixer(const SparseMixerConfig& config)
+    : config_((config.validate(), config)),
+      embeddings_(embeddings_config(config)),
+      pooler_(config.hidden_size, config.hidden_size, Activation::kTanh, true,
+              config.initializer_range, derive_key(config.seed, kPoolerTag)) {
+  for (int64_t l = 0; l < config.num_layers; ++l)
+    blocks_.push_back(std::make_unique<EncoderBlock>(block_config(config, l)));
+  hidden_.resize(config.num_layers + 1);
+}
+
+std::vector<ParamRef> SparseMixer::params() {
+  std::vector<ParamRef> p = embeddings_.params();
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    for (auto& r : prefixed("transformer_layer_" + str(l), blocks_[l]->params())) p.push_back(r);
+  for (auto& r : prefixed("pooler_transform", pooler_.params())) p.push_back(r);
+  return p;
+}
+
+const Tensor& SparseMixer::sequence_output() const {
+  // tf-models drops output_range on its way to the scaffold (spec §12.1), so compat ignores it.
+  return config_.output_range > 0 && !config_.tf_models_compat ? sliced_ : hidden_.back();
+}
+
+SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const ForwardOptions& opt) {
+  const SparseMixerConfig& c = config_;
+  check_arg(in.input_word_ids != nullptr, "input_word_ids: required");
+  const Tensor& ids = *in.input_word_ids;
+  check_arg(ids.rank() == 2,
+            "input_word_ids: expected shape [B, L], got " + shape_str(ids.shape()));
+  const int64_t B = ids.dim(0), Lt = ids.dim(1), H = c.hidden_size;
+  const bool dense = in.dense_inputs != nullptr;
+  check_arg(!dense || c.with_dense_inputs,
+            "dense_inputs: given, but the config has with_dense_inputs=false");
+  check_arg(dense || (!in.dense_mask && !in.dense_type_ids),
+            "dense_mask / dense_type_ids: given without dense_inputs");
+  const Tensor* types = in.input_type_ids;
+  if (!types) {
+    type_zeros_.resize(ids.shape());
+    type_zeros_.zero();
+    types = &type_zeros_;
+  }
+  Tensor dense_types_zero;
+  const Tensor* dtypes = in.dense_type_ids;
+  if (dense && !dtypes) {
+    dense_types_zero = Tensor({B, in.dense_inputs->dim(1)});
+    dtypes = &dense_types_zero;
+  }
+  embeddings_.forward(ids, *types, in.dense_inputs, dtypes, hidden_[0], opt);
+  const int64_t L = hidden_[0].dim(1);
+
+  // The padding mask [B, L]: input_mask then dense_mask (absent parts count as real tokens).
+  has_mask_ = in.input_mask || in.dense_mask;
+  if (in.input_mask) check_shape("input_mask", in.input_mask->shape(), {B, Lt}, "[B, L]");
+  if (in.dense_mask) check_shape("dense_mask", in.dense_mask->shape(), {B, L - Lt}, "[B, Ld]");
+  ForwardOptions bopt = opt;
+  bopt.paddings = nullptr;
+  if (has_mask_) {
+    Tensor pad_mask({B, L}, 1.f);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t l = 0; l < L; ++l) {
+        const Tensor* m = l < Lt ? in.input_mask : in.dense_mask;
+        if (!m) continue;
+        const float v = (*m)[b * (l < Lt ? Lt : L - Lt) + (l < Lt ? l : l - Lt)];
+        check_arg(v == 0.f || v == 1.f, std::string(l < Lt ? "input_mask" : "dense_mask") +
+                                            ": expected 0 or 1, got " + std::to_string(v));
+        pad_mask[b * L + l] = v;
+      }
+    mask_ = attention_mask_from_padding(pad_mask);
+    // Only lingvo's top2 gating is padding-aware; tf-models and the paper route every token.
+    if (c.router.type == RouterType::kTop2) {
+      paddings_.resize({B, L});
+      for (int64_t i = 0; i < B * L; ++i) paddings_[i] = 1.f - pad_mask[i];
+      bopt.paddings = &paddings_;
+    }
+  }
+
+  SparseMixerMetrics met;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    MoeMetrics m =
+        blocks_[l]->forward(hidden_[l], has_mask_ ? &mask_ : nullptr, hidden_[l + 1], bopt);
+    if (!blocks_[l]->is_moe()) continue;
+    met.moe_layer_index.push_back(l);
+    met.load_balancing_loss += m.load_balancing_loss;
+    met.router_z_loss += m.router_z_loss;
+    met.unscaled_router_z_loss += m.unscaled_router_z_loss;
+    met.fraction_tokens_left_behind += m.fraction_tokens_left_behind;
+    met.router_confidence += m.router_confidence;
+    met.expert_usage += m.expert_usage;
+    met.loss += m.loss;
+    if (c.export_metrics) met.per_layer.push_back(std::move(m));
+  }
+  if (const double n = static_cast<double>(met.moe_layer_index.size()); n > 0) {
+    met.fraction_tokens_left_behind /= n;
+    met.router_confidence /= n;
+    met.expert_usage /= n;
+  }
+  if (!c.export_metrics) met.moe_layer_index.clear();
+
+  const Tensor& last = hidden_.back();  // [B, L, H]
+  if (c.output_range > 0 && !c.tf_models_compat) {
+    const int64_t R = c.output_range;
+    sliced_.resize({B, R, H});
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(last.data() + b * L * H, last.data() + (b * L + R) * H, sliced_.data() + b * R * H);
+  }
+  first_.resize({B, H});
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(last.data() + b * L * H, last.data() + b * L * H + H, first_.data() + b * H);
+  pooler_.forward(first_, pooled_);
+  return met;
+}
+
+void SparseMixer::backward(const Tensor* dsequence, const Tensor* dpooled, Tensor* ddense) {
+  const Tensor& last = hidden_.back();
+  const int64_t B = last.dim(0), L = last.dim(1), H = last.dim(2);
+  g_.resize(last.shape());
+  g_.zero();
+  if (dsequence) {
+    const Tensor& seq = sequence_output();
+    check_shape("dsequence", dsequence->shape(), seq.shape(), "[B, Lout, H]");
+    const int64_t R = seq.dim(1);
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(dsequence->data() + b * R * H, dsequence->data() + (b + 1) * R * H,
+                g_.data() + b * L * H);
+  }
+  if (dpooled) {
+    check_shape("dpooled", dpooled->shape(), pooled_.shape(), "[B, H]");
+    pooler_.backward(*dpooled, &dfirst_);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) g_[b * L * H + h] += dfirst_[b * H + h];
+  }
+  for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
+    blocks_[l]->backward(g_, g2_);
+    std::swap(g_, g2_);
+  }
+  embeddings_.backward(g_, ddense);
+}
+
+}  // namespace sparsemoe

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "commands.h"
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
@@ -23,7 +24,6 @@ namespace sparsemoe::cli {
 namespace {
 
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 struct BenchArgs {
   int64_t hidden = 512, d_ff = 2048, experts = 16, tokens_per_group = 512, batch = 8;
@@ -36,30 +36,6 @@ struct BenchArgs {
   bool dropless = false;
   bool json_out = false;
 };
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-// Median seconds per call of fn over repeated runs lasting at least min_time.
-template <class Fn>
-double time_it(Fn&& fn, double min_time) {
-  fn();  // warm-up: allocates workspaces once
-  std::vector<double> t;
-  const auto start = Clock::now();
-  while (t.size() < 3 || std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
-    const auto a = Clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
-    if (t.size() >= 1000) break;
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   MoeLayerConfig c;
@@ -127,11 +103,7 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
 
 int run_bench_moe(const BenchArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
-  const char* core = std::getenv("OPENBLAS_CORETYPE");
-  json env = {{"threads", num_threads()},
-              {"blas", blas_backend()},
-              {"OPENBLAS_CORETYPE", core ? core : "(unset)"},
-              {"cpu", cpu_model()}};
+  const json env = bench_environment();
   std::vector<std::pair<std::string, int64_t>> runs;
   if (a.router == "all" || a.router.empty()) {
     runs = {{"experts_choose", 1}, {"tokens_choose", 1}, {"tokens_choose", 2}};
@@ -199,6 +171,7 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->add_flag("--dropless", a->dropless, "tokens_choose without a capacity limit");
   moe->add_flag("--json", a->json_out, "machine-readable output");
   moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
+  add_bench_model_command(*bench, run);
 }
 
 }  // namespace sparsemoe::cli

@@ -1,0 +1,203 @@
+// `sparsemoe bench model`: times whole networks from presets (or config files) on random token
+// batches: inference (evaluation-mode forward to the pooled output) and a pretraining step
+// (training-mode forward, masked-LM head on 15% of the positions and a 2-class head on the
+// pooled output, both losses, full backward; the optimizer update is not included). Reports
+// tokens/s for each and the speed of every preset relative to a baseline preset measured in the
+// same run (the paper compares Sparse Mixer with BERT-Base).
+#include <cmath>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "commands.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/models/heads.h"
+#include "sparsemoe/models/presets.h"
+#include "sparsemoe/models/sparse_mixer.h"
+
+namespace sparsemoe::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct ModelBenchArgs {
+  std::string presets = "sparse_mixer_base,fast_sparse_mixer,bert_base";
+  std::string baseline = "bert_base";
+  std::vector<std::string> sets;  // key=value overrides applied to every preset
+  int64_t batch = 8;
+  std::string mode = "both";  // train, infer or both
+  int threads = 0;
+  double min_time = 2.0;
+  int min_runs = 3;
+  bool json_out = false;
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, sep);)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// "key=value": the value is parsed as JSON when it is valid JSON, else taken as a string.
+void apply_set(json& config, const std::string& kv) {
+  const auto eq = kv.find('=');
+  check_arg(eq != std::string::npos && eq > 0, "--set: expected key=value, got '" + kv + "'");
+  const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
+  json v = json::parse(value, nullptr, false);
+  config[key] = v.is_discarded() ? json(value) : v;
+}
+
+json bench_preset(const ModelBenchArgs& a, const std::string& name) {
+  json j = load_model_config(name).to_json();
+  for (const auto& kv : a.sets) apply_set(j, kv);
+  const SparseMixerConfig c = SparseMixerConfig::from_json(j);
+  SparseMixer net(c);
+  const int64_t B = a.batch, L = c.max_sequence_length, H = c.hidden_size;
+  const int64_t P = std::max<int64_t>(1, std::llround(0.15 * L));  // masked positions
+  const int64_t W = c.embedding_width > 0 ? c.embedding_width : H;
+  MaskedLmHead mlm(H, W, c.vocab_size, parse_activation(c.inner_activation), c.initializer_range,
+                   derive_key(c.seed, 11));
+  ClassificationHead nsp(H, 2, c.output_dropout, c.initializer_range, derive_key(c.seed, 12));
+  Tensor ids({B, L}), mask({B, L}, 1.f), positions({B, P});
+  std::vector<int64_t> mlm_labels(B * P), nsp_labels(B);
+  for (int64_t i = 0; i < B * L; ++i)
+    ids[i] = static_cast<float>(static_cast<int64_t>(uniform01(1, i) * c.vocab_size));
+  for (int64_t b = 0; b < B; ++b) {
+    nsp_labels[b] = b % 2;
+    for (int64_t p = 0; p < P; ++p) {
+      positions[b * P + p] = static_cast<float>((p * L / P + b) % L);
+      mlm_labels[b * P + p] = static_cast<int64_t>(uniform01(2, b * P + p) * c.vocab_size);
+    }
+  }
+  const SparseMixerInputs in{&ids, &mask};
+  std::vector<ParamRef> params = net.params();
+  for (auto& p : mlm.params()) params.push_back(p);
+  for (auto& p : nsp.params()) params.push_back(p);
+  const int64_t num_params = count_params(params);
+
+  json r = {{"preset", name},
+            {"params", num_params},
+            {"batch", B},
+            {"sequence_length", L},
+            {"tokens", B * L}};
+  if (a.mode != "train") {
+    const double t = time_it([&] { net.forward(in, {false, 0}); }, a.min_time, a.min_runs);
+    r["inference_ms"] = t * 1e3;
+    r["inference_tokens_per_s"] = B * L / t;
+  }
+  if (a.mode != "infer") {
+    Tensor mlm_logits, nsp_logits, dmlm, dnsp, dseq({B, L, H}), dpooled;
+    uint64_t step = 0;
+    double loss = 0;
+    const double t = time_it(
+        [&] {
+          ForwardOptions opt{true, ++step};
+          zero_grads(params);
+          const SparseMixerMetrics met = net.forward(in, opt);
+          mlm.forward(net.sequence_output(), positions, net.embeddings().word, mlm_logits);
+          nsp.forward(net.pooled_output(), nsp_logits, opt);
+          loss = softmax_cross_entropy(mlm_logits, mlm_labels, nullptr, &dmlm) +
+                 softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
+          dseq.resize(net.sequence_output().shape());
+          dseq.zero();
+          mlm.backward(dmlm, dseq, net.embeddings().word_grad);
+          nsp.backward(dnsp, dpooled);
+          net.backward(&dseq, &dpooled);
+        },
+        a.min_time, a.min_runs);
+    check_arg(std::isfinite(loss), "bench model: non-finite loss");
+    r["train_step_ms"] = t * 1e3;
+    r["train_tokens_per_s"] = B * L / t;
+  }
+  return r;
+}
+
+int run_bench_model(const ModelBenchArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  check_arg(a.mode == "train" || a.mode == "infer" || a.mode == "both",
+            "--mode: expected train, infer or both, got '" + a.mode + "'");
+  const json env = bench_environment();
+  const std::vector<std::string> names = split(a.presets, ',');
+  check_arg(!names.empty(), "--preset: expected at least one preset name or config file");
+  if (!a.json_out)
+    std::cout << "sparsemoe bench model  batch=" << a.batch << " mode=" << a.mode
+              << "\nenvironment: " << env.dump() << "\n";
+  json results = json::array();
+  for (const auto& name : names) {
+    json r = bench_preset(a, name);
+    results.push_back(r);
+    if (!a.json_out) {
+      std::cout << name << ": " << r["params"].get<int64_t>() << " params, " << a.batch << " x "
+                << r["sequence_length"].get<int64_t>() << " tokens";
+      if (r.contains("inference_tokens_per_s"))
+        std::cout << " | inference " << r["inference_ms"].get<double>() << " ms, "
+                  << std::llround(r["inference_tokens_per_s"].get<double>()) << " tok/s";
+      if (r.contains("train_tokens_per_s"))
+        std::cout << " | train step " << r["train_step_ms"].get<double>() << " ms, "
+                  << std::llround(r["train_tokens_per_s"].get<double>()) << " tok/s";
+      std::cout << std::endl;
+    }
+  }
+  // Speed relative to the baseline preset, when it was measured.
+  const json* base = nullptr;
+  for (const auto& r : results)
+    if (r["preset"] == a.baseline) base = &r;
+  if (base)
+    for (auto& r : results)
+      for (const char* k : {"inference_tokens_per_s", "train_tokens_per_s"})
+        if (r.contains(k))
+          r[std::string(k).substr(0, std::string(k).find("_tokens")) + "_speedup_vs_" +
+            a.baseline] = r[k].get<double>() / (*base)[k].get<double>();
+  if (a.json_out) {
+    std::cout << json{{"environment", env}, {"results", results}}.dump(2) << "\n";
+  } else if (base) {
+    for (const auto& r : results) {
+      std::cout << r["preset"].get<std::string>() << " vs " << a.baseline << ":";
+      for (const char* k : {"train", "inference"}) {
+        const std::string key = std::string(k) + "_speedup_vs_" + a.baseline;
+        if (r.contains(key)) std::cout << " " << k << " " << r[key].get<double>() << "x";
+      }
+      std::cout << "\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_model_command(CLI::App& bench, std::function<int()>& run) {
+  auto* model = bench.add_subcommand(
+      "model", "Time whole networks (inference and a pretraining step) from presets");
+  auto a = std::make_shared<ModelBenchArgs>();
+  model
+      ->add_option("--preset", a->presets,
+                   "comma-separated preset names or JSON config files (presets: tiny, "
+                   "sparse_mixer_base, fast_sparse_mixer, bert_base, fnet_base)")
+      ->capture_default_str();
+  model->add_option("--baseline", a->baseline, "preset the others are compared with")
+      ->capture_default_str();
+  model->add_option("--set", a->sets, "key=value config override, for every preset (repeatable)");
+  model->add_option("--batch", a->batch, "sequences per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  model->add_option("--mode", a->mode, "train, infer or both")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"train", "infer", "both"}));
+  model->add_option("--threads", a->threads, "threads (default: OpenMP default)");
+  model->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
+  model->add_option("--min-runs", a->min_runs, "timed runs per measurement (median reported)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  model->add_flag("--json", a->json_out, "machine-readable output");
+  model->callback([&run, a] { run = [a] { return run_bench_model(*a); }; });
+}
+
+}  // namespace sparsemoe::cli

@@ -1,0 +1,53 @@
+// Shared by the bench subcommands: the median-of-runs timer and the environment record that
+// every measurement is reported with (threads, GEMM backend, OpenBLAS core type, CPU model).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/parallel.h"
+
+namespace sparsemoe::cli {
+
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+inline nlohmann::json bench_environment() {
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  return {{"threads", num_threads()},
+          {"blas", blas_backend()},
+          {"OPENBLAS_CORETYPE", core ? core : "(unset)"},
+          {"cpu", cpu_model()}};
+}
+
+// Median seconds per call of fn over at least min_runs runs lasting at least min_time, after
+// one warm-up call (which allocates the workspaces).
+template <class Fn>
+double time_it(Fn&& fn, double min_time, size_t min_runs = 3) {
+  using Clock = std::chrono::steady_clock;
+  fn();
+  std::vector<double> t;
+  const auto start = Clock::now();
+  while (t.size() < min_runs ||
+         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    const auto a = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+    if (t.size() >= 1000) break;
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace sparsemoe::cli

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# End-to-end test of `sparsemoe bench model` on the tiny preset: the JSON report carries both
+# measurements, the parameter count and the speed-up against the baseline measured in the same
+# run; bad presets, overrides and modes exit with status 2 and one line naming the problem.
+set -u
+bin=$1
+fail=0
+fast=(--batch 1 --min-time 0 --min-runs 1)
+
+out=$("$bin" bench model --preset tiny,tiny --baseline tiny "${fast[@]}" --json) ||
+  { echo "FAIL: exit status"; fail=1; }
+for want in '"preset": "tiny"' '"params": ' '"inference_tokens_per_s"' \
+            '"train_tokens_per_s"' '"train_speedup_vs_tiny"' '"sequence_length": 32'; do
+  [[ "$out" == *"$want"* ]] || { echo "FAIL: output lacks $want"; fail=1; }
+done
+out=$("$bin" bench model --preset tiny --set max_sequence_length=16 --set mixing_mechanism=hartley \
+      --mode infer "${fast[@]}" --json) || { echo "FAIL: --set exit status"; fail=1; }
+[[ "$out" == *'"sequence_length": 16'* && "$out" != *train_tokens* ]] ||
+  { echo "FAIL: --set/--mode output $out"; fail=1; }
+
+expect_error() {  # expected message fragment, then the arguments
+  local want=$1; shift
+  err=$("$bin" bench model "${fast[@]}" "$@" 2>&1 >/dev/null); status=$?
+  [[ $status -eq 2 && "$err" == *"$want"* ]] ||
+    { echo "FAIL: '$*' gave status $status, stderr: $err"; fail=1; }
+}
+expect_error "unknown; the presets are" --preset no_such_model
+expect_error "unknown key 'hidden_sise'" --preset tiny --set hidden_sise=8
+expect_error "expected key=value" --preset tiny --set hidden_size
+expect_error "mode" --preset tiny --mode fast
+exit $fail

@@ -7,7 +7,8 @@ The network is the paper's wiring (post-LN around every sublayer, MoE included):
 (word + position + type, LayerNorm 1e-12, dropout, projection when the width differs), linear /
 Fourier / Hartley mixing or multi-head self-attention (softmax(QK^T/sqrt(d) - 1e9 on padded keys),
 as torch 1.13 has no fused attention), dense GELU-tanh FFN or an experts-choose MoE (top-C tokens per expert and
-group, batched expert matmuls, index_add combine), the tanh pooler, a masked-LM head on 15% of
+group, expert matmuls batched (training) or one per expert (inference), whichever
+formulation torch runs faster, index_add combine), the tanh pooler, a masked-LM head on 15% of
 the positions (tied output embedding) and a 2-class head on the pooled output.
 
 Inference: eval-mode forward under torch.no_grad(). Training step: zero_grad, train-mode forward,
@@ -127,8 +128,12 @@ class ExpertsChooseMoe(nn.Module):
         gates, idx = probs.transpose(1, 2).topk(C, dim=-1)  # [G, E, C]
         flat = (idx + torch.arange(G).view(G, 1, 1) * T).transpose(0, 1).reshape(self.E, G * C)
         xe = x.reshape(G * T, H)[flat]  # [E, G*C, H]
-        h = self.act(torch.baddbmm(self.b1, xe, self.w1))
-        ye = self.drop(torch.baddbmm(self.b2, h, self.w2))
+        if torch.is_grad_enabled():  # batched: torch's faster form with autograd
+            h = self.act(torch.baddbmm(self.b1, xe, self.w1))
+            ye = self.drop(torch.baddbmm(self.b2, h, self.w2))
+        else:  # one addmm per expert: torch's faster form without (bmm is up to 2x slower)
+            ye = torch.stack([torch.addmm(self.b2[e], self.act(torch.addmm(self.b1[e], xe[e],
+                              self.w1[e])), self.w2[e]) for e in range(self.E)])
         ye = ye * gates.transpose(0, 1).reshape(self.E, G * C, 1)
         out = torch.zeros(G * T, H).index_add_(0, flat.reshape(-1), ye.reshape(-1, H))
         return out.view(B, L, H)

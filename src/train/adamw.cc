@@ -1,0 +1,159 @@
+// AdamW, its schedule and global-norm clipping (see adamw.h).
+#include "sparsemoe/train/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/io/file_io.h"
+
+namespace sparsemoe {
+
+namespace {
+constexpr int64_t kChunk = 1 << 14;  // fixed reduction chunks: thread-count independent sums
+}
+
+nlohmann::json AdamWConfig::to_json() const {
+  return {{"learning_rate", learning_rate},
+          {"beta1", beta1},
+          {"beta2", beta2},
+          {"epsilon", epsilon},
+          {"weight_decay", weight_decay},
+          {"warmup_steps", warmup_steps},
+          {"total_steps", total_steps},
+          {"clip_norm", clip_norm},
+          {"no_decay", no_decay}};
+}
+
+AdamWConfig AdamWConfig::from_json(const nlohmann::json& j) {
+  AdamWConfig c;
+  JsonFields f(j, "AdamWConfig");
+  f.read("learning_rate", c.learning_rate);
+  f.read("beta1", c.beta1);
+  f.read("beta2", c.beta2);
+  f.read("epsilon", c.epsilon);
+  f.read("weight_decay", c.weight_decay);
+  f.read("warmup_steps", c.warmup_steps);
+  f.read("total_steps", c.total_steps);
+  f.read("clip_norm", c.clip_norm);
+  f.read("no_decay", c.no_decay);
+  f.finish();
+  c.validate();
+  return c;
+}
+
+void AdamWConfig::validate() const {
+  auto bad = [](const std::string& m) { throw ConfigError("AdamWConfig: " + m); };
+  if (!(learning_rate >= 0)) bad("learning_rate: expected >= 0");
+  if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+    bad("beta1, beta2: expected in [0, 1)");
+  if (!(epsilon > 0)) bad("epsilon: expected > 0");
+  if (!(weight_decay >= 0)) bad("weight_decay: expected >= 0");
+  if (warmup_steps < 0 || total_steps < 0) bad("warmup_steps, total_steps: expected >= 0");
+  if (total_steps > 0 && warmup_steps > total_steps) bad("warmup_steps: expected <= total_steps");
+  if (!(clip_norm >= 0)) bad("clip_norm: expected >= 0 (0: no clipping)");
+}
+
+double learning_rate_at(const AdamWConfig& c, int64_t step) {
+  if (c.warmup_steps > 0 && step <= c.warmup_steps)
+    return c.learning_rate * static_cast<double>(step) / static_cast<double>(c.warmup_steps);
+  if (c.total_steps <= 0) return c.learning_rate;
+  if (step >= c.total_steps) return 0.0;
+  return c.learning_rate * static_cast<double>(c.total_steps - step) /
+         static_cast<double>(c.total_steps - c.warmup_steps);
+}
+
+double global_grad_norm(const std::vector<ParamRef>& params) {
+  double total = 0;
+  for (const auto& p : params) {
+    const int64_t n = p.grad->numel(), chunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> part(chunks);
+    const float* g = p.grad->data();
+    parallel_for(chunks, [&](int64_t c) {
+      double s = 0;
+      for (int64_t i = c * kChunk, e = std::min(n, i + kChunk); i < e; ++i)
+        s += static_cast<double>(g[i]) * g[i];
+      part[c] = s;
+    });
+    for (double s : part) total += s;
+  }
+  return std::sqrt(total);
+}
+
+AdamW::AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params) : config_(config) {
+  config_.validate();
+  for (const auto& p : params) {
+    names_.push_back(p.name);
+    m_.emplace_back(p.value->shape());
+    v_.emplace_back(p.value->shape());
+    decay_.push_back(
+        std::none_of(config_.no_decay.begin(), config_.no_decay.end(),
+                     [&](const std::string& s) { return p.name.find(s) != std::string::npos; }));
+  }
+}
+
+double AdamW::step(const std::vector<ParamRef>& params) {
+  check_arg(params.size() == names_.size(),
+            "AdamW::step: expected the " + std::to_string(names_.size()) +
+                " parameters given at construction, got " + std::to_string(params.size()));
+  const double norm = global_grad_norm(params);
+  const double clip =
+      config_.clip_norm > 0 && norm > config_.clip_norm ? config_.clip_norm / norm : 1.0;
+  ++step_;
+  const double lr = learning_rate_at(config_, step_);
+  const double b1 = config_.beta1, b2 = config_.beta2;
+  const double c1 = 1 - std::pow(b1, static_cast<double>(step_));
+  const double c2 = 1 - std::pow(b2, static_cast<double>(step_));
+  const float step_size = static_cast<float>(lr / c1), inv_c2 = static_cast<float>(1 / c2);
+  // 1 - beta in double: float(1 - 0.999f) would be off by 1.3e-5 relative.
+  const float eps = static_cast<float>(config_.epsilon), fb1 = static_cast<float>(b1),
+              fb2 = static_cast<float>(b2), ob1 = static_cast<float>(1 - b1),
+              ob2 = static_cast<float>(1 - b2), fclip = static_cast<float>(clip);
+  for (size_t k = 0; k < params.size(); ++k) {
+    check_arg(params[k].name == names_[k], "AdamW::step: parameter " + std::to_string(k) + " is '" +
+                                               params[k].name + "', expected '" + names_[k] + "'");
+    float* w = params[k].value->data();
+    const float* g = params[k].grad->data();
+    float* m = m_[k].data();
+    float* v = v_[k].data();
+    const float keep = decay_[k] ? static_cast<float>(1 - lr * config_.weight_decay) : 1.f;
+    parallel_for_range(params[k].value->numel(), kChunk, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float gi = g[i] * fclip;
+        m[i] = fb1 * m[i] + ob1 * gi;
+        v[i] = fb2 * v[i] + ob2 * gi * gi;
+        w[i] = w[i] * keep - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
+      }
+    });
+  }
+  return norm;
+}
+
+std::vector<std::pair<std::string, const Tensor*>> AdamW::state() const {
+  std::vector<std::pair<std::string, const Tensor*>> s;
+  for (size_t k = 0; k < names_.size(); ++k) {
+    s.emplace_back("m/" + names_[k], &m_[k]);
+    s.emplace_back("v/" + names_[k], &v_[k]);
+  }
+  return s;
+}
+
+void AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t step) {
+  for (size_t k = 0; k < names_.size(); ++k)
+    for (const char* which : {"m/", "v/"}) {
+      const std::string name = which + names_[k];
+      auto it = std::find_if(tensors.begin(), tensors.end(),
+                             [&](const auto& t) { return t.first == name; });
+      if (it == tensors.end()) throw IoError("optimizer state: no tensor '" + name + "'");
+      Tensor& dst = which[0] == 'm' ? m_[k] : v_[k];
+      if (it->second.shape() != dst.shape())
+        throw IoError("optimizer state: '" + name + "' has shape " + shape_str(it->second.shape()) +
+                      ", expected " + shape_str(dst.shape()));
+      dst = it->second;
+    }
+  step_ = step;
+}
+
+}  // namespace sparsemoe

@@ -19,7 +19,7 @@ done
 
 packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nlohmann-json3-dev
           libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3)
-if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy libjemalloc2); fi
+if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -152,10 +152,10 @@ int run_bench_model(const ModelBenchArgs& a) {
     if (r["preset"] == a.baseline) base = &r;
   if (base)
     for (auto& r : results)
-      for (const char* k : {"inference_tokens_per_s", "train_tokens_per_s"})
-        if (r.contains(k))
-          r[std::string(k).substr(0, std::string(k).find("_tokens")) + "_speedup_vs_" +
-            a.baseline] = r[k].get<double>() / (*base)[k].get<double>();
+      for (const std::string k : {"inference", "train"})
+        if (r.contains(k + "_tokens_per_s"))
+          r[k + "_speedup_vs_" + a.baseline] =
+              r[k + "_tokens_per_s"].get<double>() / (*base)[k + "_tokens_per_s"].get<double>();
   if (a.json_out) {
     std::cout << json{{"environment", env}, {"results", results}}.dump(2) << "\n";
   } else if (base) {

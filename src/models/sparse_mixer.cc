@@ -2,7 +2,6 @@
 #include "sparsemoe/models/sparse_mixer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 
 #include "sparsemoe/core/config_io.h"
@@ -296,9 +295,13 @@ std::vector<ParamRef> SparseMixer::params() {
   return p;
 }
 
-const Tensor& SparseMixer::sequence_output() const {
+bool SparseMixer::slices_output() const {
   // tf-models drops output_range on its way to the scaffold (spec §12.1), so compat ignores it.
-  return config_.output_range > 0 && !config_.tf_models_compat ? sliced_ : hidden_.back();
+  return config_.output_range > 0 && !config_.tf_models_compat;
+}
+
+const Tensor& SparseMixer::sequence_output() const {
+  return slices_output() ? sliced_ : hidden_.back();
 }
 
 SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const ForwardOptions& opt) {
@@ -329,22 +332,24 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
   const int64_t L = hidden_[0].dim(1);
 
   // The padding mask [B, L]: input_mask then dense_mask (absent parts count as real tokens).
-  has_mask_ = in.input_mask || in.dense_mask;
-  if (in.input_mask) check_shape("input_mask", in.input_mask->shape(), {B, Lt}, "[B, L]");
-  if (in.dense_mask) check_shape("dense_mask", in.dense_mask->shape(), {B, L - Lt}, "[B, Ld]");
+  const bool has_mask = in.input_mask || in.dense_mask;
   ForwardOptions bopt = opt;
   bopt.paddings = nullptr;
-  if (has_mask_) {
+  if (has_mask) {
     Tensor pad_mask({B, L}, 1.f);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t l = 0; l < L; ++l) {
-        const Tensor* m = l < Lt ? in.input_mask : in.dense_mask;
-        if (!m) continue;
-        const float v = (*m)[b * (l < Lt ? Lt : L - Lt) + (l < Lt ? l : l - Lt)];
-        check_arg(v == 0.f || v == 1.f, std::string(l < Lt ? "input_mask" : "dense_mask") +
-                                            ": expected 0 or 1, got " + std::to_string(v));
-        pad_mask[b * L + l] = v;
-      }
+    auto copy_mask = [&](const Tensor* m, const char* name, int64_t l0, int64_t len) {
+      if (!m) return;
+      check_shape(name, m->shape(), {B, len}, l0 ? "[B, Ld]" : "[B, L]");
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t l = 0; l < len; ++l) {
+          const float v = (*m)[b * len + l];
+          check_arg(v == 0.f || v == 1.f,
+                    std::string(name) + ": expected 0 or 1, got " + std::to_string(v));
+          pad_mask[b * L + l0 + l] = v;
+        }
+    };
+    copy_mask(in.input_mask, "input_mask", 0, Lt);
+    copy_mask(in.dense_mask, "dense_mask", Lt, L - Lt);
     mask_ = attention_mask_from_padding(pad_mask);
     // Only lingvo's top2 gating is padding-aware; tf-models and the paper route every token.
     if (c.router.type == RouterType::kTop2) {
@@ -355,11 +360,12 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
   }
 
   SparseMixerMetrics met;
+  int64_t moe_count = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     MoeMetrics m =
-        blocks_[l]->forward(hidden_[l], has_mask_ ? &mask_ : nullptr, hidden_[l + 1], bopt);
+        blocks_[l]->forward(hidden_[l], has_mask ? &mask_ : nullptr, hidden_[l + 1], bopt);
     if (!blocks_[l]->is_moe()) continue;
-    met.moe_layer_index.push_back(l);
+    ++moe_count;
     met.load_balancing_loss += m.load_balancing_loss;
     met.router_z_loss += m.router_z_loss;
     met.unscaled_router_z_loss += m.unscaled_router_z_loss;
@@ -367,17 +373,18 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
     met.router_confidence += m.router_confidence;
     met.expert_usage += m.expert_usage;
     met.loss += m.loss;
-    if (c.export_metrics) met.per_layer.push_back(std::move(m));
+    if (!c.export_metrics) continue;
+    met.moe_layer_index.push_back(l);
+    met.per_layer.push_back(std::move(m));
   }
-  if (const double n = static_cast<double>(met.moe_layer_index.size()); n > 0) {
-    met.fraction_tokens_left_behind /= n;
-    met.router_confidence /= n;
-    met.expert_usage /= n;
+  if (moe_count > 0) {
+    met.fraction_tokens_left_behind /= static_cast<double>(moe_count);
+    met.router_confidence /= static_cast<double>(moe_count);
+    met.expert_usage /= static_cast<double>(moe_count);
   }
-  if (!c.export_metrics) met.moe_layer_index.clear();
 
   const Tensor& last = hidden_.back();  // [B, L, H]
-  if (c.output_range > 0 && !c.tf_models_compat) {
+  if (slices_output()) {
     const int64_t R = c.output_range;
     sliced_.resize({B, R, H});
     for (int64_t b = 0; b < B; ++b)

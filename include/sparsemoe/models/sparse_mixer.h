@@ -112,6 +112,8 @@ class SparseMixer {
   EncoderBlock& block(int64_t l) { return *blocks_.at(l); }
 
  private:
+  bool slices_output() const;  // output_range in effect
+
   SparseMixerConfig config_;
   Embeddings embeddings_;
   std::vector<std::unique_ptr<EncoderBlock>> blocks_;
@@ -119,7 +121,6 @@ class SparseMixer {
   // Saved by forward.
   Tensor type_zeros_;           // [B, Lt] when no type ids are given
   Tensor mask_, paddings_;      // [B, L, L] attention mask; [B, L] paddings (top2 MoE only)
-  bool has_mask_ = false;       // false: every token real, attention unmasked
   std::vector<Tensor> hidden_;  // num_layers + 1 of [B, L, H]: embeddings, then each layer
   Tensor sliced_;               // [B, output_range, H] when output_range is set
   Tensor first_, pooled_;       // [B, H]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages sparsemoe needs (apt-get only) and builds it. Idempotent: packages
-# already present are not reinstalled and the build is incremental.
+# Installs the Debian packages sparsemoe needs (apt-get only: the libraries, the WordNet corpus,
+# Chromium for the report test) and builds it. Idempotent: packages already present are not
+# reinstalled and the build is incremental.
 #   scripts/setup.sh               release build in build/
 #   scripts/setup.sh --peer        also installs PyTorch/numpy for the benchmark peer (bench/)
 #   scripts/setup.sh --sanitize    AddressSanitizer + UBSan build in build-asan/
@@ -18,7 +19,8 @@ for arg in "$@"; do
 done
 
 packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nlohmann-json3-dev
-          libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3)
+          libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3
+          libsentencepiece-dev wordnet-base chromium)
 if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
 
 missing=()

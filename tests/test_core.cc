@@ -39,6 +39,22 @@ TEST(Tensor, AlignedReusedAndChecked) {
   }
 }
 
+TEST(Tensor, CopiesOfEmptyTensorsStayEmpty) {
+  // A default tensor has no storage; copying it (or a zero-size one) over a full one must not
+  // read through the null pointer.
+  const Tensor none, zero({0, 4});
+  Tensor t({2, 2}, 1.f);
+  t = none;
+  EXPECT_EQ(t.numel(), 0);
+  t = zero;
+  EXPECT_EQ(t.shape(), (Shape{0, 4}));
+  EXPECT_EQ(t.numel(), 0);
+  const Tensor copy(none);
+  EXPECT_EQ(copy.numel(), 0);
+  t = Tensor({3}, 2.f);
+  EXPECT_EQ(t.to_vector(), (std::vector<float>{2, 2, 2}));
+}
+
 TEST(Gemm, MatchesReferenceForAllTransposes) {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {

@@ -48,6 +48,11 @@ Tensor::Tensor(const Tensor& other) { *this = other; }
 
 Tensor& Tensor::operator=(const Tensor& other) {
   if (this == &other) return *this;
+  if (!other.data_) {  // default-constructed or zero-size: nothing to copy
+    shape_ = other.shape_;
+    numel_ = other.numel_;
+    return *this;
+  }
   resize(other.shape_);
   if (numel_) std::memcpy(data(), other.data(), numel_ * sizeof(float));
   return *this;

@@ -15,6 +15,7 @@
 #include "sparsemoe/data/corpus.h"
 #include "sparsemoe/data/tokenizer.h"
 #include "sparsemoe/io/file_io.h"
+#include "test_util.h"
 
 namespace sparsemoe {
 namespace {
@@ -27,15 +28,7 @@ std::string write_temp(const std::string& name, const std::string& text) {
   return path;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 TEST(Split, HashesAreFixedAndProportionsAre80_10_10) {
   // FNV-1a 64 reference values (the published test vectors).

@@ -36,6 +36,17 @@ inline double normalized_error(const Tensor& a, const Tensor& b) {
   return normalized_error(a.data(), b.data(), std::min(a.numel(), b.numel()));
 }
 
+// The message of the exception f() throws, or "no error".
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() &&
          std::equal(a.data(), a.data() + a.numel(), b.data(),

@@ -14,6 +14,7 @@
 
 #include "bench_util.h"
 #include "commands.h"
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/models/heads.h"
@@ -46,18 +47,9 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-// "key=value": the value is parsed as JSON when it is valid JSON, else taken as a string.
-void apply_set(json& config, const std::string& kv) {
-  const auto eq = kv.find('=');
-  check_arg(eq != std::string::npos && eq > 0, "--set: expected key=value, got '" + kv + "'");
-  const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
-  json v = json::parse(value, nullptr, false);
-  config[key] = v.is_discarded() ? json(value) : v;
-}
-
 json bench_preset(const ModelBenchArgs& a, const std::string& name) {
   json j = load_model_config(name).to_json();
-  for (const auto& kv : a.sets) apply_set(j, kv);
+  for (const auto& kv : a.sets) apply_override(j, kv);
   const SparseMixerConfig c = SparseMixerConfig::from_json(j);
   SparseMixer net(c);
   const int64_t B = a.batch, L = c.max_sequence_length, H = c.hidden_size;

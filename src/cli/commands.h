@@ -10,6 +10,7 @@ namespace sparsemoe::cli {
 // Registers a subcommand; `run` is set to its action.
 void add_route_command(CLI::App& app, std::function<int()>& run);
 void add_bench_command(CLI::App& app, std::function<int()>& run);
+void add_train_command(CLI::App& app, std::function<int()>& run);
 // `bench model`, registered under the `bench` subcommand.
 void add_bench_model_command(CLI::App& bench, std::function<int()>& run);
 

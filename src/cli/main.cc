@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   std::function<int()> run;
   sparsemoe::cli::add_route_command(app, run);
   sparsemoe::cli::add_bench_command(app, run);
+  sparsemoe::cli::add_train_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -154,7 +154,9 @@ SparseMixerConfig SparseMixerConfig::from_json(const nlohmann::json& j) {
       if (r->contains(k))
         throw ConfigError(std::string("SparseMixerConfig.router: '") + k +
                           "' is set by the network ('num_experts' / 'initializer_range')");
-    c.router = RouterConfig::from_json(*r);
+    nlohmann::json router = *r;
+    router["num_experts"] = c.num_experts;  // validated against the network's expert count
+    c.router = RouterConfig::from_json(router);
   }
   f.read("min_expert_capacity", c.min_expert_capacity);
   f.read("tf_models_compat", c.tf_models_compat);
@@ -366,13 +368,7 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
         blocks_[l]->forward(hidden_[l], has_mask ? &mask_ : nullptr, hidden_[l + 1], bopt);
     if (!blocks_[l]->is_moe()) continue;
     ++moe_count;
-    met.load_balancing_loss += m.load_balancing_loss;
-    met.router_z_loss += m.router_z_loss;
-    met.unscaled_router_z_loss += m.unscaled_router_z_loss;
-    met.fraction_tokens_left_behind += m.fraction_tokens_left_behind;
-    met.router_confidence += m.router_confidence;
-    met.expert_usage += m.expert_usage;
-    met.loss += m.loss;
+    add_common_moe_metrics(met, m);
     if (!c.export_metrics) continue;
     met.moe_layer_index.push_back(l);
     met.per_layer.push_back(std::move(m));

@@ -40,4 +40,10 @@ class JsonFields {
   std::set<std::string> seen_;
 };
 
+// Applies one command-line override "key=value" to a config: the key is a dotted path into nested
+// objects ("pretrain.optimizer.learning_rate"); the value is parsed as JSON when it is valid JSON,
+// else taken as a string. Throws ConfigError when a path step is not an object. Unknown keys are
+// left for the strict from_json that follows to reject.
+void apply_override(nlohmann::json& config, const std::string& key_equals_value);
+
 }  // namespace sparsemoe

@@ -77,6 +77,19 @@ struct SparseMixerMetrics {
   nlohmann::json to_json() const;  // {"total": {...}, "layer_5": {...}, ...}
 };
 
+// Adds the losses and ratios that MoeMetrics and SparseMixerMetrics both carry (for totals over
+// layers and means over steps).
+template <class To, class From>
+void add_common_moe_metrics(To& to, const From& from) {
+  to.load_balancing_loss += from.load_balancing_loss;
+  to.router_z_loss += from.router_z_loss;
+  to.unscaled_router_z_loss += from.unscaled_router_z_loss;
+  to.fraction_tokens_left_behind += from.fraction_tokens_left_behind;
+  to.router_confidence += from.router_confidence;
+  to.expert_usage += from.expert_usage;
+  to.loss += from.loss;
+}
+
 // The network's inputs. Only input_word_ids is required: a null mask means every token is real,
 // null type ids mean type 0. Dense inputs need with_dense_inputs and are appended after the
 // tokens; their length plus the tokens' must equal max_sequence_length.

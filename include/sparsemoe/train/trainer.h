@@ -1,0 +1,104 @@
+// The training loop behind `sparsemoe train`: a run directory (config.json, tokenizer.model,
+// checkpoint.safetensors, metrics.jsonl, report.html, results.json), masked-LM pretraining then
+// classification fine-tuning, dev evaluation, progress output, checkpoints, bitwise-exact resume,
+// clean stops on a signal and a clear stop on a non-finite loss.
+//
+// Determinism: the data order (a permutation per epoch), the MLM corruption, dropout and router
+// jitter are pure functions of (seed, step), and every kernel is thread-count independent, so a
+// run resumed from a checkpoint at step N continues bitwise as if it had never stopped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+
+#include "sparsemoe/data/tokenizer.h"
+#include "sparsemoe/train/adamw.h"
+#include "sparsemoe/train/task_model.h"
+#include "sparsemoe/train/train_config.h"
+
+namespace sparsemoe {
+
+// The loss became NaN or infinite; the message names the step and the checkpoint kept.
+class NonFiniteLoss : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainOptions {
+  int64_t stop_after_step = 0;  // > 0: checkpoint and stop once this many steps are done
+  const std::atomic<int>* stop_signal = nullptr;  // nonzero: checkpoint and stop after this step
+  std::ostream* log = nullptr;                    // progress output; null: silent
+  bool live = false;  // one self-updating line (for a terminal) instead of plain lines
+};
+
+enum class TrainOutcome { kFinished, kStopped, kInterrupted };
+
+struct TrainResult {
+  TrainOutcome outcome = TrainOutcome::kFinished;
+  int64_t step = 0;
+  double seconds = 0;  // wall time of this invocation's training steps and evaluations
+  double phase_seconds[2] = {0, 0};  // of which pretraining, fine-tuning (steps and dev evals)
+  EvalResult test;                   // when finished: the test split
+  double majority_accuracy = 0;      // test accuracy of always predicting the majority class
+};
+
+// A trained (or training) run read back for use: its config, tokenizer, label names and the
+// model with the checkpoint's weights. Throws IoError naming a missing or corrupt file.
+struct LoadedRun {
+  TrainConfig config;
+  Tokenizer tokenizer;
+  std::vector<std::string> labels;
+  std::unique_ptr<TaskModel> model;
+  int64_t step = 0;
+};
+LoadedRun load_run(const std::string& run_dir);
+
+class Trainer {
+ public:
+  // A new run: creates run_dir (which must not already hold a run), trains the tokenizer and
+  // writes config.json, tokenizer.model and the step-0 checkpoint.
+  Trainer(const TrainConfig& config, const std::string& run_dir, TrainOptions options);
+  ~Trainer();
+  // Continues the run in run_dir from its checkpoint, with the run's own config.
+  static std::unique_ptr<Trainer> resume(const std::string& run_dir, TrainOptions options);
+
+  TrainResult run();
+
+  const TrainConfig& config() const { return config_; }
+  const TaskData& data() const { return data_; }
+  TaskModel& model() { return *model_; }
+  int64_t step() const { return step_; }
+
+ private:
+  Trainer(const std::string& run_dir, TrainOptions options);  // resume
+  void prepare(bool fresh);
+  bool in_pretrain(int64_t step) const { return step < config_.pretrain.steps; }
+  void enter_phase(bool pretrain);
+  void train_step();
+  void save();
+  void evaluate_dev();
+  void log_window(bool force);
+  void write_record(const nlohmann::json& j);
+  std::string path(const std::string& name) const;
+
+  TrainConfig config_;
+  std::string run_dir_;
+  TrainOptions options_;
+  std::string config_hash_;
+  Tokenizer tokenizer_;
+  TaskData data_;
+  std::unique_ptr<TaskModel> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  bool optimizer_pretrain_ = true;
+  int64_t step_ = 0;
+  struct Window;
+  std::unique_ptr<Window> window_;
+  struct Order;
+  std::unique_ptr<Order> order_;
+};
+
+}  // namespace sparsemoe

@@ -1,0 +1,420 @@
+// The training loop (see trainer.h).
+#include "sparsemoe/train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/io/file_io.h"
+#include "sparsemoe/train/checkpoint.h"
+#include "sparsemoe/train/report.h"
+
+namespace sparsemoe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr uint64_t kTrainMask = 0x747261696e6d736bull;  // "trainmsk": training MLM corruption
+constexpr uint64_t kOrder = 0x6f72646572ull;            // "order": the per-epoch permutations
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string hex(uint64_t v) { return fmt::format("{:016x}", v); }
+
+std::string duration_str(double s) {
+  if (!(s >= 0) || s > 1e7) return "?";
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, t / 60 % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// config.json of a run, strictly parsed; also returns its text (for the hash).
+TrainConfig read_run_config(const std::string& path, std::string* text_out) {
+  const std::string text = read_file(path);
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) throw IoError("'" + path + "': not valid JSON");
+  if (text_out) *text_out = text;
+  try {
+    return TrainConfig::from_json(j);
+  } catch (const ConfigError& e) {
+    throw IoError("'" + path + "': " + e.what());
+  }
+}
+
+Tokenizer read_run_tokenizer(const std::string& path, const TrainConfig& c) {
+  Tokenizer t = Tokenizer::load(path);
+  if (t.vocab_size() != c.model.vocab_size)
+    throw IoError("'" + path + "' has " + std::to_string(t.vocab_size()) +
+                  " pieces but config.json says vocab_size " + std::to_string(c.model.vocab_size));
+  return t;
+}
+
+}  // namespace
+
+LoadedRun load_run(const std::string& run_dir) {
+  const auto file = [&](const char* name) { return (fs::path(run_dir) / name).string(); };
+  if (!fs::exists(file("config.json")))
+    throw IoError("'" + run_dir +
+                  "' is not a run directory (no config.json); create one with "
+                  "`sparsemoe train --config FILE --out " +
+                  run_dir + "`");
+  LoadedRun r;
+  r.config = read_run_config(file("config.json"), nullptr);
+  r.tokenizer = read_run_tokenizer(file("tokenizer.model"), r.config);
+  const nlohmann::json labels =
+      nlohmann::json::parse(read_file(file("labels.json")), nullptr, false);
+  if (!labels.is_array() || labels.empty())
+    throw IoError("'" + file("labels.json") + "': expected a non-empty JSON array of label names");
+  for (const auto& l : labels) {
+    if (!l.is_string()) throw IoError("'" + file("labels.json") + "': labels must be strings");
+    r.labels.push_back(l.get<std::string>());
+  }
+  r.model = std::make_unique<TaskModel>(r.config, static_cast<int64_t>(r.labels.size()));
+  r.step = load_checkpoint(file("checkpoint.safetensors"), *r.model, nullptr).step;
+  return r;
+}
+
+// The running means of one logging window.
+struct Trainer::Window {
+  int64_t steps = 0, tokens = 0;
+  double task = 0, moe = 0, lb = 0, z = 0, grad_norm = 0;
+  MoeMetricsMean metrics;
+  Clock::time_point start = Clock::now();
+};
+
+// The data order of the current phase: example i of the phase is perm(epoch)[i % n].
+struct Trainer::Order {
+  bool pretrain = true;
+  int64_t epoch = -1;
+  std::vector<int64_t> perm;
+};
+
+Trainer::Trainer(const TrainConfig& config, const std::string& run_dir, TrainOptions options)
+    : config_(config), run_dir_(run_dir), options_(options) {
+  prepare(true);
+}
+
+Trainer::Trainer(const std::string& run_dir, TrainOptions options)
+    : run_dir_(run_dir), options_(options) {
+  prepare(false);
+}
+
+Trainer::~Trainer() = default;
+
+std::unique_ptr<Trainer> Trainer::resume(const std::string& run_dir, TrainOptions options) {
+  return std::unique_ptr<Trainer>(new Trainer(run_dir, options));
+}
+
+std::string Trainer::path(const std::string& name) const {
+  return (fs::path(run_dir_) / name).string();
+}
+
+void Trainer::prepare(bool fresh) {
+  window_ = std::make_unique<Window>();
+  order_ = std::make_unique<Order>();
+  Corpus corpus;
+  if (fresh) {
+    if (fs::exists(path("config.json")))
+      throw InvalidArgument("--out '" + run_dir_ +
+                            "' already holds a run (config.json): continue it with --resume, "
+                            "or choose another directory");
+    fs::create_directories(run_dir_);
+    corpus = load_corpus(config_.data);
+    if (options_.log)
+      *options_.log << "tokenizer: training SentencePiece on " << corpus.name << "\n";
+    tokenizer_ = Tokenizer::train(tokenizer_training_text(config_.data, corpus), config_.tokenizer);
+    config_.model.vocab_size = tokenizer_.vocab_size();
+    config_.validate();
+    const std::string text = config_.to_json().dump(2) + "\n";
+    write_file_atomic(path("config.json"), text);
+    tokenizer_.save(path("tokenizer.model"));
+    write_file_atomic(path("metrics.jsonl"), "");
+    write_file_atomic(path("labels.json"), nlohmann::json(corpus.label_names).dump(1) + "\n");
+    config_hash_ = hex(fnv1a64(text));
+  } else {
+    if (!fs::exists(path("checkpoint.safetensors")))
+      throw IoError("--resume: '" + run_dir_ + "' holds no run (no checkpoint.safetensors)");
+    std::string text;
+    config_ = read_run_config(path("config.json"), &text);
+    config_hash_ = hex(fnv1a64(text));
+    tokenizer_ = read_run_tokenizer(path("tokenizer.model"), config_);
+    corpus = load_corpus(config_.data);
+  }
+  data_ = prepare_task_data(config_.data, corpus, tokenizer_);
+  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  if (fresh) {
+    enter_phase(in_pretrain(0));
+    save();
+    return;
+  }
+  const CheckpointState s = read_checkpoint_state(path("checkpoint.safetensors"));
+  if (s.config_hash != config_hash_)
+    throw IoError("'" + path("checkpoint.safetensors") +
+                  "' was written for another config.json (hash " + s.config_hash + ", now " +
+                  config_hash_ + ")");
+  step_ = s.step;
+  enter_phase(in_pretrain(step_));
+  const bool same_phase = (s.phase == "pretrain") == optimizer_pretrain_;
+  load_checkpoint(path("checkpoint.safetensors"), *model_, same_phase ? optimizer_.get() : nullptr);
+  // Records written after the checkpoint are dropped: the resumed run writes them again.
+  std::istringstream in(read_file(path("metrics.jsonl")));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
+    if (!r.is_discarded() && r.value("step", int64_t{0}) <= step_) kept += line + "\n";
+  }
+  write_file_atomic(path("metrics.jsonl"), kept);
+}
+
+void Trainer::enter_phase(bool pretrain) {
+  optimizer_pretrain_ = pretrain;
+  const PhaseConfig& phase = pretrain ? config_.pretrain : config_.finetune;
+  optimizer_ =
+      std::make_unique<AdamW>(config_.optimizer_for(phase),
+                              pretrain ? model_->pretrain_params() : model_->finetune_params());
+  *window_ = Window();
+}
+
+void Trainer::save() {
+  CheckpointState s;
+  s.step = step_;
+  s.phase = optimizer_pretrain_ ? "pretrain" : "finetune";
+  s.optimizer_step = optimizer_->steps_done();
+  s.seed = config_.seed;
+  s.config_hash = config_hash_;
+  save_checkpoint(path("checkpoint.safetensors"), *model_, optimizer_.get(), s);
+}
+
+void Trainer::write_record(const nlohmann::json& j) {
+  std::string text = read_file(path("metrics.jsonl"));
+  text += j.dump() + "\n";
+  write_file_atomic(path("metrics.jsonl"), text);
+}
+
+void Trainer::train_step() {
+  const bool pre = in_pretrain(step_);
+  if (pre != optimizer_pretrain_) enter_phase(pre);
+  const int64_t B = config_.batch_size, L = config_.model.max_sequence_length;
+  const int64_t phase_step = pre ? step_ : step_ - config_.pretrain.steps;
+  const TokenizedSet& set = pre ? data_.pretrain[0] : data_.classify[0];
+  const int64_t n = set.size();
+  check_arg(n > 0, std::string("no ") + (pre ? "pretraining" : "fine-tuning") + " examples");
+  if (order_->pretrain != pre) *order_ = Order{pre, -1, {}};
+  std::vector<const std::vector<int>*> rows;
+  std::vector<int64_t> labels;
+  for (int64_t j = 0; j < B; ++j) {
+    const int64_t i = phase_step * B + j, epoch = i / n;
+    if (epoch != order_->epoch) {
+      order_->perm = fixed_permutation(n, derive_key(config_.seed, kOrder, pre ? 0 : 1, epoch));
+      order_->epoch = epoch;
+    }
+    const int64_t e = order_->perm[i % n];
+    rows.push_back(&set.tokens[e]);
+    if (!pre) labels.push_back(set.labels[e]);
+  }
+  Batch batch;
+  pack_batch(rows, L, batch, labels);
+  const uint64_t global = static_cast<uint64_t>(step_) + 1;
+  const std::vector<ParamRef> params = pre ? model_->pretrain_params() : model_->finetune_params();
+  for (const ParamRef& p : params) p.grad->zero();
+  SparseMixer& net = model_->net;
+  Tensor logits, dlogits;
+  double task = 0;
+  SparseMixerMetrics met;
+  if (pre) {
+    mask_batch(batch, config_.mlm, config_.model.vocab_size,
+               derive_key(config_.seed, kTrainMask, global));
+    met = net.forward({&batch.ids, &batch.mask}, {.training = true, .step = global});
+    model_->mlm.forward(net.sequence_output(), batch.positions, net.embeddings().word, logits);
+    task = softmax_cross_entropy(logits, batch.mlm_labels, batch.mlm_weights.data(), &dlogits);
+  } else {
+    met = net.forward({&batch.ids, &batch.mask}, {.training = true, .step = global});
+    model_->classifier.forward(net.pooled_output(), logits, {.training = true, .step = global});
+    task = softmax_cross_entropy(logits, batch.labels, nullptr, &dlogits);
+  }
+  const char* phase = pre ? "pretrain" : "finetune";
+  if (!std::isfinite(task + met.loss)) {
+    throw NonFiniteLoss(fmt::format(
+        "training stopped: the loss is not finite at step {} ({}): task loss {}, MoE loss {}; "
+        "the last good checkpoint is kept in {}",
+        global, phase, task, met.loss, path("checkpoint.safetensors")));
+  }
+  if (pre) {
+    Tensor dseq(net.sequence_output().shape());
+    model_->mlm.backward(dlogits, dseq, net.embeddings().word_grad);
+    net.backward(&dseq, nullptr);
+  } else {
+    Tensor dpooled;
+    model_->classifier.backward(dlogits, dpooled);
+    net.backward(nullptr, &dpooled);
+  }
+  const double norm = optimizer_->step(params);
+  if (!std::isfinite(norm)) {
+    throw NonFiniteLoss(fmt::format(
+        "training stopped: the gradient norm is not finite at step {} ({}); the last good "
+        "checkpoint is kept in {}",
+        global, phase, path("checkpoint.safetensors")));
+  }
+  ++step_;
+  Window& w = *window_;
+  ++w.steps;
+  w.tokens += B * L;
+  w.task += task;
+  w.moe += met.loss;
+  w.lb += met.load_balancing_loss;
+  w.z += met.router_z_loss;
+  w.grad_norm = norm;
+  w.metrics.add(met);
+}
+
+void Trainer::log_window(bool force) {
+  Window& w = *window_;
+  if (w.steps == 0 || (!force && step_ % config_.log_every != 0)) return;
+  const double secs = seconds_since(w.start), k = 1.0 / static_cast<double>(w.steps);
+  const bool pre = optimizer_pretrain_;
+  const double lr = learning_rate_at(optimizer_->config(), optimizer_->steps_done());
+  const double tps = w.tokens / std::max(secs, 1e-9);
+  nlohmann::json r = {{"event", "train"},
+                      {"phase", pre ? "pretrain" : "finetune"},
+                      {"step", step_},
+                      {"loss", (w.task + w.moe) * k},
+                      {"task_loss", w.task * k},
+                      {"aux_loss", config_.aux_loss_factor * w.lb * k},
+                      {"z_loss", w.z * k},
+                      {"load_balancing_loss", w.lb * k},
+                      {"learning_rate", lr},
+                      {"grad_norm", w.grad_norm},
+                      {"tokens_per_s", tps},
+                      {"seconds", secs},
+                      {"moe", w.metrics.mean().to_json()}};
+  write_record(r);
+  if (options_.log && !options_.live) {
+    *options_.log << fmt::format(
+        "{} step {}/{} loss {:.4f} (task {:.4f} aux {:.2e} z {:.2e}) "
+        "lr {:.2e} {:.0f} tok/s\n",
+        pre ? "pretrain" : "finetune", step_, config_.total_steps(), (w.task + w.moe) * k,
+        w.task * k, config_.aux_loss_factor * w.lb * k, w.z * k, lr, tps);
+    options_.log->flush();
+  }
+  *window_ = Window();
+}
+
+void Trainer::evaluate_dev() {
+  const bool pre = optimizer_pretrain_;
+  const EvalResult r = pre ? evaluate_mlm(*model_, data_.pretrain[1], config_.batch_size,
+                                          config_.mlm, config_.seed, config_.eval_batches)
+                           : evaluate_classifier(*model_, data_.classify[1], config_.batch_size,
+                                                 config_.eval_batches);
+  write_record({{"event", "eval"},
+                {"phase", pre ? "pretrain" : "finetune"},
+                {"split", "dev"},
+                {"step", step_},
+                {"loss", r.loss},
+                {"accuracy", r.accuracy},
+                {"count", r.count},
+                {"moe", r.moe.to_json()}});
+  if (options_.log) {
+    *options_.log << (options_.live ? "\r\033[K" : "")
+                  << fmt::format("{} step {} dev: loss {:.4f} {} accuracy {:.4f} ({} {})\n",
+                                 pre ? "pretrain" : "finetune", step_, r.loss,
+                                 pre ? "masked-token" : "supersense", r.accuracy, r.count,
+                                 pre ? "masked tokens" : "examples");
+    options_.log->flush();
+  }
+}
+
+TrainResult Trainer::run() {
+  TrainResult result;
+  const Clock::time_point start = Clock::now();
+  const int64_t total = config_.total_steps(), first = step_;
+  const int64_t Np = config_.pretrain.steps;
+  Clock::time_point last_live = Clock::now() - std::chrono::seconds(1);
+  int64_t saved = step_;
+  auto checkpoint = [&] {
+    if (saved != step_) save();
+    saved = step_;
+  };
+  while (step_ < total) {
+    const Clock::time_point step_start = Clock::now();
+    const int phase_index = in_pretrain(step_) ? 0 : 1;
+    train_step();
+    const bool phase_end = step_ == Np || step_ == total;
+    log_window(phase_end);
+    if ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || phase_end) evaluate_dev();
+    result.phase_seconds[phase_index] += seconds_since(step_start);
+    if ((config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0) || phase_end)
+      checkpoint();
+    if (options_.log && options_.live && seconds_since(last_live) > 0.25) {
+      const double secs = seconds_since(start);
+      const double per_step = secs / static_cast<double>(step_ - first);
+      const Window& w = *window_;
+      *options_.log << fmt::format(
+          "\r\033[K{} step {}/{} loss {:.4f} {:.0f} tok/s ETA {}",
+          in_pretrain(step_ - 1) ? "pretrain" : "finetune", step_, total,
+          w.steps ? (w.task + w.moe) / static_cast<double>(w.steps) : 0.0,
+          w.steps ? w.tokens / std::max(seconds_since(w.start), 1e-9) : 0.0,
+          duration_str(per_step * static_cast<double>(total - step_)));
+      options_.log->flush();
+      last_live = Clock::now();
+    }
+    const bool interrupted = options_.stop_signal && options_.stop_signal->load() != 0;
+    if (interrupted ||
+        (options_.stop_after_step > 0 && step_ >= options_.stop_after_step && step_ < total)) {
+      log_window(true);
+      checkpoint();
+      write_report(run_dir_);
+      result.outcome = interrupted ? TrainOutcome::kInterrupted : TrainOutcome::kStopped;
+      result.step = step_;
+      result.seconds = seconds_since(start);
+      if (options_.log && options_.live) *options_.log << "\n";
+      return result;
+    }
+  }
+  if (options_.log && options_.live) *options_.log << "\r\033[K";
+  checkpoint();
+  result.step = step_;
+  result.test = evaluate_classifier(*model_, data_.classify[2], config_.batch_size);
+  int64_t majority = 0;
+  for (int64_t label : data_.classify[2].labels) majority += label == data_.majority_label;
+  result.majority_accuracy =
+      data_.classify[2].size() ? majority / static_cast<double>(data_.classify[2].size()) : 0;
+  result.seconds = seconds_since(start);
+  const int64_t C = static_cast<int64_t>(data_.label_names.size());
+  write_record({{"event", "eval"},
+                {"phase", "finetune"},
+                {"split", "test"},
+                {"step", step_},
+                {"loss", result.test.loss},
+                {"accuracy", result.test.accuracy},
+                {"count", result.test.count},
+                {"majority_accuracy", result.majority_accuracy},
+                {"moe", result.test.moe.to_json()}});
+  nlohmann::json results = {{"step", step_},
+                            {"test_accuracy", result.test.accuracy},
+                            {"test_loss", result.test.loss},
+                            {"test_examples", result.test.count},
+                            {"majority_class", data_.label_names[data_.majority_label]},
+                            {"majority_accuracy", result.majority_accuracy},
+                            {"labels", data_.label_names},
+                            {"confusion", nlohmann::json::array()}};
+  for (int64_t c = 0; c < C; ++c) {
+    results["confusion"].push_back(std::vector<int64_t>(
+        result.test.confusion.begin() + c * C, result.test.confusion.begin() + (c + 1) * C));
+  }
+  write_file_atomic(path("results.json"), results.dump(2) + "\n");
+  write_report(run_dir_);
+  return result;
+}
+
+}  // namespace sparsemoe

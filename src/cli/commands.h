@@ -11,6 +11,8 @@ namespace sparsemoe::cli {
 void add_route_command(CLI::App& app, std::function<int()>& run);
 void add_bench_command(CLI::App& app, std::function<int()>& run);
 void add_train_command(CLI::App& app, std::function<int()>& run);
+// eval, predict, inspect and report: the commands that use a run directory.
+void add_run_commands(CLI::App& app, std::function<int()>& run);
 // `bench model`, registered under the `bench` subcommand.
 void add_bench_model_command(CLI::App& bench, std::function<int()>& run);
 

@@ -1,5 +1,6 @@
-// sparsemoe: the command-line tool. `sparsemoe route` shows a routing decision, `sparsemoe bench`
-// times layers. Usage errors and bad input exit with status 2 and one line on stderr.
+// sparsemoe: the command-line tool. `route` shows a routing decision, `bench` times layers and
+// networks, `train` trains a Sparse Mixer, `eval` / `predict` / `inspect` / `report` use a run.
+// Usage errors and bad input exit with status 2 and one line on stderr.
 #include <exception>
 #include <iostream>
 
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
   sparsemoe::cli::add_route_command(app, run);
   sparsemoe::cli::add_bench_command(app, run);
   sparsemoe::cli::add_train_command(app, run);
+  sparsemoe::cli::add_run_commands(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

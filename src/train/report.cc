@@ -284,6 +284,13 @@ std::string write_report(const std::string& run_dir) {
   if (config.is_object()) {
     h << "<h2>Configuration</h2>\n<pre>" << escape(config.dump(2)) << "</pre>\n";
   }
+  // A self-check for headless browsers (tests/cli_train_test.sh): counts the charts that were
+  // laid out with a size and drawn marks, and records it on <body>.
+  h << "<script>window.addEventListener('load',function(){var c=document.querySelectorAll("
+       "'svg.chart'),n=0;c.forEach(function(s){var b=s.getBoundingClientRect();if(b.width>0&&"
+       "b.height>0&&s.querySelectorAll('path,rect,circle').length>1)n++;});"
+       "document.body.setAttribute('data-charts',c.length);"
+       "document.body.setAttribute('data-rendered',n);});</script>\n";
   h << "</body></html>\n";
   write_file_atomic(out_path, h.str());
   return out_path;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of training from the command line: `sparsemoe train` on a small synthetic
 # label<TAB>text corpus; a real SIGINT saves a checkpoint and exits 130, and `--resume` ends with
-# a checkpoint byte-identical to an uninterrupted run's; `eval`, `predict` (text and --json) and
-# `inspect` use the run; the HTML report renders in headless Chromium with every chart drawn;
-# bad arguments exit with status 2 and one line naming the problem.
+# a checkpoint byte-identical to an uninterrupted run's; `--compare-dense` trains the dense
+# baseline; `eval`, `predict` (text and --json) and `inspect` use the run; the HTML report renders
+# in headless Chromium with every chart drawn; bad arguments exit with status 2 and one line
+# naming the problem.
 set -u
 bin=$1
 fail=0
@@ -65,6 +66,16 @@ cmp -s "$tmp/full/checkpoint.safetensors" "$tmp/split/checkpoint.safetensors" ||
   { echo "FAIL: interrupted + resumed checkpoint differs from the uninterrupted one"; fail=1; }
 cmp -s "$tmp/full/results.json" "$tmp/split/results.json" || { echo "FAIL: results differ"; fail=1; }
 
+# The main job's comparison: a dense model of the same shape trained for the same time.
+out=$("$bin" train --config "$tmp/config.json" --set pretrain.steps=20 --set finetune.steps=20 \
+      --out "$tmp/cmp" --compare-dense --quiet) || { echo "FAIL: --compare-dense exit status"; fail=1; }
+[[ "$out" == *"sparse mixer (MoE)"*"dense, same shape, same time"*"majority class"* ]] ||
+  { echo "FAIL: --compare-dense output: $out"; fail=1; }
+[[ -f "$tmp/cmp/comparison.json" && -f "$tmp/cmp/dense/checkpoint.safetensors" ]] ||
+  { echo "FAIL: --compare-dense files"; fail=1; }
+grep -q '"moe_layers": \[\]' "$tmp/cmp/dense/config.json" || { echo "FAIL: the baseline has MoE layers"; fail=1; }
+[[ ! -e "$tmp/cmp/dense.timing" ]] || { echo "FAIL: the timing scratch run was left behind"; fail=1; }
+
 # Using the run.
 out=$("$bin" eval "$tmp/full") || { echo "FAIL: eval exit status"; fail=1; }
 [[ "$out" == *"accuracy"*"majority class"*"most frequent confusions"* ]] || { echo "FAIL: eval output: $out"; fail=1; }
@@ -107,6 +118,7 @@ expect_error() {  # want-substring, args...
 expect_error "already holds a run" train --config "$tmp/config.json" --out "$tmp/full"
 expect_error "do not give --config or --set" train --resume --config "$tmp/config.json" --out "$tmp/full"
 expect_error "unknown key 'pretrian'" train --config "$tmp/config.json" --set pretrian.steps=1 --out "$tmp/x"
+expect_error "--compare-dense needs a new run" train --resume --out "$tmp/full" --compare-dense
 expect_error "is not a run directory" eval "$tmp/nothing"
 expect_error "--split: expected train, dev or test" eval "$tmp/full" --split val
 expect_error "--out: the run directory is required" train --config "$tmp/config.json"

@@ -1,12 +1,15 @@
 // `sparsemoe train`: trains a Sparse Mixer as a training config says (masked-LM pretraining, then
 // fine-tuning), into a run directory; `--resume` continues a run bitwise. SIGINT and SIGTERM
 // save a checkpoint and exit with 128 + the signal; a non-finite loss exits with status 1 and the
-// last good checkpoint kept; bad configs and arguments exit with status 2.
+// last good checkpoint kept; bad configs and arguments exit with status 2. `--compare-dense` adds
+// the main job's baseline: the same network without MoE layers, trained for the same time.
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -15,6 +18,7 @@
 #include "commands.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
+#include "sparsemoe/io/file_io.h"
 #include "sparsemoe/train/trainer.h"
 
 namespace sparsemoe::cli {
@@ -35,7 +39,92 @@ struct TrainArgs {
   int64_t stop_after = 0;
   int threads = 0;
   bool quiet = false;
+  bool compare_dense = false;
 };
+
+// Seconds per training step of `base` in one phase, measured over a few steps in a scratch run.
+double seconds_per_step(const TrainConfig& base, bool pretrain, const Tokenizer& tok,
+                        const std::string& dir) {
+  constexpr int64_t kSteps = 30;
+  TrainConfig c = base;
+  c.pretrain.steps = pretrain ? 1000000 : 0;
+  c.finetune.steps = pretrain ? 0 : 1000000;
+  c.eval_every = 0;
+  c.checkpoint_every = 0;
+  TrainOptions o;
+  o.tokenizer = &tok;
+  o.stop_after_step = kSteps;
+  o.stop_signal = &g_signal;
+  const TrainResult r = Trainer(c, dir, o).run();
+  std::filesystem::remove_all(dir);
+  if (r.outcome == TrainOutcome::kInterrupted) throw InvalidArgument("interrupted");
+  return r.step_seconds[pretrain ? 0 : 1] / static_cast<double>(r.step);
+}
+
+// The baseline of the main job: the same network with dense feed-forward blocks where the MoE
+// layers were, trained with as many steps as fit in the MoE run's training-step time per phase
+// (its own step time measured first). Prints the three accuracies; writes comparison.json.
+int compare_dense(const TrainArgs& a, Trainer& moe, const TrainResult& moe_result,
+                  const TrainOptions& opt) {
+  TrainConfig dense = moe.config();
+  dense.model.moe_layers.clear();
+  const std::string dense_dir = (std::filesystem::path(a.out) / "dense").string();
+  if (opt.log) *opt.log << "dense baseline: timing its steps\n";
+  int64_t steps[2] = {0, 0};
+  PhaseConfig* phases[2] = {&dense.pretrain, &dense.finetune};
+  for (int p = 0; p < 2; ++p) {
+    if (phases[p]->steps == 0) continue;
+    const double t = seconds_per_step(dense, p == 0, moe.tokenizer(), dense_dir + ".timing");
+    steps[p] = std::max<int64_t>(1, std::llround(moe_result.step_seconds[p] / t));
+    const double scale = static_cast<double>(steps[p]) / static_cast<double>(phases[p]->steps);
+    phases[p]->optimizer.warmup_steps =
+        std::llround(static_cast<double>(phases[p]->optimizer.warmup_steps) * scale);
+    if (phases[p]->optimizer.total_steps != 0) phases[p]->optimizer.total_steps = 0;
+    phases[p]->steps = steps[p];
+  }
+  if (opt.log)
+    *opt.log << fmt::format("dense baseline: {} pretraining + {} fine-tuning steps in {}\n",
+                            steps[0], steps[1], dense_dir);
+  TrainOptions dopt = opt;
+  dopt.tokenizer = &moe.tokenizer();
+  Trainer trainer(dense, dense_dir, dopt);
+  const TrainResult d = trainer.run();
+  if (d.outcome == TrainOutcome::kInterrupted) {
+    std::cerr << fmt::format(
+        "dense baseline interrupted at step {}; continue it with: sparsemoe "
+        "train --resume --out {}\n",
+        d.step, dense_dir);
+    return 128 + g_signal.load();
+  }
+  const TaskData& data = moe.data();
+  const std::string majority = data.label_names[data.majority_label];
+  std::cout << fmt::format(
+      "\ntest accuracy on {} examples of {}:\n"
+      "  sparse mixer (MoE)                   {:.4f}   {} steps, {:.0f} s of training steps\n"
+      "  dense, same shape, same time         {:.4f}   {} steps, {:.0f} s of training steps\n"
+      "  majority class ('{}')  {:.4f}\n",
+      moe_result.test.count, data.corpus_name, moe_result.test.accuracy, moe_result.step,
+      moe_result.step_seconds[0] + moe_result.step_seconds[1], d.test.accuracy, d.step,
+      d.step_seconds[0] + d.step_seconds[1], majority, moe_result.majority_accuracy);
+  const nlohmann::json j = {
+      {"test_examples", moe_result.test.count},
+      {"moe",
+       {{"test_accuracy", moe_result.test.accuracy},
+        {"test_loss", moe_result.test.loss},
+        {"steps", moe_result.step},
+        {"step_seconds", moe_result.step_seconds},
+        {"seconds", moe_result.seconds}}},
+      {"dense",
+       {{"test_accuracy", d.test.accuracy},
+        {"test_loss", d.test.loss},
+        {"steps", d.step},
+        {"step_seconds", d.step_seconds},
+        {"seconds", d.seconds},
+        {"run", dense_dir}}},
+      {"majority", {{"class", majority}, {"test_accuracy", moe_result.majority_accuracy}}}};
+  write_file_atomic((std::filesystem::path(a.out) / "comparison.json").string(), j.dump(2) + "\n");
+  return 0;
+}
 
 int run_train(const TrainArgs& a) {
   check_arg(!a.out.empty(), "--out: the run directory is required");
@@ -43,6 +132,8 @@ int run_train(const TrainArgs& a) {
             "--config: a training config file is required (or --resume to continue a run)");
   check_arg(!a.resume || (a.config.empty() && a.sets.empty()),
             "--resume continues with the run's own config.json; do not give --config or --set");
+  check_arg(!a.resume || !a.compare_dense,
+            "--compare-dense needs a new run (it gives the dense model the MoE run's time)");
   if (a.threads > 0) set_num_threads(a.threads);
   TrainOptions opt;
   opt.stop_after_step = a.stop_after;
@@ -76,7 +167,7 @@ int run_train(const TrainArgs& a) {
       "(pretrain {:.0f} s, finetune {:.0f} s)\nrun: {}  report: {}/report.html\n",
       r.test.accuracy, r.test.count, d.label_names[d.majority_label], r.majority_accuracy,
       r.seconds, r.phase_seconds[0], r.phase_seconds[1], a.out, a.out);
-  return 0;
+  return a.compare_dense ? compare_dense(a, *trainer, r, opt) : 0;
 }
 
 }  // namespace
@@ -93,6 +184,9 @@ void add_train_command(CLI::App& app, std::function<int()>& run) {
                   "checkpoint and stop once this many steps are done (continue with --resume)");
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all cores)");
   cmd->add_flag("--quiet", a->quiet, "no progress output");
+  cmd->add_flag("--compare-dense", a->compare_dense,
+                "then train the same network without MoE layers for the same time (in OUT/dense) "
+                "and print both test accuracies next to the majority class");
   cmd->callback([a, &run] { run = [a] { return run_train(*a); }; });
 }
 

@@ -131,9 +131,14 @@ void Trainer::prepare(bool fresh) {
                             "or choose another directory");
     fs::create_directories(run_dir_);
     corpus = load_corpus(config_.data);
-    if (options_.log)
-      *options_.log << "tokenizer: training SentencePiece on " << corpus.name << "\n";
-    tokenizer_ = Tokenizer::train(tokenizer_training_text(config_.data, corpus), config_.tokenizer);
+    if (options_.tokenizer) {
+      tokenizer_ = *options_.tokenizer;
+    } else {
+      if (options_.log)
+        *options_.log << "tokenizer: training SentencePiece on " << corpus.name << "\n";
+      tokenizer_ =
+          Tokenizer::train(tokenizer_training_text(config_.data, corpus), config_.tokenizer);
+    }
     config_.model.vocab_size = tokenizer_.vocab_size();
     config_.validate();
     const std::string text = config_.to_json().dump(2) + "\n";
@@ -349,6 +354,7 @@ TrainResult Trainer::run() {
     const Clock::time_point step_start = Clock::now();
     const int phase_index = in_pretrain(step_) ? 0 : 1;
     train_step();
+    result.step_seconds[phase_index] += seconds_since(step_start);
     const bool phase_end = step_ == Np || step_ == total;
     log_window(phase_end);
     if ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || phase_end) evaluate_dev();

@@ -33,6 +33,7 @@ struct TrainOptions {
   const std::atomic<int>* stop_signal = nullptr;  // nonzero: checkpoint and stop after this step
   std::ostream* log = nullptr;                    // progress output; null: silent
   bool live = false;  // one self-updating line (for a terminal) instead of plain lines
+  const Tokenizer* tokenizer = nullptr;  // a new run uses this one instead of training its own
 };
 
 enum class TrainOutcome { kFinished, kStopped, kInterrupted };
@@ -42,6 +43,7 @@ struct TrainResult {
   int64_t step = 0;
   double seconds = 0;  // wall time of this invocation's training steps and evaluations
   double phase_seconds[2] = {0, 0};  // of which pretraining, fine-tuning (steps and dev evals)
+  double step_seconds[2] = {0, 0};   // of which the training steps alone
   EvalResult test;                   // when finished: the test split
   double majority_accuracy = 0;      // test accuracy of always predicting the majority class
 };
@@ -70,6 +72,7 @@ class Trainer {
 
   const TrainConfig& config() const { return config_; }
   const TaskData& data() const { return data_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
   TaskModel& model() { return *model_; }
   int64_t step() const { return step_; }
 

@@ -79,7 +79,7 @@ int compare_dense(const TrainArgs& a, Trainer& moe, const TrainResult& moe_resul
     const double scale = static_cast<double>(steps[p]) / static_cast<double>(phases[p]->steps);
     phases[p]->optimizer.warmup_steps =
         std::llround(static_cast<double>(phases[p]->optimizer.warmup_steps) * scale);
-    if (phases[p]->optimizer.total_steps != 0) phases[p]->optimizer.total_steps = 0;
+    phases[p]->optimizer.total_steps = 0;  // the new step count
     phases[p]->steps = steps[p];
   }
   if (opt.log)

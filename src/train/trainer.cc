@@ -185,9 +185,8 @@ void Trainer::prepare(bool fresh) {
 void Trainer::enter_phase(bool pretrain) {
   optimizer_pretrain_ = pretrain;
   const PhaseConfig& phase = pretrain ? config_.pretrain : config_.finetune;
-  optimizer_ =
-      std::make_unique<AdamW>(config_.optimizer_for(phase),
-                              pretrain ? model_->pretrain_params() : model_->finetune_params());
+  params_ = pretrain ? model_->pretrain_params() : model_->finetune_params();
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer_for(phase), params_);
   *window_ = Window();
 }
 
@@ -228,13 +227,13 @@ void Trainer::train_step() {
     rows.push_back(&set.tokens[e]);
     if (!pre) labels.push_back(set.labels[e]);
   }
-  Batch batch;
+  Batch& batch = batch_;
   pack_batch(rows, L, batch, labels);
   const uint64_t global = static_cast<uint64_t>(step_) + 1;
-  const std::vector<ParamRef> params = pre ? model_->pretrain_params() : model_->finetune_params();
-  for (const ParamRef& p : params) p.grad->zero();
+  for (const ParamRef& p : params_) p.grad->zero();
   SparseMixer& net = model_->net;
-  Tensor logits, dlogits;
+  Tensor& logits = logits_;
+  Tensor& dlogits = dlogits_;
   double task = 0;
   SparseMixerMetrics met;
   if (pre) {
@@ -256,15 +255,15 @@ void Trainer::train_step() {
         global, phase, task, met.loss, path("checkpoint.safetensors")));
   }
   if (pre) {
-    Tensor dseq(net.sequence_output().shape());
-    model_->mlm.backward(dlogits, dseq, net.embeddings().word_grad);
-    net.backward(&dseq, nullptr);
+    dseq_.resize(net.sequence_output().shape());
+    dseq_.zero();  // the head adds into it
+    model_->mlm.backward(dlogits, dseq_, net.embeddings().word_grad);
+    net.backward(&dseq_, nullptr);
   } else {
-    Tensor dpooled;
-    model_->classifier.backward(dlogits, dpooled);
-    net.backward(nullptr, &dpooled);
+    model_->classifier.backward(dlogits, dpooled_);
+    net.backward(nullptr, &dpooled_);
   }
-  const double norm = optimizer_->step(params);
+  const double norm = optimizer_->step(params_);
   if (!std::isfinite(norm)) {
     throw NonFiniteLoss(fmt::format(
         "training stopped: the gradient norm is not finite at step {} ({}); the last good "

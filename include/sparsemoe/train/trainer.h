@@ -14,6 +14,7 @@
 #include <ostream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "sparsemoe/data/tokenizer.h"
 #include "sparsemoe/train/adamw.h"
@@ -97,6 +98,10 @@ class Trainer {
   std::unique_ptr<TaskModel> model_;
   std::unique_ptr<AdamW> optimizer_;
   bool optimizer_pretrain_ = true;
+  std::vector<ParamRef> params_;  // the current phase's parameters, in the optimizer's order
+  // Step workspaces, reused across steps.
+  Batch batch_;
+  Tensor logits_, dlogits_, dseq_, dpooled_;
   int64_t step_ = 0;
   struct Window;
   std::unique_ptr<Window> window_;

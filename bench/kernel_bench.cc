@@ -10,7 +10,7 @@
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/layers/ffn_kernel.h"
-#include "sparsemoe/routing/routers.h"
+#include "sparsemoe/moe/routing.h"
 
 namespace sm = sparsemoe;
 
@@ -33,23 +33,33 @@ static std::vector<float> random_probs(int64_t n, int64_t E) {
   return p;
 }
 
-static void BM_RouteExpertsChoose(benchmark::State& state) {
+// One routing policy on fixed probabilities: experts-choose (k = 0 here), tokens-choose k, top2.
+static void route_bench(benchmark::State& state, sm::RouterType type, int64_t k) {
   const int64_t G = 8, T = 512, E = 16;
   auto p = random_probs(G * T, E);
+  sm::RouterConfig rc;
+  rc.type = type;
+  rc.num_experts = E;
+  rc.num_selected_experts = k;
+  const auto policy = sm::make_policy(rc);
+  sm::RouteArgs a;
+  a.probs = a.logits = p.data();
+  a.G = G, a.T = T, a.E = E, a.C = T / E;
   sm::RoutingPlan plan;
-  for (auto _ : state) sm::route_experts_choose(p.data(), G, T, E, T / E, plan);
+  sm::PolicySaved saved;
+  for (auto _ : state) policy->route(a, plan, saved);
   state.SetItemsProcessed(state.iterations() * G * T);
+}
+static void BM_RouteExpertsChoose(benchmark::State& state) {
+  route_bench(state, sm::RouterType::kExpertsChoose, 1);
 }
 BENCHMARK(BM_RouteExpertsChoose);
-
 static void BM_RouteTokensChoose(benchmark::State& state) {
-  const int64_t G = 8, T = 512, E = 16, k = state.range(0);
-  auto p = random_probs(G * T, E);
-  sm::RoutingPlan plan;
-  for (auto _ : state) sm::route_tokens_choose(p.data(), G, T, E, T / E, k, true, plan);
-  state.SetItemsProcessed(state.iterations() * G * T);
+  route_bench(state, sm::RouterType::kTokensChoose, state.range(0));
 }
 BENCHMARK(BM_RouteTokensChoose)->Arg(1)->Arg(2);
+static void BM_RouteTop2(benchmark::State& state) { route_bench(state, sm::RouterType::kTop2, 2); }
+BENCHMARK(BM_RouteTop2);
 
 static void BM_FfnForward(benchmark::State& state) {
   const int64_t E = 16, H = 512, F = 2048, rows = state.range(0);

@@ -5,7 +5,11 @@
 #   * the recorder: every MoE configuration the tests use, both MoE paths, lingvo's gates with
 #     experts and the tiny Sparse Mixer with each router, two steps each, at 1 and 2 threads
 #     (hashes of every output, input gradient and parameter gradient, and the metrics);
-#   * `sparsemoe route` on tests/golden/route_inputs.jsonl (stdout, stderr and exit status);
+#   * `sparsemoe route` on tests/golden/route_inputs.jsonl: stdout and exit status must match in
+#     every decision (capacity, dispatch, token counts); float values are reported by their
+#     largest relative difference (the route command before issue 11 computed its own softmax,
+#     which differs from the layer's in the last bit; it now prints the layer's exact numbers);
+#     stderr messages are listed when they changed;
 #   * a fixed-seed wordnet_tiny training (200 pretraining + 200 fine-tuning steps): the final
 #     checkpoint's bytes and metrics.jsonl without its timing fields;
 # then compares them byte for byte. Both trees are compiled on this machine, so the comparison
@@ -30,9 +34,11 @@ record() {  # build dir, output dir
   rm -rf "$out" && mkdir -p "$out"
   "$bin/tests/sparsemoe_golden" >"$out/layers.json"
   : >"$out/route.txt"
+  : >"$out/route_stderr.txt"
   while IFS= read -r line; do
     local rc=0
-    printf '%s\n' "$line" | "$bin/sparsemoe" route >>"$out/route.txt" 2>&1 || rc=$?
+    printf '%s\n' "$line" | "$bin/sparsemoe" route >>"$out/route.txt" \
+      2>>"$out/route_stderr.txt" || rc=$?
     echo "exit $rc" >>"$out/route.txt"
   done <"$root/tests/golden/route_inputs.jsonl"
   if [[ -z "${GOLDEN_SKIP_TRAIN:-}" ]]; then
@@ -62,7 +68,42 @@ record "$work/base-build" "$work/base-out"
 record "$root/build" "$work/head-out"
 
 status=0
-for f in layers.json route.txt checkpoint.sha256 metrics.txt; do
+/usr/bin/python3 - "$work/base-out/route.txt" "$work/head-out/route.txt" <<'PY' || status=1
+import json, sys
+a, b = (open(p).read().splitlines() for p in sys.argv[1:3])
+worst, floats = 0.0, 0
+def walk(x, y, at):
+    global worst, floats
+    if isinstance(x, float) or isinstance(y, float):
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            raise SystemExit(f"golden: route.txt DIFFERS in kind at {at}")
+        if x != y:
+            floats += 1
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y)))
+    elif isinstance(x, dict):
+        if x.keys() != y.keys(): raise SystemExit(f"golden: route.txt DIFFERS in keys at {at}")
+        for k in x: walk(x[k], y[k], f"{at}.{k}")
+    elif isinstance(x, list):
+        if len(x) != len(y): raise SystemExit(f"golden: route.txt DIFFERS in length at {at}")
+        for i, (u, v) in enumerate(zip(x, y)): walk(u, v, f"{at}[{i}]")
+    elif x != y:
+        raise SystemExit(f"golden: route.txt DIFFERS at {at}: {x} vs {y}")
+if len(a) != len(b): raise SystemExit("golden: route.txt DIFFERS in line count")
+for i, (x, y) in enumerate(zip(a, b)):
+    if x == y: continue
+    if x.startswith("exit") or y.startswith("exit"): raise SystemExit(f"golden: route.txt line {i+1}: {x} vs {y}")
+    walk(json.loads(x), json.loads(y), f"line {i+1}")
+if floats == 0:
+    print("golden: route.txt identical")
+else:
+    print(f"golden: route.txt decisions identical; {floats} float values differ, largest relative difference {worst:.2e}")
+    if worst > 1e-6: raise SystemExit("golden: route.txt float difference above 1e-6")
+PY
+if ! cmp -s "$work/base-out/route_stderr.txt" "$work/head-out/route_stderr.txt"; then
+  echo "golden: route error messages changed:"
+  diff "$work/base-out/route_stderr.txt" "$work/head-out/route_stderr.txt" | sed 's/^/  /' || true
+fi
+for f in layers.json checkpoint.sha256 metrics.txt; do
   [[ -e "$work/base-out/$f" ]] || continue
   if cmp -s "$work/base-out/$f" "$work/head-out/$f"; then
     echo "golden: $f identical"

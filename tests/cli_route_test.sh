@@ -53,8 +53,8 @@ expect_error "ragged" '{"router":"tokens_choose","logits":[[[1,2],[1]]]}' "ragge
 expect_error "empty" '{"router":"tokens_choose","logits":[]}' "logits"
 expect_error "unknown router" '{"router":"top3","logits":[[[1,2]]]}' "router"
 expect_error "unknown key" '{"router":"tokens_choose","logits":[[[1,2]]],"kk":1}' "unknown key 'kk'"
-expect_error "k > E" '{"router":"tokens_choose","k":3,"logits":[[[1,2]]]}' "k:"
-expect_error "C > T" '{"router":"experts_choose","capacity":2,"logits":[[[1,2]]]}' "exceeds tokens per group"
+expect_error "k > E" '{"router":"tokens_choose","k":3,"logits":[[[1,2]]]}' "num_selected_experts: expected in [1, num_experts=2], got 3"
+expect_error "C > T" '{"router":"experts_choose","capacity":2,"logits":[[[1,2]]]}' "exceeds tokens_per_group T=1"
 expect_error "non-finite" '{"router":"tokens_choose","logits":[[[1,1e999]]]}' "invalid JSON"
 expect_error "float overflow" '{"router":"tokens_choose","logits":[[[1,1e300]]]}' "non-finite"
 expect_error "non-number" '{"router":"tokens_choose","logits":[[[1,"x"]]]}' "non-number"
@@ -62,8 +62,10 @@ expect_error "negative capacity" '{"router":"tokens_choose","capacity":-1,"logit
 expect_error "top2 policy" '{"router":"top2","second_expert_policy":"best","logits":[[[1,2]]]}' "second_expert_policy"
 expect_error "top2 paddings shape" '{"router":"top2","paddings":[[0,0]],"logits":[[[1,2]]]}' "paddings"
 expect_error "top2 paddings value" '{"router":"top2","paddings":[[0.5]],"logits":[[[1,2]]]}' "paddings"
-expect_error "top2 k" '{"router":"top2","k":3,"logits":[[[1,2,3]]]}' "k:"
-expect_error "top2 key on tokens_choose" '{"router":"tokens_choose","seed":1,"logits":[[[1,2]]]}' "unknown key 'seed'"
+expect_error "top2 k" '{"router":"top2","k":3,"logits":[[[1,2,3]]]}' "top2 always selects 2 experts"
+expect_error "top2 option on tokens_choose" '{"router":"tokens_choose","second_expert_policy":"random","logits":[[[1,2]]]}' "second_expert_policy applies to router type 'top2' only"
+expect_error "seed on tokens_choose" '{"router":"tokens_choose","seed":1,"logits":[[[1,2]]]}' "seed: router 'tokens_choose' draws nothing"
+expect_error "experts_choose k" '{"router":"experts_choose","k":2,"logits":[[[1,2]]]}' "num_selected_experts applies to tokens_choose only"
 expect_error "top2 expert_padding_idx" '{"router":"top2","expert_padding_idx":[5],"logits":[[[1,2]]]}' "expert_padding_idx"
 
 if [[ $fail -eq 0 ]]; then echo "cli route: all checks passed"; fi

@@ -10,7 +10,7 @@
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/parallel.h"
-#include "sparsemoe/routing/capacity.h"
+#include "sparsemoe/moe/routing.h"
 #include "test_util.h"
 
 namespace sparsemoe {

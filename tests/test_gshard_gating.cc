@@ -4,11 +4,12 @@
 // finite-difference gradients of the dense combine tensor and the aux loss, and bad input.
 #include <gtest/gtest.h>
 
+#include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
-#include "sparsemoe/layers/apply_gating.h"
 #include "sparsemoe/layers/gshard_gating.h"
-#include "sparsemoe/layers/moe_reference.h"
+#include "sparsemoe/moe/dispatch.h"
+#include "sparsemoe/moe/moe_reference.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -54,11 +55,10 @@ TEST(Top2GatingLayer, TokenGatingIsTop2OnInputsTimesW) {
   Tensor logits({14, 4});
   gemm_reference(false, false, 14, 4, 6, 1.f, x.data(), 6, gate.params()[0].value->data(), 4, 0.f,
                  logits.data(), 4);
-  std::vector<float> probs;
-  RoutingPlan plan;
-  Top2State st;
-  top2_gating_on_logits(logits.data(), nullptr, nullptr, 2, 7, 4, 3, 0.0, {}, false, 0, probs, plan,
-                        st);
+  const RouterConfig rc = test::router_config(RouterType::kTop2, 4);
+  RoutingRecord rec;
+  route_logits(*make_policy(rc), rc, logits.data(), 2, 7, 3, nullptr, false, 0, rec);
+  const RoutingPlan& plan = rec.plan;
   EXPECT_EQ(gate.plan().row_token, plan.row_token);
   EXPECT_EQ(gate.plan().row_slot, plan.row_slot);
   for (int64_t r = 0; r < plan.rows(); ++r)
@@ -72,7 +72,7 @@ TEST(Top2GatingLayer, SentenceGatingRoutesASentenceTogether) {
   Tensor pad({2, 6});
   for (int64_t n = 0; n < 12; ++n) pad[n] = seg[n] == 0 ? 1.f : 0.f;
   gate.forward(x, &pad, &seg, nullptr, {true, 0});
-  const auto& tk = gate.state().tokens;
+  const auto& tk = gate.routing().saved.top2;
   for (int64_t n = 0; n < 12; ++n)
     for (int64_t k = 0; k < 12; ++k)
       if (seg[n] != 0 && seg[n] == seg[k]) {
@@ -131,7 +131,9 @@ TEST(Top2GatingLayer, GradientsMatchFiniteDifferences) {
       };
       gate.forward(x, nullptr, &seg, &task, {true, 0});
       r = random_tensor({2, 6, 4, gate.capacity()}, 9);
-      EXPECT_GT(gate.state().over_capacity_1_ratio + gate.state().over_capacity_2_ratio, 0.0);
+      EXPECT_GT(
+          gate.routing().saved.over_capacity_1_ratio + gate.routing().saved.over_capacity_2_ratio,
+          0.0);
       Tensor dx({2, 6, 5});
       for (auto& p : gate.params()) p.grad->zero();
       gate.backward(r, dx);
@@ -141,7 +143,7 @@ TEST(Top2GatingLayer, GradientsMatchFiniteDifferences) {
     }
 }
 
-// SentenceTop2Gating + FeedForwardNetworksApplyGating (ApplyGating over FeedForwardExperts):
+// SentenceTop2Gating + FeedForwardNetworksApplyGating (experts_forward over FeedForwardExperts):
 // the sparse path equals the seed's einsum form on the same gate, and the whole chain (inputs ->
 // sentence gate -> experts -> combine) has the finite-difference gradient.
 TEST(Top2GatingLayer, SentenceGateWithExpertsSparseEqualsEinsumAndGradients) {
@@ -154,13 +156,13 @@ TEST(Top2GatingLayer, SentenceGateWithExpertsSparseEqualsEinsumAndGradients) {
   ec.activation = "gelu";
   ec.kernel_init_stddev = 0.4;
   FeedForwardExperts experts(ec, 6, 11);
-  ApplyGating apply;
+  ExpertRows rows;
   // Inputs (seed 41) keep every routing decision clear of ties within the difference step.
   Tensor x = random_tensor({2, 6, 6}, 41), r = random_tensor({2, 6, 6}, 42), y({2, 6, 6});
   const std::vector<int32_t> seg = {1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 4};
   auto loss = [&] {
     const double aux = gate.forward(x, nullptr, &seg, nullptr, {true, 0});
-    apply.forward(gate.plan(), experts, x.data(), y.data(), {true, 0});
+    experts_forward(gate.plan(), experts, x.data(), y.data(), {true, 0}, rows);
     return dot(y, r) + gc.aux_loss_weight * aux;
   };
   loss();
@@ -168,11 +170,11 @@ TEST(Top2GatingLayer, SentenceGateWithExpertsSparseEqualsEinsumAndGradients) {
   MoeReferenceState ref;
   moe_reference_forward(experts.weights().params(), gate.plan(), x.data(), yr.data(), {}, ref);
   EXPECT_LT(test::normalized_error(y, yr), 1e-5);
-  Tensor dx({2, 6, 6}), dcomb({12, 3});
+  Tensor dx({2, 6, 6});
   for (auto& p : gate.params()) p.grad->zero();
   zero_grads(experts.params());
-  apply.backward(gate.plan(), experts, r.data(), dx.data(), dcomb.data());
-  gate.backward_rows(dcomb.data(), dx);  // adds the path through the gate
+  experts_backward(gate.plan(), experts, r.data(), dx.data(), rows);
+  gate.backward_rows(rows.dweight.data(), dx);  // adds the path through the gate
   check_gradient("x", x, dx, loss, 40);
   check_gradient("w", *gate.params()[0].value, *gate.params()[0].grad, loss, 18);
   for (auto& p : experts.params()) check_gradient(p.name, *p.value, *p.grad, loss, 20);

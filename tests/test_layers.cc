@@ -107,7 +107,7 @@ TEST(MoeLayer, OneExpertTop1EqualsDenseFeedForward) {
       EXPECT_LT(normalized_error(gm->data(), gf->data(), gf->numel()), 1e-6) << n;
     }
     // A single expert's softmax is constant: no router gradient.
-    EXPECT_EQ(moe.router().kernel_grad[0], 0.f);
+    EXPECT_EQ(moe.gate().kernel_grad[0], 0.f);
   }
 }
 
@@ -119,7 +119,7 @@ TEST(MoeLayer, DroplessEqualsBruteForcePerTokenLoop) {
   const MoeMetrics m = moe.forward(x, y);
   EXPECT_EQ(m.fraction_tokens_left_behind, 0.0);
   const auto& w = moe.experts().weights();
-  const Tensor& probs = moe.router().probs();
+  const Tensor& probs = moe.activations().routing.probs;
   const int64_t E = 5, H = 8, F = 12;
   for (int64_t n = 0; n < 21; ++n) {
     // Top-2 experts of token n, by probability (ties to the lower index).

@@ -9,11 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "moe_fixtures.h"
 #include "sparsemoe/layers/feed_forward.h"
-#include "sparsemoe/routing/capacity.h"
-#include "sparsemoe/routing/router.h"
-#include "sparsemoe/routing/routers.h"
-#include "sparsemoe/routing/top2_gating.h"
+#include "sparsemoe/moe/routing.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -34,20 +32,15 @@ const json& peer_case(const std::string& id) {
 
 Shape shape_of(const json& j) { return j["shape"].get<Shape>(); }
 
-// Router z-loss of explicit logits: route them through a bias-free router with H = 1, x = 1 and
-// kernel = the logits row, so logits come out exactly as given.
+// Router z-loss of explicit logits, one token at a time through route_logits.
 double z_loss_of(const std::vector<std::vector<float>>& rows) {
   const int64_t N = static_cast<int64_t>(rows.size()), E = static_cast<int64_t>(rows[0].size());
+  const RouterConfig rc = test::router_config(RouterType::kTokensChoose, E);
   double total = 0;
   for (const auto& row : rows) {
-    RouterConfig rc;
-    rc.num_experts = E;
-    rc.use_bias = false;
-    rc.type = RouterType::kTokensChoose;
-    Router r(rc, 1, 0);
-    for (int64_t e = 0; e < E; ++e) r.kernel[e] = row[e];
-    const float x = 1.f;
-    total += r.forward(&x, 1, 1, 1, false, 0).unscaled_router_z_loss;
+    RoutingRecord rec;
+    total += route_logits(*make_policy(rc), rc, row.data(), 1, 1, 1, nullptr, false, 0, rec)
+                 .unscaled_router_z_loss;
   }
   return total / N;
 }
@@ -134,13 +127,12 @@ TEST(PeerCases, LingvoTop2WorkedExampleD2) {
   const double tol = c["tolerance"]["atol"];
   for (const auto& [key, legacy] :
        {std::pair{"legacy_true", true}, std::pair{"legacy_false", false}}) {
-    Top2Options opt;
-    opt.legacy_mtf_behavior = legacy;
-    std::vector<float> probs;
-    RoutingPlan plan;
-    Top2State st;
-    top2_gating_on_logits(logits.data(), nullptr, nullptr, 1, S, E, C, 0.0, opt, false, 0, probs,
-                          plan, st);
+    RouterConfig rc = test::router_config(RouterType::kTop2, E);
+    rc.top2.legacy_mtf_behavior = legacy;
+    RoutingRecord rec;
+    const RouteResult r =
+        route_logits(*make_policy(rc), rc, logits.data(), 1, S, C, nullptr, false, 0, rec);
+    const RoutingPlan& plan = rec.plan;
     std::vector<float> dispatch(S * E * C), combine(S * E * C);
     plan.to_dense(dispatch.data(), combine.data());
     const json& want = c["expected"][key]["combine_nonzero"];
@@ -162,7 +154,7 @@ TEST(PeerCases, LingvoTop2WorkedExampleD2) {
           }
         }
     EXPECT_EQ(nonzero, static_cast<int>(want.size()));
-    EXPECT_NEAR(plan.aux_loss, c["expected"][key]["aux_loss"].get<double>(), tol) << key;
+    EXPECT_NEAR(r.load_balancing_loss, c["expected"][key]["aux_loss"].get<double>(), tol) << key;
   }
 }
 
@@ -177,8 +169,9 @@ TEST(PeerCases, TokensChooseWorkedExampleD1) {
   const double tol = c["tolerance"]["atol"];
   for (const auto& [key, bpr] : {std::pair{"bpr_true", true}, std::pair{"bpr_false", false}}) {
     const json& exp = c["expected"][key];
-    RoutingPlan plan;
-    route_tokens_choose(p.data(), 1, T, E, C, k, bpr, plan);
+    const test::Routed routed = test::route_probs(
+        test::router_config(RouterType::kTokensChoose, E, k, bpr), p.data(), 1, T, C);
+    const RoutingPlan& plan = routed.plan;
     std::vector<float> d(T * E * C), w(T * E * C);
     plan.to_dense(d.data(), w.data());
     int nonzero = 0;
@@ -190,8 +183,8 @@ TEST(PeerCases, TokensChooseWorkedExampleD1) {
       EXPECT_NEAR(w[(t * E + e) * C + s], it.value().get<double>(), tol) << key << " " << it.key();
       EXPECT_EQ(d[(t * E + e) * C + s], 1.f);
     }
-    const RoutingStats st = routing_stats(plan);
-    EXPECT_NEAR(plan.aux_loss, exp["auxiliary_loss"].get<double>(), tol) << key;
+    const RouteResult st = plan_metrics(plan, -1);
+    EXPECT_NEAR(routed.saved.aux_loss, exp["auxiliary_loss"].get<double>(), tol) << key;
     EXPECT_NEAR(st.fraction_tokens_left_behind, exp["fraction_tokens_left_behind"].get<double>(),
                 tol);
     EXPECT_NEAR(st.expert_usage, exp["expert_usage"].get<double>(), tol);

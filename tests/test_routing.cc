@@ -4,9 +4,9 @@
 
 #include <set>
 
+#include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/kernels.h"
-#include "sparsemoe/routing/routers.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -22,8 +22,9 @@ std::vector<float> random_probs(int64_t n, int64_t E, uint64_t seed) {
 TEST(ExpertsChoose, TopCTokensDescendingTiesToLowerToken) {
   // One group, 5 tokens, 2 experts; expert 0 sees a tie between tokens 1 and 3.
   std::vector<float> p = {0.1f, 0.9f, 0.6f, 0.4f, 0.3f, 0.7f, 0.6f, 0.4f, 0.8f, 0.2f};
-  RoutingPlan plan;
-  route_experts_choose(p.data(), 1, 5, 2, 3, plan);
+  const RouterConfig ec = test::router_config(RouterType::kExpertsChoose, 2);
+  const test::Routed routed = test::route_probs(ec, p.data(), 1, 5, 3);
+  const RoutingPlan& plan = routed.plan;
   ASSERT_EQ(plan.rows(), 6);
   // Expert 0: tokens 4 (0.8), 1 (0.6), 3 (0.6, tie -> after token 1).
   EXPECT_EQ(plan.row_token[0], 4);
@@ -35,19 +36,21 @@ TEST(ExpertsChoose, TopCTokensDescendingTiesToLowerToken) {
   EXPECT_EQ(plan.row_token[3], 0);
   EXPECT_EQ(plan.row_token[4], 2);
   EXPECT_EQ(plan.row_token[5], 1);
-  EXPECT_EQ(plan.aux_loss, 0.0);
-  const RoutingStats st = routing_stats(plan);
+  EXPECT_EQ(routed.saved.aux_loss, 0.0);
+  const RouteResult st = plan_metrics(plan, -1);
   EXPECT_DOUBLE_EQ(st.expert_usage, 1.0);
   EXPECT_DOUBLE_EQ(st.fraction_tokens_left_behind, 0.0);  // token 1 in both, all 5 covered
-  EXPECT_THROW(route_experts_choose(p.data(), 1, 5, 2, 6, plan), InvalidArgument);
+  EXPECT_THROW(test::route_probs(ec, p.data(), 1, 5, 6), InvalidArgument);
 }
 
 TEST(TokensChoose, FirstChoicesBeforeSecondAndCapacityDrops) {
   const int64_t G = 3, T = 16, E = 4, C = 3, k = 2;
   const auto p = random_probs(G * T, E, 11);
   for (bool bpr : {false, true}) {
-    RoutingPlan plan;
-    route_tokens_choose(p.data(), G, T, E, C, k, bpr, plan);
+    const RoutingPlan plan =
+        test::route_probs(test::router_config(RouterType::kTokensChoose, E, k, bpr), p.data(), G, T,
+                          C)
+            .plan;
     EXPECT_EQ(plan.C, C);
     std::vector<int> per_ge(G * E, 0);
     for (int64_t e = 0; e < E; ++e)
@@ -70,17 +73,20 @@ TEST(TokensChoose, FirstChoicesBeforeSecondAndCapacityDrops) {
 TEST(TokensChoose, DroplessKeepsEverythingAndZeroCapacityDropsEverything) {
   const int64_t G = 2, T = 32, E = 4, k = 2;
   const auto p = random_probs(G * T, E, 5);
-  RoutingPlan plan;
-  route_tokens_choose(p.data(), G, T, E, -1, k, true, plan);
+  const RouterConfig tc = test::router_config(RouterType::kTokensChoose, E, k, true);
+  RoutingPlan plan = test::route_probs(tc, p.data(), G, T, -1).plan;
   EXPECT_EQ(plan.rows(), G * T * k);
-  EXPECT_DOUBLE_EQ(routing_stats(plan).fraction_tokens_left_behind, 0.0);
-  route_tokens_choose(p.data(), G, T, E, 0, k, true, plan);
+  EXPECT_DOUBLE_EQ(plan_metrics(plan, -1).fraction_tokens_left_behind, 0.0);
+  plan = test::route_probs(tc, p.data(), G, T, 0).plan;
   EXPECT_EQ(plan.rows(), 0);
-  EXPECT_DOUBLE_EQ(routing_stats(plan).fraction_tokens_left_behind, 1.0);
-  EXPECT_DOUBLE_EQ(routing_stats(plan).router_confidence, 0.0);  // 0/0 reported as 0
-  route_tokens_choose(p.data(), G, T, E, 2 * T, k, true, plan);  // C > T is legal
+  EXPECT_DOUBLE_EQ(plan_metrics(plan, -1).fraction_tokens_left_behind, 1.0);
+  EXPECT_DOUBLE_EQ(plan_metrics(plan, -1).router_confidence, 0.0);  // 0/0 reported as 0
+  plan = test::route_probs(tc, p.data(), G, T, 2 * T).plan;         // C > T is legal
   EXPECT_EQ(plan.rows(), G * T * k);
-  EXPECT_THROW(route_tokens_choose(p.data(), G, T, E, 4, E + 1, true, plan), InvalidArgument);
+  RouterConfig too_many = tc;
+  too_many.num_selected_experts = E + 1;
+  EXPECT_THROW(too_many.validate(), ConfigError);
+  EXPECT_THROW(test::route_probs(too_many, p.data(), G, T, 4), InvalidArgument);
 }
 
 TEST(TokensChoose, UniformTop1AuxLossIsOne) {
@@ -88,16 +94,17 @@ TEST(TokensChoose, UniformTop1AuxLossIsOne) {
   const int64_t T = 8, E = 4;
   std::vector<float> p(T * E, 0.2f);
   for (int64_t t = 0; t < T; ++t) p[t * E + t % E] = 0.4f;
-  RoutingPlan plan;
-  route_tokens_choose(p.data(), 1, T, E, T, 1, false, plan);
-  EXPECT_NEAR(plan.aux_loss, 1.0, 1e-6);
+  const test::Routed r =
+      test::route_probs(test::router_config(RouterType::kTokensChoose, E), p.data(), 1, T, T);
+  EXPECT_NEAR(r.saved.aux_loss, 1.0, 1e-6);
 }
 
 TEST(RoutingPlan, DenseFormMatchesRows) {
   const int64_t G = 2, T = 6, E = 3, C = 2;
   const auto p = random_probs(G * T, E, 9);
-  RoutingPlan plan;
-  route_tokens_choose(p.data(), G, T, E, C, 2, false, plan);
+  const RoutingPlan plan =
+      test::route_probs(test::router_config(RouterType::kTokensChoose, E, 2), p.data(), G, T, C)
+          .plan;
   std::vector<float> d(G * T * E * C), c(G * T * E * C);
   plan.to_dense(d.data(), c.data());
   double dsum = 0, csum = 0, wsum = 0;

@@ -225,7 +225,7 @@ TEST(SparseMixer, WholeNetworkGradientsMatchFiniteDifferences) {
       SparseMixer net(c);
       // Expert 0 is every token's first choice by a wide margin: the expert dropout is keyed by
       // the slot, and a token's slot would move if its first and second choice swapped.
-      Tensor& router_bias = net.block(1).moe_layer()->router().bias;
+      Tensor& router_bias = net.block(1).moe_layer()->gate().bias;
       router_bias[0] = 1.f, router_bias[1] = -1.f;
       MaskedLmHead mlm(8, 6, 11, Activation::kGeluTanh, 0.3, 21);
       ClassificationHead cls(8, 3, 0.1, 0.3, 22);

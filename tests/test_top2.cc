@@ -7,8 +7,7 @@
 
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/moe_layer.h"
-#include "sparsemoe/routing/top2_gating.h"
+#include "sparsemoe/moe/moe_layer.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -20,15 +19,23 @@ using test::random_tensor;
 
 struct Routed {
   RoutingPlan plan;
-  Top2State state;
+  PolicySaved state;
   std::vector<float> probs;
+  RouteResult result;
 };
 
+// lingvo's Top2GatingOnLogits through route_logits; `sample` is the training flag.
 Routed route(const Tensor& logits, int64_t c_dim, const Top2Options& opt, bool sample, uint64_t key,
              const float* paddings = nullptr) {
+  RouterConfig rc = test::router_config(RouterType::kTop2, logits.dim(2));
+  rc.top2 = opt;
+  RoutingRecord rec;
   Routed r;
-  top2_gating_on_logits(logits.data(), paddings, nullptr, logits.dim(0), logits.dim(1),
-                        logits.dim(2), c_dim, 0.0, opt, sample, key, r.probs, r.plan, r.state);
+  r.result = route_logits(*make_policy(rc), rc, logits.data(), logits.dim(0), logits.dim(1), c_dim,
+                          paddings, sample, key, rec);
+  r.plan = rec.plan;
+  r.state = rec.saved;
+  r.probs = rec.probs.to_vector();
   return r;
 }
 
@@ -63,10 +70,10 @@ TEST(Top2, RandomPolicyThresholdEdges) {
   // with threshold 1e9 none survives, so every token has only its first expert.
   const Routed none = route(logits, 16, policy(SecondExpertPolicy::kRandom, 1e9), true, 5);
   EXPECT_EQ(none.plan.rows(), 32);
-  for (const auto& t : none.state.tokens) EXPECT_FALSE(t.kept2);
+  for (const auto& t : none.state.top2) EXPECT_FALSE(t.kept2);
   // A threshold at or below every second gate keeps them all.
   float min_g2 = 1.f;
-  for (const auto& t : all.state.tokens) {
+  for (const auto& t : all.state.top2) {
     // legacy: the draw compares the normalised gate2
     min_g2 = std::min(min_g2, t.p2 / (t.p1 + t.p2 + 1e-9f));
   }
@@ -93,10 +100,10 @@ TEST(Top2, SamplingIsReproducibleAndExcludesTheFirstExpert) {
   EXPECT_FALSE(same_plan(a.plan, c.plan)) << "another key should draw other second experts";
   const Routed greedy = route(logits, 64, policy(SecondExpertPolicy::kAll, 0), true, 11);
   int differs = 0;
-  for (size_t n = 0; n < a.state.tokens.size(); ++n) {
-    EXPECT_NE(a.state.tokens[n].e1, a.state.tokens[n].e2);
-    EXPECT_EQ(a.state.tokens[n].e1, greedy.state.tokens[n].e1);
-    differs += a.state.tokens[n].e2 != greedy.state.tokens[n].e2;
+  for (size_t n = 0; n < a.state.top2.size(); ++n) {
+    EXPECT_NE(a.state.top2[n].e1, a.state.top2[n].e2);
+    EXPECT_EQ(a.state.top2[n].e1, greedy.state.top2[n].e1);
+    differs += a.state.top2[n].e2 != greedy.state.top2[n].e2;
   }
   EXPECT_GT(differs, 0) << "sampling never left the greedy choice";
   EXPECT_TRUE(same_plan(greedy.plan, route(logits, 64, opt, false, 11).plan));
@@ -112,8 +119,8 @@ TEST(Top2, PaddingIsNeverDispatched) {
     opt.legacy_mtf_behavior = legacy;
     const Routed r = route(logits, 2, opt, true, 1, pad.data());
     for (int64_t i = 0; i < r.plan.rows(); ++i) EXPECT_EQ(pad[r.plan.row_token[i]], 0.f);
-    EXPECT_EQ(r.plan.valid_tokens, valid);
-    const RoutingStats st = routing_stats(r.plan);
+    EXPECT_EQ(r.state.valid_tokens, valid);
+    const RouteResult& st = r.result;
     int64_t dispatched = 0;
     for (int64_t n = 0; n < 24; ++n)
       dispatched += r.plan.token_offsets[n + 1] > r.plan.token_offsets[n];
@@ -134,22 +141,22 @@ TEST(Top2, ImportanceGatesFirstAndSecondChoices) {
     for (int e = 0; e < 3; ++e) probs[n * 3 + e] /= sum;
   }
   const std::vector<float> importance = {1, 0.5f, 0, 1, 1, 0.5f};
-  Top2Options opt;
-  opt.legacy_mtf_behavior = false;
-  RoutingPlan plan;
-  Top2State st;
-  route_top2(probs.data(), logits.data(), nullptr, importance.data(), 1, 6, 3, 6, opt, false, 0,
-             plan, st);
+  RouterConfig rc = test::router_config(RouterType::kTop2, 3);
+  rc.top2.legacy_mtf_behavior = false;
+  const test::Routed routed =
+      test::route_probs(rc, probs.data(), 1, 6, 6, logits.data(), nullptr, importance.data());
+  const RoutingPlan& plan = routed.plan;
+  const PolicySaved& st = routed.saved;
   EXPECT_DOUBLE_EQ(st.denom[0], static_cast<float>(4.0 / 6 + 1e-6));
   for (int64_t s = 0; s < 6; ++s) {
-    EXPECT_EQ(st.tokens[s].kept1, importance[s] == 1.f) << s;
-    EXPECT_EQ(st.tokens[s].kept2, importance[s] > 0.f) << s;
+    EXPECT_EQ(st.top2[s].kept1, importance[s] == 1.f) << s;
+    EXPECT_EQ(st.top2[s].kept2, importance[s] > 0.f) << s;
   }
   // A half-important token has only its second choice, the argmax over all experts (its first
   // expert was not taken), renormalised to weight 1 (non-legacy).
   const int64_t n = 1;
   EXPECT_EQ(plan.token_offsets[n + 1] - plan.token_offsets[n], 1);
-  EXPECT_EQ(st.tokens[n].e2, st.tokens[n].e1);
+  EXPECT_EQ(st.top2[n].e2, st.top2[n].e1);
   EXPECT_FLOAT_EQ(plan.row_weight[plan.token_rows[plan.token_offsets[n]]], 1.f);
   EXPECT_EQ(plan.token_offsets[3] - plan.token_offsets[2], 0);  // importance 0: nothing
 }
@@ -160,7 +167,7 @@ TEST(Top2, ZeroCapacityDropsEverythingAndCountsAllElements) {
   EXPECT_EQ(r.plan.rows(), 0);
   // lingvo counts mask * position >= C over every element: with C = 0 that is all G*S*E.
   EXPECT_DOUBLE_EQ(r.state.over_capacity_1_ratio, 30.0 / 10.0);
-  EXPECT_DOUBLE_EQ(routing_stats(r.plan).router_confidence, 0.0);  // 0/0 reports 0
+  EXPECT_DOUBLE_EQ(r.result.router_confidence, 0.0);  // 0/0 reports 0
 }
 
 TEST(Top2, ExpertPaddingIdxReceivesNothing) {

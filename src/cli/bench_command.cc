@@ -45,11 +45,18 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   c.experts.activation = "gelu_tanh";
   c.router.num_experts = a.experts;
   c.router.type = parse_router_type(router);
-  // top2 always selects two experts (lingvo policy from --policy, legacy gates, lingvo capacity).
-  c.router.num_selected_experts = c.router.type == RouterType::kTop2 ? 1 : k;
-  c.router.top2.second_expert_policy = parse_second_expert_policy(a.policy);
+  c.router.num_selected_experts = k;
+  // top2: the lingvo policy from --policy (the other routers keep the default).
+  const auto policy = parse_second_expert_policy(a.policy);
+  if (make_policy(c.router)->reports_over_capacity()) c.router.top2.second_expert_policy = policy;
   c.train_capacity_factor = c.eval_capacity_factor = a.capacity_factor;
-  c.dropless = a.dropless && c.router.type == RouterType::kTokensChoose;
+  // --dropless applies to the routers that can route without a capacity limit.
+  c.dropless = a.dropless;
+  try {
+    c.validate();
+  } catch (const ConfigError&) {
+    c.dropless = false;
+  }
   MoeLayer layer(c);
   const int64_t B = a.batch, L = a.tokens_per_group, H = a.hidden, N = B * L;
   Tensor x({B, L, H}), y, dy({B, L, H}), dx;

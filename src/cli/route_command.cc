@@ -12,10 +12,7 @@
 #include "commands.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/kernels.h"
-#include "sparsemoe/routing/capacity.h"
-#include "sparsemoe/routing/routers.h"
-#include "sparsemoe/routing/top2_gating.h"
+#include "sparsemoe/moe/routing.h"
 
 namespace sparsemoe::cli {
 
@@ -115,115 +112,79 @@ int run_route(const std::string& file) {
   } catch (const json::exception& e) {
     throw InvalidArgument(std::string("invalid JSON: ") + e.what());
   }
+  // The request names the library's options; everything is validated by the library.
   JsonFields f(req, "route request");
   std::string router;
   f.read("router", router);
-  if (router != "experts_choose" && router != "tokens_choose" && router != "top2")
-    throw InvalidArgument(
-        "router: expected \"experts_choose\", \"tokens_choose\" or \"top2\", got \"" + router +
-        "\"");
-  const bool top2 = router == "top2";
   if (!req.contains("logits")) throw InvalidArgument("logits: missing");
   json jl;
   f.read("logits", jl);
   int64_t G, T, E;
-  std::vector<float> logits = read_logits(jl, G, T, E);
-  int64_t k = 1, C = -1;
-  bool bpr = false;
-  double cf = -1;
-  f.read("k", k);
-  f.read("batch_prioritized_routing", bpr);
-  f.read("capacity", C);
-  f.read("capacity_factor", cf);
-  // top2 (lingvo Top2GatingOnLogits) options.
-  Top2Options opt;
-  std::string policy = "all";
+  const std::vector<float> logits = read_logits(jl, G, T, E);
+  RouterConfig rc;
+  CapacityRule rule;
+  int64_t C = -1;
   json jpad;
   uint64_t seed = 0;
-  if (top2) {
+  std::string policy = "all";
+  try {
+    rc.type = parse_router_type(router);
+    rc.num_experts = E;
+    rc.num_selected_experts = make_policy(rc)->default_k();
+    f.read("k", rc.num_selected_experts);
+    f.read("batch_prioritized_routing", rc.batch_prioritized_routing);
+    f.read("capacity", C);
+    f.read("capacity_factor", rule.capacity_factor);
+    // lingvo Top2GatingOnLogits options (the other routers refuse them).
     f.read("second_expert_policy", policy);
-    f.read("second_expert_threshold", opt.second_expert_threshold);
-    f.read("legacy_mtf_behavior", opt.legacy_mtf_behavior);
-    f.read("expert_padding_idx", opt.expert_padding_idx);
+    f.read("second_expert_threshold", rc.top2.second_expert_threshold);
+    f.read("legacy_mtf_behavior", rc.top2.legacy_mtf_behavior);
+    f.read("expert_padding_idx", rc.top2.expert_padding_idx);
     f.read("paddings", jpad);
     f.read("seed", seed);
-  }
-  f.finish();
-  try {
-    opt.second_expert_policy = parse_second_expert_policy(policy);
+    f.finish();
+    rc.top2.second_expert_policy = parse_second_expert_policy(policy);
+    rc.validate();
   } catch (const ConfigError& e) {
     throw InvalidArgument(e.what());
   }
-  if (!(opt.second_expert_threshold >= 0))
-    throw InvalidArgument("second_expert_threshold: expected >= 0");
-  for (int64_t e : opt.expert_padding_idx)
-    if (e < 0 || e >= E)
-      throw InvalidArgument("expert_padding_idx: expected entries in [0, E=" + std::to_string(E) +
-                            "), got " + std::to_string(e));
+  const auto policy_ptr = make_policy(rc);
+  if (req.contains("seed") && !policy_ptr->draws_with_key())
+    throw InvalidArgument("seed: router '" + router + "' draws nothing at random");
   if (req.contains("capacity") && req.contains("capacity_factor"))
     throw InvalidArgument("give either capacity or capacity_factor, not both");
-  if (req.contains("capacity_factor")) {
-    if (!(cf >= 0) || !std::isfinite(cf))
-      throw InvalidArgument("capacity_factor: expected a finite number >= 0");
-    C = top2 ? lingvo_expert_capacity(0, cf, T, E) : expert_capacity(cf, T, E);
-  } else if (!req.contains("capacity")) {  // the seed's default capacity factor, 1
-    C = top2 ? lingvo_expert_capacity(0, 1.0, T, E) : expert_capacity(1.0, T, E);
-  }
-  if (C < 0) throw InvalidArgument("capacity: expected >= 0, got " + std::to_string(C));
-  if (top2) {
-    if (req.contains("k") && k != 2) throw InvalidArgument("k: top2 always selects 2 experts");
-  } else if (router == "experts_choose") {
-    if (req.contains("k") && k != 1) throw InvalidArgument("k: applies to tokens_choose only");
-    if (C > T)
-      throw InvalidArgument("capacity: C=" + std::to_string(C) + " exceeds tokens per group T=" +
-                            std::to_string(T) + " (experts_choose takes the top-C tokens)");
-  } else if (k < 1 || k > E) {
-    throw InvalidArgument("k: expected 1 <= k <= E=" + std::to_string(E) + ", got " +
-                          std::to_string(k));
-  }
-
-  std::vector<float> probs;  // top2 softmaxes its own (expert-masked) logits
-  if (!top2) {
-    probs = logits;
-    softmax_rows(probs.data(), G * T, E);
-  }
-  double z = 0;
-  for (int64_t n = 0; n < G * T; ++n) {
-    const double l = logsumexp(logits.data() + n * E, E);
-    z += l * l;
-  }
-  z /= static_cast<double>(G * T);
-  RoutingPlan plan;
-  Top2State top2_state;
-  if (top2) {
-    std::vector<float> paddings;
-    if (!jpad.is_null()) paddings = read_paddings(jpad, G, T);
-    top2_gating_on_logits(logits.data(), paddings.empty() ? nullptr : paddings.data(), nullptr, G,
-                          T, E, C, 0.0, opt, /*sample=*/true, seed, probs, plan, top2_state);
-  } else if (router == "experts_choose") {
-    route_experts_choose(probs.data(), G, T, E, C, plan);
+  if (req.contains("capacity")) {
+    if (C < 0) throw InvalidArgument("capacity: expected >= 0, got " + std::to_string(C));
   } else {
-    route_tokens_choose(probs.data(), G, T, E, C, k, bpr, plan);
+    if (!(rule.capacity_factor >= 0) || !std::isfinite(rule.capacity_factor))
+      throw InvalidArgument("capacity_factor: expected a finite number >= 0");
+    C = policy_ptr->capacity(rule, T, E);  // default: the reference sources' factor, 1
   }
-  std::vector<float> dispatch(G * T * E * C), combine(G * T * E * C);
+  std::vector<float> paddings;
+  if (!jpad.is_null()) paddings = read_paddings(jpad, G, T);
+  RoutingRecord rec;
+  const RouteResult r =
+      route_logits(*policy_ptr, rc, logits.data(), G, T, C,
+                   paddings.empty() ? nullptr : paddings.data(), /*training=*/true, seed, rec);
+  const RoutingPlan& plan = rec.plan;
+  std::vector<float> dispatch(G * T * E * plan.C), combine(G * T * E * plan.C);
   plan.to_dense(dispatch.data(), combine.data());
-  const RoutingStats st = routing_stats(plan);
-  json out = {{"capacity", C},
-              {"dispatch", nested(dispatch, G, T, E, C, true)},
-              {"combine", nested(combine, G, T, E, C, false)},
-              {"aux_loss", plan.aux_loss},
-              {"router_z_loss", z},
+  json out = {{"capacity", plan.C},
+              {"dispatch", nested(dispatch, G, T, E, plan.C, true)},
+              {"combine", nested(combine, G, T, E, plan.C, false)},
+              {"aux_loss", r.load_balancing_loss},
+              {"router_z_loss", r.unscaled_router_z_loss},
               {"metrics",
-               {{"load_balancing_loss", plan.aux_loss},
-                {"router_z_loss", z},
-                {"unscaled_router_z_loss", z},
-                {"fraction_tokens_left_behind", st.fraction_tokens_left_behind},
-                {"router_confidence", st.router_confidence},
-                {"expert_usage", st.expert_usage},
-                {"tokens_per_expert", st.tokens_per_expert}}}};
-  if (top2) {
-    out["metrics"]["over_capacity_1_ratio"] = top2_state.over_capacity_1_ratio;
-    out["metrics"]["over_capacity_2_ratio"] = top2_state.over_capacity_2_ratio;
+               {{"load_balancing_loss", r.load_balancing_loss},
+                {"router_z_loss", r.unscaled_router_z_loss},
+                {"unscaled_router_z_loss", r.unscaled_router_z_loss},
+                {"fraction_tokens_left_behind", r.fraction_tokens_left_behind},
+                {"router_confidence", r.router_confidence},
+                {"expert_usage", r.expert_usage},
+                {"tokens_per_expert", r.tokens_per_expert}}}};
+  if (policy_ptr->reports_over_capacity()) {
+    out["metrics"]["over_capacity_1_ratio"] = r.over_capacity_1_ratio;
+    out["metrics"]["over_capacity_2_ratio"] = r.over_capacity_2_ratio;
   }
   std::cout << out.dump() << "\n";
   return 0;

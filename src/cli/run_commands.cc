@@ -131,7 +131,8 @@ int run_inspect(const RunArgs& a) {
       other += n;
     }
   }
-  const int64_t k = c.router.type == RouterType::kTokensChoose ? c.router.num_selected_experts : 1;
+  const int64_t k =
+      c.router.num_selected_experts;  // experts per token (experts-choose: 1 on average)
   const int64_t active = embeddings + other + (moe - expert_params) +
                          (c.num_experts ? expert_params / c.num_experts * k : 0);
   // Expert load on a sample: the first batch of the dev split.

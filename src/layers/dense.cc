@@ -6,9 +6,9 @@
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/init.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/routing/router.h"  // fill_truncated_normal
 
 namespace sparsemoe {
 

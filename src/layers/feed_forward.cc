@@ -4,8 +4,8 @@
 #include <numeric>
 
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/init.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/routing/router.h"
 
 namespace sparsemoe {
 

@@ -1,4 +1,4 @@
-// FeedForwardExperts: the seed's dense [G,E,C,H] API and the sparse row API.
+// FeedForwardExperts: E stacked FFNs with the dense [G,E,C,H] API (see feed_forward.h).
 #include <string>
 
 #include "sparsemoe/core/errors.h"
@@ -32,19 +32,6 @@ FfnDropout FeedForwardExperts::dropout(const ForwardOptions& opt, const uint64_t
           derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids};
 }
 
-void FeedForwardExperts::forward_rows(const int64_t* offsets, const float* xs, float* ys,
-                                      const uint64_t* row_ids, const ForwardOptions& opt) {
-  offsets_ = offsets;
-  xs_ = xs;
-  drop_ = dropout(opt, row_ids);
-  ffn_forward(weights_.params(), offsets, xs, ys, drop_, saved_);
-}
-
-void FeedForwardExperts::backward_rows(const float* dys, float* dxs) {
-  check_arg(offsets_ != nullptr, "FeedForwardExperts::backward: call forward first");
-  ffn_backward(weights_.params(), offsets_, xs_, dys, dxs, drop_, saved_, weights_.grads());
-}
-
 void FeedForwardExperts::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt) {
   output_shape(x.shape());
   const int64_t G = x.dim(0), E = weights_.E, C = x.dim(2), H = weights_.H;
@@ -63,7 +50,9 @@ void FeedForwardExperts::forward(const Tensor& x, Tensor& y, const ForwardOption
       std::copy_n(x.data() + src * H, H, dense_x_.data() + row * H);
     }
   });
-  forward_rows(dense_offsets_.data(), dense_x_.data(), dense_y_.data(), dense_ids_.data(), opt);
+  drop_ = dropout(opt, dense_ids_.data());
+  ffn_forward(weights_.params(), dense_offsets_.data(), dense_x_.data(), dense_y_.data(), drop_,
+              saved_);
   y.resize(x.shape());
   parallel_for(E * G * C, [&](int64_t row) {
     std::copy_n(dense_y_.data() + row * H, H, y.data() + dense_ids_[row] * H);
@@ -77,7 +66,8 @@ void FeedForwardExperts::backward(const Tensor& dy, Tensor& dx) {
   parallel_for(R, [&](int64_t row) {
     std::copy_n(dy.data() + dense_ids_[row] * H, H, dys.data() + row * H);
   });
-  backward_rows(dys.data(), dxs.data());
+  ffn_backward(weights_.params(), dense_offsets_.data(), dense_x_.data(), dys.data(), dxs.data(),
+               drop_, saved_, weights_.grads());
   dx.resize(dy.shape());
   parallel_for(R, [&](int64_t row) {
     std::copy_n(dxs.data() + row * H, H, dx.data() + dense_ids_[row] * H);

@@ -68,10 +68,13 @@ void sentence_embeddings_backward(const int32_t* seg, int64_t N, int64_t M, cons
 
 namespace {
 
+constexpr uint64_t kGateInitTag = 0x524f55544552ull, kTop2Stream = 0x544f5032;
+
 RouterConfig gate_router(const Top2GatingConfig& c) {
   RouterConfig r;
   r.type = RouterType::kTop2;
   r.num_experts = c.num_experts;
+  r.num_selected_experts = 2;
   r.use_bias = false;  // lingvo: logits = einsum('GSM,ME->GSE')
   r.top2 = c.options;
   r.local_dispatch = c.local_dispatch;
@@ -86,7 +89,12 @@ RouterConfig gate_router(const Top2GatingConfig& c) {
 Top2Gating::Top2Gating(const Top2GatingConfig& config, GateInput input)
     : config_(config),
       input_(input),
-      router_(gate_router(config), config.model_dim, derive_key(config.seed, kGateTag)) {
+      router_((check_arg(config.model_dim >= 1,
+                         "model_dim: expected >= 1, got " + std::to_string(config.model_dim)),
+               gate_router(config))),
+      policy_((router_.validate(), make_policy(router_))),
+      gate_(config.model_dim, config.num_experts, false, config.init_stddev,
+            derive_key(derive_key(config.seed, kGateTag), kGateInitTag)) {
   check_arg(config.expert_capacity_dim >= 0, "expert_capacity_dim: expected >= 0");
   check_arg(config.capacity_factor >= 0, "capacity_factor: expected >= 0");
 }
@@ -116,11 +124,14 @@ double Top2Gating::forward(const Tensor& inputs, const Tensor* paddings,
   }
   // local_dispatch=false gates the whole batch as one group.
   const int64_t g = config_.local_dispatch ? G : 1, s = config_.local_dispatch ? S : N;
-  const double cf = input_ == GateInput::kTask ? 0.0 : config_.capacity_factor;
-  const int64_t C = lingvo_expert_capacity(config_.expert_capacity_dim, cf, s, config_.num_experts);
-  return router_
-      .forward(gate_in, g, s, C, opt.training, derive_key(config_.seed, kGateTag, opt.step),
-               paddings ? paddings->data() : nullptr)
+  CapacityRule rule;
+  rule.capacity_factor = input_ == GateInput::kTask ? 0.0 : config_.capacity_factor;
+  rule.expert_capacity_dim = config_.expert_capacity_dim;
+  const int64_t C = policy_->capacity(rule, s, config_.num_experts);
+  gate_forward(gate_, gate_in, N, M, {}, gate_in_, rec_.logits);
+  const uint64_t key = derive_key(derive_key(config_.seed, kGateTag, opt.step), kTop2Stream);
+  return route_logits(*policy_, router_, rec_.logits.data(), g, s, C,
+                      paddings ? paddings->data() : nullptr, opt.training, key, rec_)
       .load_balancing_loss;
 }
 
@@ -133,30 +144,29 @@ void Top2Gating::dense(Tensor& dispatch, Tensor& combine) const {
 
 void Top2Gating::backward(const Tensor& dcombine, Tensor& dinputs) {
   const RoutingPlan& p = plan();
-  const int64_t N = G_ * S_, E = p.E, C = p.C;
+  const int64_t E = p.E, C = p.C;
   check_shape("dcombine", dcombine.shape(), {G_, S_, E, C}, "[G, S, E, C]");
-  // Each (token, expert) has at most one slot: gather its combine gradient.
-  dcomb_.resize({N, E});
-  dcomb_.zero();
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t r = p.expert_offsets[e]; r < p.expert_offsets[e + 1]; ++r) {
-      const int64_t n = p.row_token[r];
-      dcomb_[n * E + e] = dcombine[(n * E + e) * C + p.row_slot[r]];
-    }
-  backward_rows(dcomb_.data(), dinputs);
+  // Each row is one (token, expert) slot: gather its combine gradient.
+  dweight_.resize(p.rows());
+  for (int64_t r = 0; r < p.rows(); ++r)
+    dweight_[r] = dcombine[(p.row_token[r] * E + p.row_expert[r]) * C + p.row_slot[r]];
+  backward_rows(dweight_.data(), dinputs);
 }
 
-void Top2Gating::backward_rows(const float* dcombine, Tensor& dinputs) {
+void Top2Gating::backward_rows(const float* dweight, Tensor& dinputs) {
   const int64_t N = G_ * S_, M = config_.model_dim;
   check_shape("dinputs", dinputs.shape(), {G_, S_, M}, "[G, S, M]");
+  dlogits_.resize({N, config_.num_experts});
+  route_logits_backward(*policy_, router_, rec_, dweight, 1.0, dlogits_.data());
+  float* dx = dinputs.data();
   if (input_ == GateInput::kSentence) {
     dgate_.resize({N, M});
     dgate_.zero();
-    router_.backward(dcombine, dgate_.data());
-    sentence_embeddings_backward(segment_id_.data(), N, M, dgate_.data(), dinputs.data());
-  } else {
-    router_.backward(dcombine, dinputs.data());
+    dx = dgate_.data();
   }
+  gate_backward(gate_, gate_in_, dlogits_.data(), {}, work_, dx);
+  if (input_ == GateInput::kSentence)
+    sentence_embeddings_backward(segment_id_.data(), N, M, dgate_.data(), dinputs.data());
 }
 
 }  // namespace sparsemoe

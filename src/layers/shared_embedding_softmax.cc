@@ -8,9 +8,9 @@
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/init.h"
 #include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/routing/router.h"  // fill_normal
 
 namespace sparsemoe {
 

@@ -354,7 +354,7 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
     copy_mask(in.dense_mask, "dense_mask", Lt, L - Lt);
     mask_ = attention_mask_from_padding(pad_mask);
     // Only lingvo's top2 gating is padding-aware; tf-models and the paper route every token.
-    if (c.router.type == RouterType::kTop2) {
+    if (make_policy(c.router)->takes_paddings()) {
       paddings_.resize({B, L});
       for (int64_t i = 0; i < B * L; ++i) paddings_[i] = 1.f - pad_mask[i];
       bopt.paddings = &paddings_;

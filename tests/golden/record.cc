@@ -15,11 +15,11 @@
 
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/apply_gating.h"
 #include "sparsemoe/layers/gshard_gating.h"
-#include "sparsemoe/layers/moe_layer.h"
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
+#include "sparsemoe/moe/dispatch.h"
+#include "sparsemoe/moe/moe_layer.h"
 
 namespace sparsemoe {
 namespace {
@@ -75,7 +75,7 @@ MoeLayerConfig small_moe(RouterType type, int64_t E = 4, int64_t k = 1, double c
 }
 
 MoeLayerConfig top2_moe(bool legacy, SecondExpertPolicy p, int64_t c_dim, double cf = 0.0) {
-  MoeLayerConfig c = small_moe(RouterType::kTop2, 4, 1, cf);
+  MoeLayerConfig c = small_moe(RouterType::kTop2, 4, 2, cf);
   c.router.use_bias = false;
   c.router.top2.legacy_mtf_behavior = legacy;
   c.router.top2.second_expert_policy = p;
@@ -320,7 +320,7 @@ json run_gate(GateInput input, bool local_dispatch, double cf) {
   ec.activation = "gelu";
   ec.kernel_init_stddev = 0.4;
   FeedForwardExperts experts(ec, 6, 11);
-  ApplyGating apply;
+  ExpertRows rows;
   const Tensor x = random_tensor({2, 6, 6}, 41), r = random_tensor({2, 6, 6}, 42);
   const Tensor task = random_tensor({2, 6, 6}, 43);
   const std::vector<int32_t> seg = {1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 0};
@@ -330,11 +330,14 @@ json run_gate(GateInput input, bool local_dispatch, double cf) {
   for (uint64_t s = 0; s < 2; ++s) {
     const double aux = gate.forward(x, &pad, &seg, &task, {true, s});
     Tensor y({2, 6, 6}), dx({2, 6, 6}), dcomb({12, 3}), dispatch, combine;
-    apply.forward(gate.plan(), experts, x.data(), y.data(), {true, s});
+    experts_forward(gate.plan(), experts, x.data(), y.data(), {true, s}, rows);
     gate.dense(dispatch, combine);
-    apply.backward(gate.plan(), experts, r.data(), dx.data(), dcomb.data());
+    experts_backward(gate.plan(), experts, r.data(), dx.data(), rows);
+    const RoutingPlan& plan = gate.plan();
+    for (int64_t row = 0; row < plan.rows(); ++row)
+      dcomb[plan.row_token[row] * 3 + plan.row_expert[row]] = rows.dweight[row];
     Tensor dinputs({2, 6, 6});
-    gate.backward_rows(dcomb.data(), dinputs);
+    gate.backward_rows(rows.dweight.data(), dinputs);
     Tensor dense_dcomb = random_tensor(combine.shape(), 44 + s), dinputs2({2, 6, 6});
     gate.backward(dense_dcomb, dinputs2);
     j["step" + std::to_string(s)] = {{"aux", aux},
@@ -356,7 +359,8 @@ json run_gate(GateInput input, bool local_dispatch, double cf) {
 json run_network(RouterType type, bool compat) {
   SparseMixerConfig c = load_model_config("tiny");
   c.router.type = type;
-  c.router.num_selected_experts = type == RouterType::kTokensChoose ? 2 : 1;
+  c.router.num_selected_experts = make_policy(c.router)->default_k();
+  if (type == RouterType::kTokensChoose) c.router.num_selected_experts = 2;
   c.router.load_balancing_loss_weight = 0.01;
   c.router.router_z_loss_weight = 1e-3;
   c.router.jitter_noise = 0.01;

@@ -1,7 +1,8 @@
 // The seed's feed-forward layers: FeedForward (dense, the backbone FFN) and FeedForwardExperts
 // (E independent FFNs with stacked weights [E,H,F], [E,F,H], biases [E,F], [E,H]). Both run on the
-// fused kernel in ffn_kernel.h. FeedForwardExperts has the seed's dense API ([G,E,C,H] in and out,
-// every slot computed) and the row API the MoE layer uses (only filled slots computed).
+// fused kernel in ffn_kernel.h. FeedForwardExperts has the reference sources' dense API ([G,E,C,H]
+// in and out, every slot computed); the MoE layer runs its weights on filled rows only
+// (moe/dispatch.h).
 #pragma once
 
 #include <cstdint>
@@ -81,14 +82,9 @@ class FeedForwardExperts {
  public:
   FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
                      uint64_t seed = 0);
-  // The seed's dense API: x [G, E, C, H] -> y [G, E, C, H].
+  // The dense API: x [G, E, C, H] -> y [G, E, C, H].
   void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
   void backward(const Tensor& dy, Tensor& dx);
-
-  // Row API: rows grouped by expert (offsets [E+1]); row_ids key the dropout masks.
-  void forward_rows(const int64_t* offsets, const float* xs, float* ys, const uint64_t* row_ids,
-                    const ForwardOptions& opt);
-  void backward_rows(const float* dys, float* dxs);
 
   std::vector<ParamRef> params() { return weights_.refs(); }
   const FeedForwardExpertsConfig& config() const { return config_; }
@@ -100,11 +96,9 @@ class FeedForwardExperts {
  private:
   FeedForwardExpertsConfig config_;
   FfnWeights weights_;
+  // Dense API: expert-major copies of the [G,E,C,H] input/output, saved activations.
   FfnSaved saved_;
   FfnDropout drop_;
-  const int64_t* offsets_ = nullptr;
-  const float* xs_ = nullptr;
-  // Dense API staging (expert-major copies of the [G,E,C,H] input/output).
   Tensor dense_x_, dense_y_;
   std::vector<int64_t> dense_offsets_;
   std::vector<uint64_t> dense_ids_;

@@ -1,17 +1,19 @@
 // lingvo's gating layers around Top2GatingOnLogits (spec §8, §13): Top2Gating (logits from the
 // tokens), SentenceTop2Gating (logits from each token's segment-mean "sentence embedding") and
 // TaskTop2Gating (logits from caller-given task embeddings), with gating weights [M, E] and no
-// bias, and local_dispatch on/off. Each holds a top2 Router, so the gate, its sparse RoutingPlan
-// and its backward are the ones the MoE layer uses; the dense [G, S, E, C] tensors the seed
-// returns are available from the plan.
+// bias, and local_dispatch on/off. Each runs the MoE layer's gate stage and route_logits with the
+// top2 policy, so its sparse RoutingPlan and its backward are the ones the MoE layer uses; the
+// dense [G, S, E, C] tensors the reference sources return are available from the plan.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/layers/layer_common.h"
-#include "sparsemoe/routing/router.h"
+#include "sparsemoe/moe/gate.h"
+#include "sparsemoe/moe/routing.h"
 
 namespace sparsemoe {
 
@@ -52,9 +54,9 @@ class Top2Gating {
                  const std::vector<int32_t>* segment_id, const Tensor* task_embeddings,
                  const ForwardOptions& opt);
 
-  const RoutingPlan& plan() const { return router_.plan(); }
-  const Top2State& state() const { return router_.top2_state(); }
-  int64_t capacity() const { return router_.plan().C; }
+  const RoutingPlan& plan() const { return rec_.plan; }
+  const RoutingRecord& routing() const { return rec_; }
+  int64_t capacity() const { return rec_.plan.C; }
   // The seed's outputs: dispatch and combine [G, S, E, C] (local_dispatch=false: reshaped back).
   void dense(Tensor& dispatch, Tensor& combine) const;
 
@@ -62,21 +64,27 @@ class Top2Gating {
   // weights' gradient and adds into dinputs [G, S, M] the gradient w.r.t. the inputs (kTokens,
   // kSentence) or the task embeddings (kTask).
   void backward(const Tensor& dcombine, Tensor& dinputs);
-  // The same from dcombine [G*S, E]: the gradient w.r.t. each (token, expert) combine weight, as
-  // ApplyGating::backward returns it.
-  void backward_rows(const float* dcombine, Tensor& dinputs);
+  // The same from dweight [R]: the gradient w.r.t. each plan row's combine weight, as
+  // experts_backward returns it (ExpertRows::dweight).
+  void backward_rows(const float* dweight, Tensor& dinputs);
 
-  std::vector<ParamRef> params() { return {{"w", &router_.kernel, &router_.kernel_grad}}; }
+  std::vector<ParamRef> params() { return {{"w", &gate_.kernel, &gate_.kernel_grad}}; }
 
  private:
   Top2GatingConfig config_;
   GateInput input_;
-  Router router_;
+  RouterConfig router_;
+  std::unique_ptr<RoutingPolicy> policy_;
+  GateWeights gate_;
   int64_t G_ = 0, S_ = 0;
   std::vector<int32_t> segment_id_;
-  Tensor sent_;   // [G*S, M] sentence embeddings (kSentence)
-  Tensor dgate_;  // [G*S, M] gradient w.r.t. the router's input
-  Tensor dcomb_;  // [G*S, E]
+  Tensor sent_;     // [G*S, M] sentence embeddings (kSentence)
+  Tensor gate_in_;  // [G*S, M] the gate's input, saved for backward
+  RoutingRecord rec_;
+  Tensor dlogits_;              // [G*S, E]
+  Tensor dgate_;                // [G*S, M] gradient w.r.t. the gate's input
+  Tensor work_;                 // [G*S, M]
+  std::vector<float> dweight_;  // [R]
 };
 
 }  // namespace sparsemoe

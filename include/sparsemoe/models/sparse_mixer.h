@@ -16,7 +16,7 @@
 #include "sparsemoe/layers/embeddings.h"
 #include "sparsemoe/layers/mixing.h"
 #include "sparsemoe/models/encoder_block.h"
-#include "sparsemoe/routing/router.h"
+#include "sparsemoe/moe/routing.h"
 
 namespace sparsemoe {
 

@@ -1,5 +1,5 @@
-// RoutingPlan indexing, densification and metrics.
-#include "sparsemoe/routing/routing_plan.h"
+// RoutingPlan indexing and densification (see routing_plan.h).
+#include "sparsemoe/moe/routing_plan.h"
 
 #include <algorithm>
 #include <cstring>
@@ -27,6 +27,10 @@ std::vector<int64_t> RoutingPlan::layout_blocks(const std::vector<int64_t>& load
 
 void RoutingPlan::build_token_index() {
   const int64_t n = G * T, R = rows();
+  row_expert.resize(R);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = expert_offsets[e]; r < expert_offsets[e + 1]; ++r)
+      row_expert[r] = static_cast<int32_t>(e);
   token_offsets.assign(n + 1, 0);
   for (int64_t r = 0; r < R; ++r) ++token_offsets[row_token[r] + 1];
   for (int64_t i = 0; i < n; ++i) token_offsets[i + 1] += token_offsets[i];
@@ -45,25 +49,6 @@ void RoutingPlan::to_dense(float* dispatch, float* combine) const {
       dispatch[idx] = 1.f;
       combine[idx] = row_weight[r];
     }
-}
-
-RoutingStats routing_stats(const RoutingPlan& plan) {
-  RoutingStats s;
-  const int64_t n = plan.G * plan.T, R = plan.rows();
-  int64_t dispatched = 0;
-  for (int64_t i = 0; i < n; ++i) dispatched += plan.token_offsets[i + 1] > plan.token_offsets[i];
-  double weight_sum = 0;
-  for (int64_t r = 0; r < R; ++r) weight_sum += plan.row_weight[r];
-  // Padding tokens are never dispatched and do not count as left behind; 0/0 reports 0.
-  const int64_t valid = plan.valid_tokens < 0 ? n : plan.valid_tokens;
-  s.fraction_tokens_left_behind = valid ? 1.0 - static_cast<double>(dispatched) / valid : 0.0;
-  s.router_confidence = R ? weight_sum / R : 0.0;
-  const double slots = static_cast<double>(plan.E * plan.C * plan.G);
-  s.expert_usage = slots > 0 ? R / slots : 0.0;
-  s.tokens_per_expert.resize(plan.E);
-  for (int64_t e = 0; e < plan.E; ++e)
-    s.tokens_per_expert[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
-  return s;
 }
 
 }  // namespace sparsemoe

@@ -1,19 +1,22 @@
-// MoeLayer forward/backward on the sparse path or the masked-einsum reference (see moe_layer.h).
-#include "sparsemoe/layers/moe_layer.h"
+// MoeLayer: the stages forward (group, gate, route, dispatch, experts, combine) and backward in
+// reverse, over the activation record (see moe_layer.h and docs/architecture.md).
+#include "sparsemoe/moe/moe_layer.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/routing/capacity.h"
 
 namespace sparsemoe {
 
 namespace {
+
 constexpr uint64_t kRouterTag = 0x524f5554, kExpertsTag = 0x45585054, kJitterTag = 0x4a495454;
-constexpr uint64_t kBackboneTag = 0x4241434b;
+constexpr uint64_t kBackboneTag = 0x4241434b, kGateInitTag = 0x524f55544552ull;
+constexpr uint64_t kTop2Stream = 0x544f5032;
+
 }  // namespace
 
 nlohmann::json MoeLayerConfig::to_json() const {
@@ -62,9 +65,18 @@ void MoeLayerConfig::validate() const {
   if (!(examples_per_group > 0)) bad("examples_per_group: expected > 0");
   if (min_expert_capacity < 0) bad("min_expert_capacity: expected >= 0");
   if (expert_capacity_dim < 0) bad("expert_capacity_dim: expected >= 0");
-  if (dropless && router.type != RouterType::kTokensChoose)
-    bad("dropless: defined for router.type 'tokens_choose' only (experts_choose always fills "
-        "exactly C slots per expert)");
+  if (dropless) {  // the policy's capacity rule says whether it can route without a limit
+    try {
+      make_policy(router)->capacity(capacity_rule(true), 1, router.num_experts);
+    } catch (const InvalidArgument& e) {
+      bad(std::string("dropless: ") + e.what());
+    }
+  }
+}
+
+CapacityRule MoeLayerConfig::capacity_rule(bool training) const {
+  return {training ? train_capacity_factor : eval_capacity_factor, min_expert_capacity, dropless,
+          expert_capacity_dim};
 }
 
 nlohmann::json MoeMetrics::to_json() const {
@@ -81,7 +93,10 @@ nlohmann::json MoeMetrics::to_json() const {
 
 MoeLayer::MoeLayer(const MoeLayerConfig& config)
     : config_((config.validate(), config)),
-      router_(config.router, config.hidden_size, derive_key(config.seed, kRouterTag)),
+      policy_(make_policy(config.router)),
+      gate_(config.hidden_size, config.router.num_experts, config.router.use_bias,
+            config.router.kernel_init_stddev,
+            derive_key(derive_key(config.seed, kRouterTag), kGateInitTag)),
       experts_(config.experts, config.hidden_size, derive_key(config.seed, kExpertsTag)) {}
 
 Shape MoeLayer::output_shape(const Shape& s) const {
@@ -92,80 +107,76 @@ Shape MoeLayer::output_shape(const Shape& s) const {
 }
 
 std::vector<ParamRef> MoeLayer::params() {
-  std::vector<ParamRef> p = {
-      {"router/router_weights/kernel", &router_.kernel, &router_.kernel_grad}};
-  if (router_.bias.numel())
-    p.push_back({"router/router_weights/bias", &router_.bias, &router_.bias_grad});
+  std::vector<ParamRef> p = {{"router/router_weights/kernel", &gate_.kernel, &gate_.kernel_grad}};
+  if (gate_.bias.numel())
+    p.push_back({"router/router_weights/bias", &gate_.bias, &gate_.bias_grad});
   for (auto& r : prefixed("experts", experts_.params())) p.push_back(r);
   return p;
 }
 
 MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt) {
   output_shape(x.shape());
-  const int64_t B = x.dim(0), L = x.dim(1), E = config_.router.num_experts;
+  const int64_t B = x.dim(0), L = x.dim(1), H = config_.hidden_size;
+  const int64_t E = config_.router.num_experts;
+  // Group: [B, L, H] -> [G, T, H]; lingvo's local_dispatch=false gates all groups as one.
   const Grouping grp = compute_grouping(B, L, config_.examples_per_group);
-  const bool top2 = config_.router.type == RouterType::kTop2;
-  // lingvo's local_dispatch=false gates all groups as one.
-  const bool merge = top2 && !config_.router.local_dispatch;
+  const bool merge = !config_.router.local_dispatch;
   const int64_t G = merge ? 1 : grp.num_groups, T = merge ? B * L : grp.tokens_per_group;
-  const double cf = opt.training ? config_.train_capacity_factor : config_.eval_capacity_factor;
-  const int64_t C = top2 ? lingvo_expert_capacity(config_.expert_capacity_dim, cf, T, E)
-                    : config_.dropless ? -1
-                                       : expert_capacity(cf, T, E, config_.min_expert_capacity);
+  const int64_t C = policy_->capacity(config_.capacity_rule(opt.training), T, E);
   if (opt.paddings) check_shape("paddings", opt.paddings->shape(), {B, L}, "[B, L]");
-  if (config_.router.type == RouterType::kExpertsChoose)
-    check_arg(C <= T, "experts_choose: expert capacity C=" + std::to_string(C) +
-                          " exceeds tokens_per_group T=" + std::to_string(T) +
-                          " (lower the capacity factor or min_expert_capacity)");
-  x_ = &x;
-  x_shape_ = x.shape();
+  act_.x_shape = x.shape();
+  act_.G = G, act_.T = T;
 
-  const RouterLosses losses = router_.forward(x.data(), G, T, C, opt.training,
-                                              derive_key(config_.seed, kJitterTag, opt.step),
-                                              opt.paddings ? opt.paddings->data() : nullptr);
-  const RoutingPlan& plan = router_.plan();
+  // Gate, then the routing policy.
+  const uint64_t key = derive_key(config_.seed, kJitterTag, opt.step);
+  act_.noise = {opt.training && config_.router.jitter_noise > 0, key,
+                static_cast<float>(config_.router.jitter_noise)};
+  gate_forward(gate_, x.data(), B * L, H, act_.noise, act_.gate_in, act_.routing.logits);
+  act_.routed = route_logits(*policy_, config_.router, act_.routing.logits.data(), G, T, C,
+                             opt.paddings ? opt.paddings->data() : nullptr, opt.training,
+                             derive_key(key, kTop2Stream), act_.routing);
+  const RoutingPlan& plan = act_.routing.plan;
+
+  // Dispatch -> experts -> combine (or the masked-einsum reference).
   y.resize(x.shape());
-
   if (path_ == MoePath::kMaskedEinsum) {
-    ref_drop_ = experts_.dropout(opt, nullptr);  // the sparse path's streams, dense slot ids
-    moe_reference_forward(experts_.weights().params(), plan, x.data(), y.data(), ref_drop_, ref_);
+    act_.ref_drop = experts_.dropout(opt, nullptr);  // the sparse path's streams, dense slot ids
+    moe_reference_forward(experts_.weights().params(), plan, x.data(), y.data(), act_.ref_drop,
+                          act_.ref);
   } else {
-    apply_.forward(plan, experts_, x.data(), y.data(), opt);
+    experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts);
   }
 
-  const RoutingStats st = routing_stats(plan);
-  MoeMetrics m;
-  m.load_balancing_loss = losses.load_balancing_loss;
-  m.router_z_loss = losses.router_z_loss;
-  m.unscaled_router_z_loss = losses.unscaled_router_z_loss;
-  m.fraction_tokens_left_behind = st.fraction_tokens_left_behind;
-  m.router_confidence = st.router_confidence;
-  m.expert_usage = st.expert_usage;
-  m.tokens_per_expert = st.tokens_per_expert;
-  m.over_capacity_1_ratio = losses.over_capacity_1_ratio;
-  m.over_capacity_2_ratio = losses.over_capacity_2_ratio;
-  const double lb_w = config_.router.type != RouterType::kExpertsChoose
-                          ? config_.router.load_balancing_loss_weight
-                          : 0;
-  m.loss = lb_w * m.load_balancing_loss + m.router_z_loss;
+  MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;
   return m;
 }
 
-void MoeLayer::backward(const Tensor& dy, Tensor& dx) {
-  check_arg(x_ != nullptr, "MoeLayer::backward: call forward first");
-  check_shape("dy", dy.shape(), x_shape_, "[B, L, H]");
-  const RoutingPlan& plan = router_.plan();
+void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
+  check_arg(!act_.x_shape.empty(), "MoeLayer::backward: call forward first");
+  check_shape("dy", dy.shape(), act_.x_shape, "[B, L, H]");
+  const RoutingPlan& plan = act_.routing.plan;
   const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
-  dprobs_.resize({N, E});
+  // Combine -> experts -> dispatch backward: dx from the experts, a gradient per plan row.
+  const float* dweight = nullptr;
   if (path_ == MoePath::kMaskedEinsum) {
-    moe_reference_backward(experts_.weights().params(), plan, dy.data(), dx.data(), dprobs_.data(),
-                           ref_drop_, ref_, experts_.weights().grads());
+    act_.dcombine.resize({N, E});
+    moe_reference_backward(experts_.weights().params(), plan, dy.data(), dx.data(),
+                           act_.dcombine.data(), act_.ref_drop, act_.ref,
+                           experts_.weights().grads());
+    act_.experts.dweight.resize(plan.rows());
+    for (int64_t r = 0; r < plan.rows(); ++r)
+      act_.experts.dweight[r] = act_.dcombine[plan.row_token[r] * E + plan.row_expert[r]];
   } else {
-    apply_.backward(plan, experts_, dy.data(), dx.data(), dprobs_.data());
+    experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts);
   }
-  router_.backward(dprobs_.data(), dx.data());
+  dweight = act_.experts.dweight.data();
+  // Routing policy -> softmax and z-loss -> gate.
+  act_.dlogits.resize({N, E});
+  route_logits_backward(*policy_, config_.router, act_.routing, dweight, loss_scale,
+                        act_.dlogits.data());
+  gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data());
 }
 
 nlohmann::json MoeLayerWithBackboneConfig::to_json() const {
@@ -200,8 +211,8 @@ MoeMetrics MoeLayerWithBackbone::forward(const Tensor& x, Tensor& y, const Forwa
   return m;
 }
 
-void MoeLayerWithBackbone::backward(const Tensor& dy, Tensor& dx) {
-  moe_.backward(dy, dx);
+void MoeLayerWithBackbone::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
+  moe_.backward(dy, dx, loss_scale);
   backbone_.backward(dy, tmp_);
   for (int64_t i = 0; i < dx.numel(); ++i) dx[i] += tmp_[i];
 }

@@ -1,6 +1,6 @@
 // Masked-einsum MoE reference (see moe_reference.h). Loops are written in einsum order with
 // double accumulators; speed is not a goal.
-#include "sparsemoe/layers/moe_reference.h"
+#include "sparsemoe/moe/moe_reference.h"
 
 #include <vector>
 

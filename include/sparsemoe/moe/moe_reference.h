@@ -6,7 +6,7 @@
 
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/layers/ffn_kernel.h"
-#include "sparsemoe/routing/routing_plan.h"
+#include "sparsemoe/moe/routing_plan.h"
 
 namespace sparsemoe {
 

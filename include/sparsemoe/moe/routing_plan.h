@@ -2,7 +2,8 @@
 // keep one "row" per (token, expert) assignment, grouped by expert (expert-major, then group,
 // then slot), so each expert's inputs are a contiguous block for its GEMMs. A second index lists
 // each token's rows, so the combine step can sum a token's expert outputs in a fixed order.
-// Memory is O(G*T*k), independent of E*C.
+// Memory is O(G*T*k), independent of E*C. The plan holds the decision only: losses and what a
+// policy's backward needs live in the RoutingRecord (moe/routing.h).
 #pragma once
 
 #include <cstdint>
@@ -18,12 +19,9 @@ struct RoutingPlan {
   std::vector<int32_t> row_token;       // [R] flat token index g*T + t
   std::vector<int32_t> row_slot;        // [R] slot c within the (g, e) buffer
   std::vector<float> row_weight;        // [R] combine weight (the router probability)
+  std::vector<int32_t> row_expert;      // [R] expert e of row r
   std::vector<int64_t> token_offsets;   // [G*T+1] rows of token n: token_rows[offsets[n]...]
   std::vector<int32_t> token_rows;      // [R]
-
-  std::vector<float> density;  // [G, E] fraction of a group's tokens whose top-k holds e (TC)
-  double aux_loss = 0;         // unscaled load-balancing loss (0 for experts-choose)
-  int64_t valid_tokens = -1;   // non-padding tokens (top2 with paddings); -1: all G*T
 
   int64_t rows() const { return static_cast<int64_t>(row_token.size()); }
   int64_t row_group(int64_t r) const { return row_token[r] / T; }
@@ -37,20 +35,12 @@ struct RoutingPlan {
   // expert_offsets, sizes the row arrays, and returns where each block starts, [G, E].
   std::vector<int64_t> layout_blocks(const std::vector<int64_t>& load);
 
-  // Rebuilds token_offsets/token_rows from the rows (a token's rows in expert order).
+  // Rebuilds row_expert and token_offsets/token_rows from the rows (a token's rows in expert
+  // order).
   void build_token_index();
 
-  // Dense [G,T,E,C] masks exactly as the seed's routers return them.
+  // Dense [G,T,E,C] masks exactly as the reference sources' routers return them.
   void to_dense(float* dispatch, float* combine) const;
 };
-
-// Routing metrics with the seed's names (spec §10), computed from a plan.
-struct RoutingStats {
-  double fraction_tokens_left_behind = 0;
-  double router_confidence = 0;
-  double expert_usage = 0;
-  std::vector<int64_t> tokens_per_expert;  // [E] rows per expert, summed over groups
-};
-RoutingStats routing_stats(const RoutingPlan& plan);
 
 }  // namespace sparsemoe

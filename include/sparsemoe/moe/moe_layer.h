@@ -1,0 +1,129 @@
+// MoeLayer (tf-models semantics, spec §2.1 and §9) as a pipeline of stages over one activation
+// record: group [B, L, H] -> [G, T, H]; gate (jitter, logits, softmax, z-loss); routing policy
+// (the plan); dispatch; expert FFN on the filled rows only; combine. The backward visits the
+// same stages in reverse. The MoE layer has no residual of its own; tokens dispatched nowhere get
+// exactly 0. MoeLayerWithBackbone adds a dense FeedForward: y = backbone(x) + moe(x).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/layers/feed_forward.h"
+#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/moe/dispatch.h"
+#include "sparsemoe/moe/gate.h"
+#include "sparsemoe/moe/moe_reference.h"
+#include "sparsemoe/moe/routing.h"
+
+namespace sparsemoe {
+
+struct MoeLayerConfig {
+  std::string name = "moe";
+  int64_t hidden_size = 512;  // H
+  FeedForwardExpertsConfig experts;
+  RouterConfig router;
+  double train_capacity_factor = 1.0;
+  double eval_capacity_factor = 1.0;
+  double examples_per_group = 1.0;  // tokens_per_group T = int(L * examples_per_group)
+  int64_t min_expert_capacity = 0;  // tf-models: none; the paper and flaxformer use 4
+  bool dropless = false;            // tokens-choose: no capacity limit, nothing dropped
+  int64_t expert_capacity_dim = 0;  // top2: lingvo's c_dim; C = lingvo rule (spec §2.5)
+  uint64_t seed = 0;                // initialisation, dropout and jitter streams
+
+  nlohmann::json to_json() const;
+  static MoeLayerConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
+  void validate() const;
+  CapacityRule capacity_rule(bool training) const;
+};
+
+// Returned by every forward call: the routing losses and metrics (names from the reference
+// sources, spec §10) and the grouping this call used.
+struct MoeMetrics : RouteResult {
+  int64_t num_groups = 0, tokens_per_group = 0, expert_capacity = 0;
+  nlohmann::json to_json() const;
+};
+
+enum class MoePath { kSparse, kMaskedEinsum };
+
+// Everything one forward saves for its backward (llm.c's ActivationTensors). N = G*T = B*L.
+struct MoeActivations {
+  Shape x_shape;  // [B, L, H]
+  int64_t G = 0, T = 0;
+  // gate
+  GateNoise noise;        // the jitter of this call (regenerated in backward)
+  Tensor gate_in;         // [N, H] the router's input: x, times the jitter noise when jittered
+  RoutingRecord routing;  // logits [N, E], probs [N, E], lse [N], the plan, the policy's state
+  RouteResult routed;     // losses and metrics
+  ExpertRows experts;     // dispatch -> FFN -> combine: xs, ys [R, H], h, a [R, F], row_ids [R]
+  MoeReferenceState ref;  // the masked-einsum path's dense tensors
+  FfnDropout ref_drop;    // its dropout keys
+  // backward workspaces
+  Tensor dcombine;  // [N, E] reference path: gradient w.r.t. the dense combine weights
+  Tensor dlogits;   // [N, E]
+  Tensor dgate_in;  // [N, H]
+};
+
+class MoeLayer {
+ public:
+  explicit MoeLayer(const MoeLayerConfig& config);
+
+  // x: [B, L, H] -> y: [B, L, H].
+  MoeMetrics forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
+  // dy: [B, L, H] -> dx (overwritten). Accumulates parameter gradients, those of the weighted
+  // load-balancing and z losses included, scaled by loss_scale: the factor dy carries (loss
+  // scaling, gradient accumulation).
+  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
+
+  // kSparse (default): dispatch / per-expert GEMMs / combine. kMaskedEinsum: the reference.
+  void set_path(MoePath path) { path_ = path; }
+  // Whether forward takes paddings (ForwardOptions::paddings): lingvo's top2 only.
+  bool takes_paddings() const { return policy_->takes_paddings(); }
+
+  std::vector<ParamRef> params();
+  int64_t count_params() { return sparsemoe::count_params(params()); }
+  Shape output_shape(const Shape& input_shape) const;
+  const MoeLayerConfig& config() const { return config_; }
+  GateWeights& gate() { return gate_; }
+  FeedForwardExperts& experts() { return experts_; }
+  const MoeActivations& activations() const { return act_; }
+  const RoutingPlan& plan() const { return act_.routing.plan; }
+
+ private:
+  MoeLayerConfig config_;
+  std::unique_ptr<RoutingPolicy> policy_;
+  GateWeights gate_;
+  FeedForwardExperts experts_;
+  MoePath path_ = MoePath::kSparse;
+  MoeActivations act_;
+};
+
+struct MoeLayerWithBackboneConfig {
+  MoeLayerConfig moe;
+  FeedForwardConfig backbone;  // d_ff = backbone_d_ff
+  nlohmann::json to_json() const;
+  static MoeLayerWithBackboneConfig from_json(const nlohmann::json& j);
+};
+
+class MoeLayerWithBackbone {
+ public:
+  explicit MoeLayerWithBackbone(const MoeLayerWithBackboneConfig& config);
+  MoeMetrics forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
+  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
+  std::vector<ParamRef> params();
+  int64_t count_params() { return sparsemoe::count_params(params()); }
+  Shape output_shape(const Shape& s) const { return moe_.output_shape(s); }
+  MoeLayer& moe() { return moe_; }
+  FeedForward& backbone() { return backbone_; }
+
+ private:
+  MoeLayerWithBackboneConfig config_;
+  MoeLayer moe_;
+  FeedForward backbone_;
+  Tensor tmp_;
+};
+
+}  // namespace sparsemoe

@@ -1,0 +1,70 @@
+// The gate stage (see gate.h).
+#include "sparsemoe/moe/gate.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/init.h"
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/core/rng.h"
+
+namespace sparsemoe {
+
+namespace {
+float jitter(const GateNoise& z, int64_t i) {
+  return 1.f - z.eps + 2.f * z.eps * uniform01(z.key, static_cast<uint64_t>(i));
+}
+}  // namespace
+
+GateWeights::GateWeights(int64_t H, int64_t E, bool use_bias, double init_stddev, uint64_t key)
+    : kernel({H, E}), bias({use_bias ? E : 0}), kernel_grad({H, E}), bias_grad({use_bias ? E : 0}) {
+  fill_truncated_normal(kernel, init_stddev, key);
+}
+
+void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
+                  const GateNoise& noise, Tensor& gate_in, Tensor& logits) {
+  const int64_t E = w.kernel.dim(1);
+  gate_in.resize({N, H});
+  float* xin = gate_in.data();
+  if (noise.jittered) {
+    parallel_for_range(N * H, 1 << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) xin[i] = x[i] * jitter(noise, i);
+    });
+  } else {
+    std::memcpy(xin, x, N * H * sizeof(float));
+  }
+  logits.resize({N, E});
+  matmul(N, E, H, xin, w.kernel.data(), logits.data());
+  if (w.bias.numel())
+    parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        for (int64_t j = 0; j < E; ++j) logits[n * E + j] += w.bias[j];
+    });
+}
+
+void gate_backward(GateWeights& w, const Tensor& gate_in, const float* dl, const GateNoise& noise,
+                   Tensor& workspace, float* dx) {
+  const int64_t N = gate_in.dim(0), H = gate_in.dim(1), E = w.kernel.dim(1);
+  const float* xin = gate_in.data();
+  // kernel_grad [H, E] += xin^T [H, N] . dlogits [N, E]; parallel over fixed H tiles.
+  constexpr int64_t kTile = 64;
+  parallel_for((H + kTile - 1) / kTile, [&](int64_t i) {
+    const int64_t h0 = i * kTile, rows = std::min(kTile, H - h0);
+    gemm(true, false, rows, E, N, 1.f, xin + h0, H, dl, E, 1.f, w.kernel_grad.data() + h0 * E, E);
+  });
+  if (w.bias.numel())
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < E; ++j) w.bias_grad[j] += dl[n * E + j];
+  workspace.resize({N, H});
+  parallel_for_range(N, 256, [&](int64_t b, int64_t e) {
+    float* tmp = workspace.data() + b * H;
+    gemm(false, true, e - b, H, E, 1.f, dl + b * E, E, w.kernel.data(), E, 0.f, tmp, H);
+    for (int64_t i = 0; i < (e - b) * H; ++i) {
+      const int64_t flat = b * H + i;
+      dx[flat] += tmp[i] * (noise.jittered ? jitter(noise, flat) : 1.f);
+    }
+  });
+}
+
+}  // namespace sparsemoe

@@ -1,0 +1,311 @@
+// route_logits and its backward, the router config, the policy factory and the capacity and
+// grouping rules shared by the policies (see routing.h).
+#include "sparsemoe/moe/routing.h"
+
+#include <algorithm>
+#include <cfenv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "policies.h"
+#include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/core/parallel.h"
+
+namespace sparsemoe {
+
+namespace {
+constexpr float kVeryNegative = -0.7f * std::numeric_limits<float>::max();
+}
+
+std::string router_type_name(RouterType t) {
+  switch (t) {
+    case RouterType::kExpertsChoose:
+      return "experts_choose";
+    case RouterType::kTokensChoose:
+      return "tokens_choose";
+    case RouterType::kTop2:
+      return "top2";
+  }
+  return "experts_choose";
+}
+
+RouterType parse_router_type(const std::string& name) {
+  if (name == "experts_choose") return RouterType::kExpertsChoose;
+  if (name == "tokens_choose") return RouterType::kTokensChoose;
+  if (name == "top2") return RouterType::kTop2;
+  throw ConfigError("router type: expected 'experts_choose', 'tokens_choose' or 'top2', got '" +
+                    name + "'");
+}
+
+std::string second_expert_policy_name(SecondExpertPolicy p) {
+  switch (p) {
+    case SecondExpertPolicy::kAll:
+      return "all";
+    case SecondExpertPolicy::kSampling:
+      return "sampling";
+    case SecondExpertPolicy::kRandom:
+      return "random";
+  }
+  return "all";
+}
+
+SecondExpertPolicy parse_second_expert_policy(const std::string& name) {
+  if (name == "all") return SecondExpertPolicy::kAll;
+  if (name == "sampling") return SecondExpertPolicy::kSampling;
+  if (name == "random") return SecondExpertPolicy::kRandom;
+  throw ConfigError("second_expert_policy: expected 'all', 'sampling' or 'random', got '" + name +
+                    "'");
+}
+
+std::unique_ptr<RoutingPolicy> make_policy(const RouterConfig& config) {
+  switch (config.type) {
+    case RouterType::kExpertsChoose:
+      return make_experts_choose_policy();
+    case RouterType::kTokensChoose:
+      return make_tokens_choose_policy(config);
+    case RouterType::kTop2:
+      return make_top2_policy(config);
+  }
+  throw ConfigError("router type: unknown");
+}
+
+nlohmann::json RouterConfig::to_json() const {
+  return {{"type", router_type_name(type)},
+          {"num_experts", num_experts},
+          {"num_selected_experts", num_selected_experts},
+          {"batch_prioritized_routing", batch_prioritized_routing},
+          {"use_bias", use_bias},
+          {"jitter_noise", jitter_noise},
+          {"router_z_loss_weight", router_z_loss_weight},
+          {"load_balancing_loss_weight", load_balancing_loss_weight},
+          {"kernel_init_stddev", kernel_init_stddev},
+          {"second_expert_policy", second_expert_policy_name(top2.second_expert_policy)},
+          {"second_expert_threshold", top2.second_expert_threshold},
+          {"legacy_mtf_behavior", top2.legacy_mtf_behavior},
+          {"expert_padding_idx", top2.expert_padding_idx},
+          {"local_dispatch", local_dispatch},
+          {"sample_in_eval", sample_in_eval}};
+}
+
+RouterConfig RouterConfig::from_json(const nlohmann::json& j) {
+  RouterConfig c;
+  JsonFields f(j, "RouterConfig");
+  std::string type = router_type_name(c.type);
+  f.read("type", type);
+  c.type = parse_router_type(type);
+  c.num_selected_experts = make_policy(c)->default_k();
+  f.read("num_experts", c.num_experts);
+  f.read("num_selected_experts", c.num_selected_experts);
+  f.read("batch_prioritized_routing", c.batch_prioritized_routing);
+  f.read("use_bias", c.use_bias);
+  f.read("jitter_noise", c.jitter_noise);
+  f.read("router_z_loss_weight", c.router_z_loss_weight);
+  f.read("load_balancing_loss_weight", c.load_balancing_loss_weight);
+  f.read("kernel_init_stddev", c.kernel_init_stddev);
+  std::string policy = second_expert_policy_name(c.top2.second_expert_policy);
+  f.read("second_expert_policy", policy);
+  c.top2.second_expert_policy = parse_second_expert_policy(policy);
+  f.read("second_expert_threshold", c.top2.second_expert_threshold);
+  f.read("legacy_mtf_behavior", c.top2.legacy_mtf_behavior);
+  f.read("expert_padding_idx", c.top2.expert_padding_idx);
+  f.read("local_dispatch", c.local_dispatch);
+  f.read("sample_in_eval", c.sample_in_eval);
+  f.finish();
+  c.validate();
+  return c;
+}
+
+void RouterConfig::validate() const {
+  auto bad = [](const std::string& m) { throw ConfigError("RouterConfig: " + m); };
+  if (num_experts < 1) bad("num_experts: expected >= 1, got " + std::to_string(num_experts));
+  if (num_selected_experts < 1 || num_selected_experts > num_experts)
+    bad("num_selected_experts: expected in [1, num_experts=" + std::to_string(num_experts) +
+        "], got " + std::to_string(num_selected_experts));
+  if (!(jitter_noise >= 0 && jitter_noise < 1))
+    bad("jitter_noise: expected in [0, 1), got " + std::to_string(jitter_noise));
+  if (!(router_z_loss_weight >= 0)) bad("router_z_loss_weight: expected >= 0");
+  if (!(load_balancing_loss_weight >= 0)) bad("load_balancing_loss_weight: expected >= 0");
+  if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
+  if (!(top2.second_expert_threshold >= 0)) bad("second_expert_threshold: expected >= 0");
+  for (int64_t e : top2.expert_padding_idx)
+    if (e < 0 || e >= num_experts)
+      bad("expert_padding_idx: expected entries in [0, num_experts=" + std::to_string(num_experts) +
+          "), got " + std::to_string(e));
+  make_policy(*this)->validate(*this);
+}
+
+void check_top2_only_options(const RouterConfig& c) {
+  const RouterConfig d;
+  const Top2Options& o = c.top2;
+  for (auto [key, set] :
+       {std::pair{"second_expert_policy", o.second_expert_policy != d.top2.second_expert_policy},
+        std::pair{"second_expert_threshold",
+                  o.second_expert_threshold != d.top2.second_expert_threshold},
+        std::pair{"legacy_mtf_behavior", o.legacy_mtf_behavior != d.top2.legacy_mtf_behavior},
+        std::pair{"expert_padding_idx", !o.expert_padding_idx.empty()},
+        std::pair{"local_dispatch", c.local_dispatch != d.local_dispatch},
+        std::pair{"sample_in_eval", c.sample_in_eval != d.sample_in_eval}})
+    if (set)
+      throw ConfigError(std::string("RouterConfig: ") + key +
+                        " applies to router type 'top2' only");
+}
+
+RouteResult plan_metrics(const RoutingPlan& plan, int64_t valid_tokens) {
+  RouteResult s;
+  const int64_t n = plan.G * plan.T, R = plan.rows();
+  int64_t dispatched = 0;
+  for (int64_t i = 0; i < n; ++i) dispatched += plan.token_offsets[i + 1] > plan.token_offsets[i];
+  double weight_sum = 0;
+  for (int64_t r = 0; r < R; ++r) weight_sum += plan.row_weight[r];
+  // Padding tokens are never dispatched and do not count as left behind; 0/0 reports 0.
+  const int64_t valid = valid_tokens < 0 ? n : valid_tokens;
+  s.fraction_tokens_left_behind = valid ? 1.0 - static_cast<double>(dispatched) / valid : 0.0;
+  s.router_confidence = R ? weight_sum / R : 0.0;
+  const double slots = static_cast<double>(plan.E * plan.C * plan.G);
+  s.expert_usage = slots > 0 ? R / slots : 0.0;
+  s.tokens_per_expert.resize(plan.E);
+  for (int64_t e = 0; e < plan.E; ++e)
+    s.tokens_per_expert[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
+  return s;
+}
+
+RouteResult route_logits(const RoutingPolicy& policy, const RouterConfig& config,
+                         const float* logits, int64_t G, int64_t T, int64_t C,
+                         const float* paddings, bool training, uint64_t key, RoutingRecord& rec) {
+  const int64_t E = config.num_experts, N = G * T;
+  check_arg(paddings == nullptr || policy.takes_paddings(),
+            "paddings: supported by router type 'top2' only, the router is '" +
+                router_type_name(config.type) + "'");
+  rec.G = G, rec.T = T, rec.E = E;
+  rec.logits.resize({N, E});
+  if (rec.logits.data() != logits) std::memcpy(rec.logits.data(), logits, N * E * sizeof(float));
+  rec.probs.resize({N, E});
+  rec.lse.resize({N});
+  // Experts in expert_padding_idx get no tokens: the gate softmaxes a masked copy, while the
+  // z-loss keeps the router's real logits.
+  const std::vector<int64_t>& padded = config.top2.expert_padding_idx;
+  const bool masked = !padded.empty();
+  if (masked) rec.gate_logits.resize({N, E});
+  const float* lg = rec.logits.data();
+  float* gl = masked ? rec.gate_logits.data() : rec.logits.data();
+  float* pr = rec.probs.data();
+  float* ls = rec.lse.data();
+  parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      ls[n] = logsumexp(lg + n * E, E);
+      float m = ls[n];
+      if (masked) {
+        std::copy(lg + n * E, lg + (n + 1) * E, gl + n * E);
+        for (int64_t p : padded) gl[n * E + p] = kVeryNegative;
+        m = logsumexp(gl + n * E, E);
+      }
+      for (int64_t j = 0; j < E; ++j) pr[n * E + j] = std::exp(gl[n * E + j] - m);
+    }
+  });
+  for (int64_t i = 0; paddings && i < N; ++i)
+    check_arg(paddings[i] == 0.f || paddings[i] == 1.f, "paddings: expected 0 or 1 at token " +
+                                                            std::to_string(i) + ", got " +
+                                                            std::to_string(paddings[i]));
+  RouteArgs a;
+  a.probs = pr, a.logits = gl, a.paddings = paddings;
+  a.G = G, a.T = T, a.E = E, a.C = C;
+  a.sample = training || config.sample_in_eval;
+  a.key = key;
+  policy.route(a, rec.plan, rec.saved);
+
+  RouteResult out = plan_metrics(rec.plan, rec.saved.valid_tokens);
+  double z = 0;
+  for (int64_t n = 0; n < N; ++n) z += static_cast<double>(ls[n]) * ls[n];
+  out.unscaled_router_z_loss = N ? z / N : 0.0;
+  out.router_z_loss = config.router_z_loss_weight * out.unscaled_router_z_loss;
+  out.load_balancing_loss = rec.saved.aux_loss;
+  out.over_capacity_1_ratio = rec.saved.over_capacity_1_ratio;
+  out.over_capacity_2_ratio = rec.saved.over_capacity_2_ratio;
+  out.loss = config.load_balancing_loss_weight * out.load_balancing_loss + out.router_z_loss;
+  return out;
+}
+
+void route_logits_backward(const RoutingPolicy& policy, const RouterConfig& config,
+                           RoutingRecord& rec, const float* dweight, double loss_scale,
+                           float* dlogits) {
+  const int64_t E = rec.E, N = rec.G * rec.T;
+  rec.dprobs.resize(N * E);
+  policy.backward(rec.plan, rec.saved, dweight, config.load_balancing_loss_weight * loss_scale,
+                  rec.dprobs.data());
+  // Through the softmax, then the z-loss term d z / d logit[n,e] = 2/N * lse[n] *
+  // softmax(logits)[n,e] (the real logits: with padded experts, not the gate's probs).
+  const double z_scale = config.router_z_loss_weight * loss_scale * 2.0 / static_cast<double>(N);
+  const float* pr = rec.probs.data();
+  const float* lg = rec.logits.data();
+  const float* ls = rec.lse.data();
+  const double* dprobs = rec.dprobs.data();
+  parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const double* dp = dprobs + n * E;
+      double dot = 0;
+      for (int64_t j = 0; j < E; ++j) dot += dp[j] * pr[n * E + j];
+      for (int64_t j = 0; j < E; ++j) {
+        const double p = pr[n * E + j];
+        const double pz = z_scale != 0 ? std::exp(static_cast<double>(lg[n * E + j]) - ls[n]) : 0;
+        dlogits[n * E + j] = static_cast<float>(p * (dp[j] - dot) + z_scale * ls[n] * pz);
+      }
+    }
+  });
+}
+
+int64_t round_half_even(double x) {
+  // nearbyint honours the current rounding mode; to-nearest-even is the default, but be explicit.
+  const int saved = std::fegetround();
+  std::fesetround(FE_TONEAREST);
+  const double r = std::nearbyint(x);
+  std::fesetround(saved);
+  return static_cast<int64_t>(r);
+}
+
+int64_t expert_capacity(double capacity_factor, int64_t tokens_per_group, int64_t num_experts,
+                        int64_t min_capacity) {
+  check_arg(capacity_factor >= 0,
+            "capacity_factor: expected >= 0, got " + std::to_string(capacity_factor));
+  check_arg(num_experts >= 1, "num_experts: expected >= 1, got " + std::to_string(num_experts));
+  const int64_t c = round_half_even(capacity_factor * static_cast<double>(tokens_per_group) /
+                                    static_cast<double>(num_experts));
+  return c < min_capacity ? min_capacity : c;
+}
+
+int64_t lingvo_expert_capacity(int64_t expert_capacity_dim, double capacity_factor, int64_t S,
+                               int64_t E) {
+  check_arg(expert_capacity_dim >= 0,
+            "expert_capacity_dim: expected >= 0, got " + std::to_string(expert_capacity_dim));
+  check_arg(E >= 1, "num_experts: expected >= 1, got " + std::to_string(E));
+  if (!(capacity_factor > 0)) return expert_capacity_dim;
+  int64_t autoc = static_cast<int64_t>(static_cast<double>(S) * capacity_factor /
+                                       static_cast<double>(E));  // truncation, as int() does
+  if (autoc == 0) autoc = 4;
+  if (expert_capacity_dim >= autoc) return expert_capacity_dim;
+  return (autoc + 3) / 4 * 4;
+}
+
+Grouping compute_grouping(int64_t batch, int64_t length, double examples_per_group) {
+  check_arg(batch >= 1 && length >= 1, "MoeLayer input: batch and length must be >= 1, got B=" +
+                                           std::to_string(batch) + ", L=" + std::to_string(length));
+  check_arg(examples_per_group > 0,
+            "examples_per_group: expected > 0, got " + std::to_string(examples_per_group));
+  check_arg(examples_per_group <= static_cast<double>(batch),
+            "examples_per_group: expected <= batch size B=" + std::to_string(batch) + ", got " +
+                std::to_string(examples_per_group));
+  const auto tokens_per_group =
+      static_cast<int64_t>(static_cast<double>(length) * examples_per_group);
+  check_arg(tokens_per_group >= 1, "examples_per_group: L*examples_per_group = " +
+                                       std::to_string(length * examples_per_group) +
+                                       " gives fewer than 1 token per group");
+  const int64_t tokens = batch * length;
+  check_arg(tokens % tokens_per_group == 0,
+            "examples_per_group: tokens_per_group T=" + std::to_string(tokens_per_group) +
+                " must divide B*L=" + std::to_string(tokens));
+  return {tokens / tokens_per_group, tokens_per_group};
+}
+
+}  // namespace sparsemoe

@@ -3,6 +3,8 @@
 // exact zeros, bitwise determinism across thread counts, and the Keras-like surface.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/kernels.h"
@@ -193,6 +195,62 @@ TEST(MoeLayer, BitwiseIdenticalAcrossThreadCounts) {
   EXPECT_TRUE(bitwise_equal(dxs[0], dxs[1]));
   EXPECT_TRUE(bitwise_equal(grads[0], grads[2]));
   EXPECT_TRUE(bitwise_equal(grads[1], grads[3]));
+}
+
+// backward's loss_scale: with dy = s * r and loss_scale s, every gradient (the aux and z-loss
+// terms included) is s times the gradient for r at scale 1; s = 4 makes that exact in floats.
+TEST(MoeLayer, LossScaleScalesEveryGradientIncludingTheAuxLosses) {
+  for (RouterType type :
+       {RouterType::kExpertsChoose, RouterType::kTokensChoose, RouterType::kTop2}) {
+    MoeLayerConfig c = small_moe(type, 4, type == RouterType::kExpertsChoose ? 1 : 2, 0.75);
+    c.router.router_z_loss_weight = 0.05;
+    c.router.load_balancing_loss_weight = 0.2;
+    c.router.jitter_noise = 0.05;
+    Tensor x = random_tensor({2, 8, 8}, 31), r = random_tensor({2, 8, 8}, 32), r4 = r, dx1, dx4;
+    for (int64_t i = 0; i < r4.numel(); ++i) r4[i] *= 4.f;
+    MoeLayer a(c), b(c);
+    Tensor y;
+    a.forward(x, y, {true, 2});
+    a.backward(r, dx1);
+    b.forward(x, y, {true, 2});
+    b.backward(r4, dx4, 4.0);
+    for (int64_t i = 0; i < dx1.numel(); ++i) ASSERT_EQ(dx4[i], 4.f * dx1[i]) << i;
+    const auto pa = a.params(), pb = b.params();
+    for (size_t p = 0; p < pa.size(); ++p)
+      for (int64_t i = 0; i < pa[p].grad->numel(); ++i)
+        ASSERT_EQ((*pb[p].grad)[i], 4.f * (*pa[p].grad)[i]) << pa[p].name << " " << i;
+    // ... and the aux terms are really in play: without them the router gradient differs.
+    MoeLayerConfig plain = c;
+    plain.router.router_z_loss_weight = plain.router.load_balancing_loss_weight = 0;
+    MoeLayer d(plain);
+    Tensor dxd;
+    d.forward(x, y, {true, 2});
+    d.backward(r, dxd);
+    EXPECT_FALSE(test::bitwise_equal(*d.params()[0].grad, *pa[0].grad)) << router_type_name(type);
+  }
+}
+
+// The activation record owns everything backward reads: changing or freeing the caller's input
+// between forward and backward changes nothing.
+TEST(MoeLayer, BackwardReadsNothingOfTheCallersInput) {
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 4, 2, 1.0);
+  c.router.jitter_noise = 0.1;
+  c.router.router_z_loss_weight = 0.01;
+  MoeLayer a(c), b(c);
+  Tensor y, dxa, dxb, r = random_tensor({2, 8, 8}, 2);
+  Tensor x = random_tensor({2, 8, 8}, 1);
+  a.forward(x, y, {true, 1});
+  a.backward(r, dxa);
+  {
+    auto scratch = std::make_unique<Tensor>(random_tensor({2, 8, 8}, 1));
+    b.forward(*scratch, y, {true, 1});
+    scratch->fill(1e30f);
+    scratch.reset();
+  }
+  b.backward(r, dxb);
+  EXPECT_TRUE(test::bitwise_equal(dxa, dxb));
+  for (size_t p = 0; p < a.params().size(); ++p)
+    EXPECT_TRUE(test::bitwise_equal(*a.params()[p].grad, *b.params()[p].grad));
 }
 
 TEST(MoeLayer, TrainingFlagSelectsCapacityFactorAndNoise) {

@@ -2,9 +2,6 @@
 // reverse, over the activation record (see moe_layer.h and docs/architecture.md).
 #include "sparsemoe/moe/moe_layer.h"
 
-#include <algorithm>
-#include <cstring>
-
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
@@ -159,7 +156,6 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
   // Combine -> experts -> dispatch backward: dx from the experts, a gradient per plan row.
-  const float* dweight = nullptr;
   if (path_ == MoePath::kMaskedEinsum) {
     act_.dcombine.resize({N, E});
     moe_reference_backward(experts_.weights().params(), plan, dy.data(), dx.data(),
@@ -171,11 +167,10 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   } else {
     experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts);
   }
-  dweight = act_.experts.dweight.data();
   // Routing policy -> softmax and z-loss -> gate.
   act_.dlogits.resize({N, E});
-  route_logits_backward(*policy_, config_.router, act_.routing, dweight, loss_scale,
-                        act_.dlogits.data());
+  route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),
+                        loss_scale, act_.dlogits.data());
   gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data());
 }
 

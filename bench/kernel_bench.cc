@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "sparsemoe/core/gemm.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/ffn_kernel.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/ops/expert_ffn.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sm = sparsemoe;
 

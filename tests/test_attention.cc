@@ -4,7 +4,7 @@
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
-#include "sparsemoe/layers/attention.h"
+#include "sparsemoe/nn/attention.h"
 #include "test_util.h"
 
 namespace sparsemoe {

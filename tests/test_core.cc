@@ -8,9 +8,9 @@
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/ops/kernels.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/dense.h"
+#include "sparsemoe/nn/dense.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/embeddings.h"
+#include "sparsemoe/nn/embeddings.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/gather_k.h"
+#include "sparsemoe/lingvo/gather_k.h"
 #include "test_util.h"
 
 namespace sparsemoe {

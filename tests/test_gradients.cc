@@ -4,8 +4,9 @@
 #include <gtest/gtest.h>
 
 #include "moe_fixtures.h"
-#include "sparsemoe/layers/feed_forward.h"
-#include "sparsemoe/layers/moe_layer.h"
+#include "sparsemoe/moe/experts.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/nn/feed_forward.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -7,7 +7,7 @@
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
-#include "sparsemoe/layers/gshard_gating.h"
+#include "sparsemoe/lingvo/gshard_gating.h"
 #include "sparsemoe/moe/dispatch.h"
 #include "sparsemoe/moe/moe_reference.h"
 #include "test_util.h"

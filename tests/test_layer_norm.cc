@@ -4,7 +4,7 @@
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
-#include "sparsemoe/layers/layer_norm.h"
+#include "sparsemoe/nn/layer_norm.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -7,9 +7,9 @@
 
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/parallel.h"
-#include "sparsemoe/layers/moe_layer.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/ops/kernels.h"
 #include "test_util.h"
 
 namespace sparsemoe {

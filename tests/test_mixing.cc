@@ -7,7 +7,7 @@
 #include <complex>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/mixing.h"
+#include "sparsemoe/nn/mixing.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -1,7 +1,7 @@
-// Known answers from ../shared/spec/peer_cases.json (read at test time, not copied): router
-// z-loss (TFM-Z1/Z2), FeedForward (TFM-FF1), FeedForwardExperts (TFM-FFE1), the capacity table
-// (D4: tf-models, GR/flaxformer and lingvo rows), the tokens-choose worked example (D1) and the
-// lingvo Top-2 worked example (D2).
+// Known answers from tests/data/peer_cases.json (the spec's peer cases that these tests use):
+// router z-loss (TFM-Z1/Z2), FeedForward (TFM-FF1), FeedForwardExperts (TFM-FFE1), the capacity
+// table (D4: tf-models, GR/flaxformer and lingvo rows), the tokens-choose worked example (D1) and
+// the lingvo Top-2 worked example (D2).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,8 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "moe_fixtures.h"
-#include "sparsemoe/layers/feed_forward.h"
+#include "sparsemoe/moe/experts.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/nn/feed_forward.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -21,8 +22,8 @@ using nlohmann::json;
 
 const json& peer_case(const std::string& id) {
   static const json cases = [] {
-    std::ifstream in(SPARSEMOE_SHARED_DIR "/spec/peer_cases.json");
-    if (!in) throw std::runtime_error("cannot open " SPARSEMOE_SHARED_DIR "/spec/peer_cases.json");
+    std::ifstream in(SPARSEMOE_TEST_DATA_DIR "/peer_cases.json");
+    if (!in) throw std::runtime_error("cannot open " SPARSEMOE_TEST_DATA_DIR "/peer_cases.json");
     return json::parse(in)["cases"];
   }();
   for (const json& c : cases)

@@ -6,7 +6,7 @@
 
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/ops/kernels.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/shared_embedding_softmax.h"
+#include "sparsemoe/lingvo/shared_embedding_softmax.h"
 #include "test_util.h"
 
 namespace sparsemoe {

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/layers/state_layer.h"
+#include "sparsemoe/lingvo/state_layer.h"
 #include "test_util.h"
 
 namespace sparsemoe {

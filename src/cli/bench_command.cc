@@ -17,7 +17,7 @@
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/moe_layer.h"
+#include "sparsemoe/moe/moe_layer.h"
 
 namespace sparsemoe::cli {
 

@@ -6,9 +6,9 @@
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/attention.h"
+#include "sparsemoe/nn/attention.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -11,8 +11,8 @@
 #include "policies.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/parallel.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -7,7 +7,7 @@
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

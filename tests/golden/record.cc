@@ -15,7 +15,7 @@
 
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/gshard_gating.h"
+#include "sparsemoe/lingvo/gshard_gating.h"
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
 #include "sparsemoe/moe/dispatch.h"

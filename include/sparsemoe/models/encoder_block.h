@@ -12,11 +12,11 @@
 #include <memory>
 #include <vector>
 
-#include "sparsemoe/layers/attention.h"
-#include "sparsemoe/layers/feed_forward.h"
-#include "sparsemoe/layers/layer_norm.h"
-#include "sparsemoe/layers/mixing.h"
-#include "sparsemoe/layers/moe_layer.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/nn/attention.h"
+#include "sparsemoe/nn/feed_forward.h"
+#include "sparsemoe/nn/layer_norm.h"
+#include "sparsemoe/nn/mixing.h"
 
 namespace sparsemoe {
 

@@ -8,11 +8,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/dense.h"
-#include "sparsemoe/layers/layer_common.h"
-#include "sparsemoe/layers/layer_norm.h"
+#include "sparsemoe/nn/dense.h"
+#include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/nn/layer_norm.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/dense.h"
-#include "sparsemoe/layers/embeddings.h"
-#include "sparsemoe/layers/mixing.h"
 #include "sparsemoe/models/encoder_block.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/nn/dense.h"
+#include "sparsemoe/nn/embeddings.h"
+#include "sparsemoe/nn/mixing.h"
 
 namespace sparsemoe {
 

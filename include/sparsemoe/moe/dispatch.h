@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/feed_forward.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/moe/experts.h"
 #include "sparsemoe/moe/routing_plan.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

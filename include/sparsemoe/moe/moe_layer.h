@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/feed_forward.h"
-#include "sparsemoe/layers/layer_common.h"
 #include "sparsemoe/moe/dispatch.h"
 #include "sparsemoe/moe/gate.h"
 #include "sparsemoe/moe/moe_reference.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/nn/feed_forward.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

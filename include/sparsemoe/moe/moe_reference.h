@@ -5,8 +5,8 @@
 #pragma once
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/ffn_kernel.h"
 #include "sparsemoe/moe/routing_plan.h"
+#include "sparsemoe/ops/expert_ffn.h"
 
 namespace sparsemoe {
 

@@ -1,5 +1,5 @@
 // Named-parameter helpers (see layer_common.h).
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/layer_common.h"
 
 #include <cmath>
 

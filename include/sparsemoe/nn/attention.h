@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/dense.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/dense.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

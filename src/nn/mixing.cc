@@ -1,5 +1,5 @@
 // Linear / Fourier / Hartley mixing (see mixing.h and spec §11).
-#include "sparsemoe/layers/mixing.h"
+#include "sparsemoe/nn/mixing.h"
 
 #include <kissfft/kiss_fftnd.h>
 

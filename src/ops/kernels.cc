@@ -1,5 +1,5 @@
 // Elementwise kernels (see kernels.h).
-#include "sparsemoe/core/kernels.h"
+#include "sparsemoe/ops/kernels.h"
 
 #include <algorithm>
 #include <bit>

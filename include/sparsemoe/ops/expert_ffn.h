@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -1,6 +1,6 @@
 // lingvo SharedEmbeddingSoftmaxLayer: lookup and tied softmax loss (see
 // shared_embedding_softmax.h and spec §13).
-#include "sparsemoe/layers/shared_embedding_softmax.h"
+#include "sparsemoe/lingvo/shared_embedding_softmax.h"
 
 #include <cmath>
 #include <cstring>
@@ -9,8 +9,8 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/init.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/layer_common.h"
 #include "sparsemoe/moe/gate.h"
 #include "sparsemoe/moe/routing.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

@@ -1,14 +1,14 @@
 // Multi-head self-attention forward/backward (see attention.h).
-#include "sparsemoe/layers/attention.h"
+#include "sparsemoe/nn/attention.h"
 
 #include <cmath>
 #include <string>
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/gemm.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

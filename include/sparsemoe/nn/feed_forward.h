@@ -1,8 +1,6 @@
-// The seed's feed-forward layers: FeedForward (dense, the backbone FFN) and FeedForwardExperts
-// (E independent FFNs with stacked weights [E,H,F], [E,F,H], biases [E,F], [E,H]). Both run on the
-// fused kernel in ffn_kernel.h. FeedForwardExperts has the reference sources' dense API ([G,E,C,H]
-// in and out, every slot computed); the MoE layer runs its weights on filled rows only
-// (moe/dispatch.h).
+// The seed's dense feed-forward layer FeedForward (the backbone FFN), its config, and FfnWeights:
+// the weights of E stacked FFNs ([E,H,F], [E,F,H], biases [E,F], [E,H]; E = 1 here), shared with
+// FeedForwardExperts (moe/experts.h). Both run on the fused kernel in ops/expert_ffn.h.
 #pragma once
 
 #include <cstdint>
@@ -11,10 +9,10 @@
 #include <vector>
 
 #include "sparsemoe/core/config_io.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/ffn_kernel.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/ops/expert_ffn.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 
@@ -29,14 +27,8 @@ struct FeedForwardConfig {
 
   nlohmann::json to_json() const;
   static FeedForwardConfig from_json(const nlohmann::json& j);
-  void read_fields(JsonFields& f);  // shared with FeedForwardExpertsConfig
+  void read_fields(JsonFields& f);  // shared with FeedForwardExpertsConfig (moe/experts.h)
   void validate(const std::string& where) const;
-};
-
-struct FeedForwardExpertsConfig : FeedForwardConfig {
-  int64_t num_experts = 1;  // E
-  nlohmann::json to_json() const;
-  static FeedForwardExpertsConfig from_json(const nlohmann::json& j);
 };
 
 // Weights and gradients of E stacked FFNs (E = 1 for the dense layer).
@@ -76,33 +68,6 @@ class FeedForward {
   std::vector<uint64_t> row_ids_;
   std::vector<int64_t> offsets_;
   const Tensor* x_ = nullptr;
-};
-
-class FeedForwardExperts {
- public:
-  FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
-                     uint64_t seed = 0);
-  // The dense API: x [G, E, C, H] -> y [G, E, C, H].
-  void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
-  void backward(const Tensor& dy, Tensor& dx);
-
-  std::vector<ParamRef> params() { return weights_.refs(); }
-  const FeedForwardExpertsConfig& config() const { return config_; }
-  FfnWeights& weights() { return weights_; }
-  // The dropout streams of one call (keyed by the layer seed and opt.step).
-  FfnDropout dropout(const ForwardOptions& opt, const uint64_t* row_ids) const;
-  Shape output_shape(const Shape& input_shape) const;
-
- private:
-  FeedForwardExpertsConfig config_;
-  FfnWeights weights_;
-  // Dense API: expert-major copies of the [G,E,C,H] input/output, saved activations.
-  FfnSaved saved_;
-  FfnDropout drop_;
-  Tensor dense_x_, dense_y_;
-  std::vector<int64_t> dense_offsets_;
-  std::vector<uint64_t> dense_ids_;
-  int64_t dense_g_ = 0, dense_c_ = 0;
 };
 
 }  // namespace sparsemoe

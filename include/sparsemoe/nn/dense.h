@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

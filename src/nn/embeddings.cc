@@ -1,5 +1,5 @@
 // Sparse Mixer input embeddings (see embeddings.h).
-#include "sparsemoe/layers/embeddings.h"
+#include "sparsemoe/nn/embeddings.h"
 
 #include <cmath>
 #include <cstring>
@@ -7,8 +7,8 @@
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/init.h"
-#include "sparsemoe/core/kernels.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 

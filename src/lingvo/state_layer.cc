@@ -1,5 +1,5 @@
 // lingvo StateLayer as a decoding cache (see state_layer.h).
-#include "sparsemoe/layers/state_layer.h"
+#include "sparsemoe/lingvo/state_layer.h"
 
 #include <cstring>
 #include <string>

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/dense.h"
-#include "sparsemoe/layers/layer_common.h"
-#include "sparsemoe/layers/layer_norm.h"
+#include "sparsemoe/nn/dense.h"
+#include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/nn/layer_norm.h"
 
 namespace sparsemoe {
 

@@ -1,5 +1,5 @@
 // FeedForward (dense FFN), the shared FFN config and the stacked FFN weights.
-#include "sparsemoe/layers/feed_forward.h"
+#include "sparsemoe/nn/feed_forward.h"
 
 #include <numeric>
 
@@ -53,23 +53,6 @@ void FeedForwardConfig::validate(const std::string& where) const {
   if (!(inner_dropout >= 0 && inner_dropout < 1)) bad("inner_dropout: expected in [0, 1)");
   if (!(output_dropout >= 0 && output_dropout < 1)) bad("output_dropout: expected in [0, 1)");
   if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
-}
-
-nlohmann::json FeedForwardExpertsConfig::to_json() const {
-  auto j = FeedForwardConfig::to_json();
-  j["num_experts"] = num_experts;
-  return j;
-}
-
-FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::json& j) {
-  FeedForwardExpertsConfig c;
-  JsonFields f(j, "FeedForwardExpertsConfig");
-  c.read_fields(f);
-  f.read("num_experts", c.num_experts);
-  f.finish();
-  c.validate("FeedForwardExpertsConfig");
-  if (c.num_experts < 1) throw ConfigError("FeedForwardExpertsConfig: num_experts: expected >= 1");
-  return c;
 }
 
 FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked,

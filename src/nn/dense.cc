@@ -1,5 +1,5 @@
 // Dense layer forward/backward (see dense.h).
-#include "sparsemoe/layers/dense.h"
+#include "sparsemoe/nn/dense.h"
 
 #include <algorithm>
 #include <string>

@@ -1,15 +1,33 @@
-// FeedForwardExperts: E stacked FFNs with the dense [G,E,C,H] API (see feed_forward.h).
+// FeedForwardExperts and its config (see experts.h).
+#include "sparsemoe/moe/experts.h"
+
 #include <string>
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/layers/feed_forward.h"
 
 namespace sparsemoe {
 
 namespace {
 constexpr uint64_t kInnerDropoutTag = 0x46464531, kOutputDropoutTag = 0x46464532;
+}
+
+nlohmann::json FeedForwardExpertsConfig::to_json() const {
+  auto j = FeedForwardConfig::to_json();
+  j["num_experts"] = num_experts;
+  return j;
+}
+
+FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::json& j) {
+  FeedForwardExpertsConfig c;
+  JsonFields f(j, "FeedForwardExpertsConfig");
+  c.read_fields(f);
+  f.read("num_experts", c.num_experts);
+  f.finish();
+  c.validate("FeedForwardExpertsConfig");
+  if (c.num_experts < 1) throw ConfigError("FeedForwardExpertsConfig: num_experts: expected >= 1");
+  return c;
 }
 
 FeedForwardExperts::FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,

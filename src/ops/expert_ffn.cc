@@ -1,5 +1,5 @@
-// Fused expert FFN forward/backward over expert-grouped rows (see ffn_kernel.h).
-#include "sparsemoe/layers/ffn_kernel.h"
+// Fused expert FFN forward/backward over expert-grouped rows (see expert_ffn.h).
+#include "sparsemoe/ops/expert_ffn.h"
 
 #include <algorithm>
 

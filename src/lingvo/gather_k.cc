@@ -1,5 +1,5 @@
 // lingvo GatherK (see gather_k.h).
-#include "sparsemoe/layers/gather_k.h"
+#include "sparsemoe/lingvo/gather_k.h"
 
 #include <cstring>
 #include <string>

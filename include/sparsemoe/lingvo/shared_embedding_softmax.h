@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/layers/layer_common.h"
+#include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 

@@ -1,5 +1,5 @@
 // lingvo's Top2Gating / SentenceTop2Gating / TaskTop2Gating (see gshard_gating.h).
-#include "sparsemoe/layers/gshard_gating.h"
+#include "sparsemoe/lingvo/gshard_gating.h"
 
 #include <cstring>
 #include <unordered_map>

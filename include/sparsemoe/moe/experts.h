@@ -1,0 +1,50 @@
+// FeedForwardExperts: E independent FFNs with stacked weights (nn/feed_forward.h FfnWeights), with
+// the reference sources' dense API ([G,E,C,H] in and out, every slot computed). The MoE layer runs
+// the same weights on filled rows only (moe/dispatch.h).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/nn/feed_forward.h"
+#include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/ops/expert_ffn.h"
+
+namespace sparsemoe {
+
+struct FeedForwardExpertsConfig : FeedForwardConfig {
+  int64_t num_experts = 1;  // E
+  nlohmann::json to_json() const;
+  static FeedForwardExpertsConfig from_json(const nlohmann::json& j);
+};
+
+class FeedForwardExperts {
+ public:
+  FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
+                     uint64_t seed = 0);
+  // The dense API: x [G, E, C, H] -> y [G, E, C, H].
+  void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
+  void backward(const Tensor& dy, Tensor& dx);
+
+  std::vector<ParamRef> params() { return weights_.refs(); }
+  const FeedForwardExpertsConfig& config() const { return config_; }
+  FfnWeights& weights() { return weights_; }
+  // The dropout streams of one call (keyed by the layer seed and opt.step).
+  FfnDropout dropout(const ForwardOptions& opt, const uint64_t* row_ids) const;
+  Shape output_shape(const Shape& input_shape) const;
+
+ private:
+  FeedForwardExpertsConfig config_;
+  FfnWeights weights_;
+  // Dense API: expert-major copies of the [G,E,C,H] input/output, saved activations.
+  FfnSaved saved_;
+  FfnDropout drop_;
+  Tensor dense_x_, dense_y_;
+  std::vector<int64_t> dense_offsets_;
+  std::vector<uint64_t> dense_ids_;
+  int64_t dense_g_ = 0, dense_c_ = 0;
+};
+
+}  // namespace sparsemoe

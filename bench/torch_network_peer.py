@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULTS = {  # SparseMixerConfig defaults (the seed's), for keys a preset leaves out
+DEFAULTS = {  # SparseMixerConfig defaults (the reference sources'), for keys a preset leaves out
     "hidden_size": 512, "num_layers": 14, "moe_layers": [5, 6, 7, 8],
     "attention_layers": [10, 11, 12, 13], "num_experts": 16, "train_capacity_factor": 1.0,
     "eval_capacity_factor": 1.0, "examples_per_group": 1.0, "mixing_mechanism": "linear",

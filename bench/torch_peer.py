@@ -3,7 +3,7 @@
 tokens-choose top-k or lingvo top-2 routing, GELU-tanh expert FFNs), written two ways, timed in this process
 next to our engine run as a subprocess in the same environment:
 
-  einsum  the seed's formulation: dense [G,T,E,C] dispatch/combine masks and einsums
+  einsum  the reference sources' formulation: dense [G,T,E,C] dispatch/combine masks and einsums
   sparse  a gather / per-expert matmul / index_add loop over the routed tokens only
 
 Prints a table of our speed as a ratio to the faster PyTorch formulation, and --json output.

@@ -16,6 +16,11 @@
 # holds whatever the CPU; figures from another machine are not comparable.
 #   scripts/golden.sh [BASELINE_COMMIT]      default: tests/golden/BASELINE
 #   GOLDEN_SKIP_TRAIN=1 scripts/golden.sh    skips the training (it takes a few minutes)
+#   GOLDEN_BASE_CXXFLAGS="-ffp-contract=off -fno-trapping-math" scripts/golden.sh
+#       adds compiler flags to the baseline's build only. Since the library turned floating-point
+#       contraction off (issue 11, item 4: results must not depend on the instruction set), a
+#       baseline built with -march=native fused a*b+c where the new build does not; with these
+#       flags it does not either, and every bit must match again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -23,9 +28,9 @@ base=${1:-$(cat tests/golden/BASELINE)}
 work=$root/build-golden
 mkdir -p "$work"
 
-build() {  # source dir, build dir
+build() {  # source dir, build dir, extra CXX flags
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEMOE_BUILD_BENCHMARKS=OFF \
-    >/dev/null
+    "-DCMAKE_CXX_FLAGS=${3:-}" >/dev/null
   cmake --build "$2" -j "$(nproc)" --target sparsemoe_golden sparsemoe_cli >/dev/null
 }
 
@@ -62,7 +67,7 @@ if [[ ! -e "$work/base-src/.git" ]]; then
 else
   git -C "$work/base-src" checkout --detach -q "$base"
 fi
-build "$work/base-src" "$work/base-build"
+build "$work/base-src" "$work/base-build" "${GOLDEN_BASE_CXXFLAGS:-}"
 build "$root" "$root/build"
 record "$work/base-build" "$work/base-out"
 record "$root/build" "$work/head-out"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of `sparsemoe bench model` on the tiny preset: the JSON report carries both
 # measurements, the parameter count and the speed-up against the baseline measured in the same
-# run; bad presets, overrides and modes exit with status 2 and one line naming the problem.
+# run; bad presets, overrides and modes exit with status 2 and one line naming the problem;
+# SPARSEMOE_SIMD forces the vector kernels' level, which the report names.
 set -u
 bin=$1
 fail=0
@@ -10,7 +11,7 @@ fast=(--batch 1 --min-time 0 --min-runs 1)
 out=$("$bin" bench model --preset tiny,tiny --baseline tiny "${fast[@]}" --json) ||
   { echo "FAIL: exit status"; fail=1; }
 for want in '"preset": "tiny"' '"params": ' '"inference_tokens_per_s"' \
-            '"train_tokens_per_s"' '"train_speedup_vs_tiny"' '"sequence_length": 32'; do
+            '"train_tokens_per_s"' '"train_speedup_vs_tiny"' '"sequence_length": 32' '"simd": '; do
   [[ "$out" == *"$want"* ]] || { echo "FAIL: output lacks $want"; fail=1; }
 done
 out=$("$bin" bench model --preset tiny --set max_sequence_length=16 --set mixing_mechanism=hartley \
@@ -28,4 +29,12 @@ expect_error "unknown; the presets are" --preset no_such_model
 expect_error "unknown key 'hidden_sise'" --preset tiny --set hidden_sise=8
 expect_error "expected key=value" --preset tiny --set hidden_size
 expect_error "mode" --preset tiny --mode fast
+# The vector kernels' level can be forced down to baseline x86-64, and is reported; a bad name is
+# an error naming the variable.
+out=$(SPARSEMOE_SIMD=baseline "$bin" bench model --preset tiny --mode infer "${fast[@]}" --json) ||
+  { echo "FAIL: SPARSEMOE_SIMD=baseline exit status"; fail=1; }
+[[ "$out" == *'"simd": "baseline (x86-64)"'* ]] || { echo "FAIL: simd not reported: $out"; fail=1; }
+err=$(SPARSEMOE_SIMD=sse9 "$bin" bench model --preset tiny "${fast[@]}" 2>&1 >/dev/null); status=$?
+[[ $status -eq 2 && "$err" == *"SPARSEMOE_SIMD: expected baseline, avx2 or avx512, got 'sse9'"* ]] ||
+  { echo "FAIL: SPARSEMOE_SIMD=sse9 gave status $status, stderr: $err"; fail=1; }
 exit $fail

@@ -1,5 +1,6 @@
-// GatherK: the seed's docstring example with padded slots as 0 (our default) and as position 0's
-// value (lingvo's code), the multi-dimensional value path, its backward, and bad input.
+// GatherK: the reference sources' docstring example with padded slots as 0 (our default) and as
+// position 0's value (lingvo's code), the multi-dimensional value path, its backward, and bad
+// input.
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"

@@ -1,6 +1,6 @@
 // Finite-difference gradient checks for every backward: FeedForward, FeedForwardExperts (the
-// seed's dense API) and MoeLayer with each router kind, with capacity drops present, dropout,
-// jitter, and the weighted load-balancing and z losses in the objective.
+// reference sources' dense API) and MoeLayer with each router kind, with capacity drops present,
+// dropout, jitter, and the weighted load-balancing and z losses in the objective.
 #include <gtest/gtest.h>
 
 #include "moe_fixtures.h"

@@ -31,7 +31,8 @@ Top2GatingConfig gate_config(int64_t M, int64_t E, int64_t c_dim, double cf = 0.
 }
 
 TEST(SentenceEmbeddings, SegmentMeansOverTheWholeBatchAndZeroPadding) {
-  const std::vector<int32_t> seg = {1, 1, 2, 0, 0, 3, 3, 3, 3, 0};  // the seed's docstring ids
+  const std::vector<int32_t> seg = {1, 1, 2, 0, 0,
+                                    3, 3, 3, 3, 0};  // the reference sources' docstring ids
   const Tensor x = random_tensor({10, 3}, 1);
   Tensor out({10, 3});
   sentence_embeddings(x.data(), seg.data(), 10, 3, out.data());
@@ -144,8 +145,8 @@ TEST(Top2GatingLayer, GradientsMatchFiniteDifferences) {
 }
 
 // SentenceTop2Gating + FeedForwardNetworksApplyGating (experts_forward over FeedForwardExperts):
-// the sparse path equals the seed's einsum form on the same gate, and the whole chain (inputs ->
-// sentence gate -> experts -> combine) has the finite-difference gradient.
+// the sparse path equals the reference sources' einsum form on the same gate, and the whole chain
+// (inputs -> sentence gate -> experts -> combine) has the finite-difference gradient.
 TEST(Top2GatingLayer, SentenceGateWithExpertsSparseEqualsEinsumAndGradients) {
   Top2GatingConfig gc = gate_config(6, 3, 3);
   gc.aux_loss_weight = 0.1;

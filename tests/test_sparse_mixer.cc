@@ -1,7 +1,7 @@
 // The Sparse Mixer network and its heads: finite-difference gradients of the whole tiny network
-// (every mixing, attention, MoE, both wirings, both heads), the seed's parameter count for the
-// Base preset, presets and strict configs, layer layouts, output_range, padding, the FFT path,
-// bitwise determinism across thread counts, and clear errors.
+// (every mixing, attention, MoE, both wirings, both heads), the reference sources' parameter count
+// for the Base preset, presets and strict configs, layer layouts, output_range, padding, the FFT
+// path, bitwise determinism across thread counts, and clear errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -90,7 +90,7 @@ TEST(SparseMixer, LayerLayoutsFollowThePaperCode) {
 
 TEST(SparseMixer, BasePresetHasTheSeedsParameterCount) {
   SparseMixerConfig base = load_model_config("sparse_mixer_base");
-  // The seed's defaults.
+  // The reference sources' defaults.
   EXPECT_EQ(base.hidden_size, 512);
   EXPECT_EQ(base.num_layers, 14);
   EXPECT_EQ(base.moe_layers, (std::vector<int64_t>{5, 6, 7, 8}));
@@ -101,8 +101,8 @@ TEST(SparseMixer, BasePresetHasTheSeedsParameterCount) {
   EXPECT_EQ(base.mixing_mechanism, MixingMechanism::kLinear);
   EXPECT_EQ(base.router.type, RouterType::kExpertsChoose);
   EXPECT_EQ(base.inner_activation, "gelu_tanh");
-  // The seed's count is that of the tf-models wiring; the paper's wiring adds the layer norm
-  // after each MoE sublayer (checked on the tiny preset below, to build this 150M-parameter
+  // The reference sources' count is that of the tf-models wiring; the paper's wiring adds the layer
+  // norm after each MoE sublayer (checked on the tiny preset below, to build this 150M-parameter
   // network only once).
   base.tf_models_compat = true;
   const int64_t expected = seed_param_count(base);

@@ -1,5 +1,6 @@
 // Shared by the bench subcommands: the median-of-runs timer and the environment record that
-// every measurement is reported with (threads, GEMM backend, OpenBLAS core type, CPU model).
+// every measurement is reported with (threads, GEMM backend, the vector kernels' instruction set,
+// OpenBLAS core type, CPU model).
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
+#include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe::cli {
 
@@ -27,6 +29,7 @@ inline nlohmann::json bench_environment() {
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   return {{"threads", num_threads()},
           {"blas", blas_backend()},
+          {"simd", simd_target_name(simd_target())},
           {"OPENBLAS_CORETYPE", core ? core : "(unset)"},
           {"cpu", cpu_model()}};
 }

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "sparsemoe/ops/simd.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"sparsemoe: sparsely-activated Mixture-of-Experts engine"};
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
+    sparsemoe::simd_target();  // a bad SPARSEMOE_SIMD is reported here, before any work
     return run();
   } catch (const std::exception& e) {
     std::cerr << "sparsemoe: error: " << e.what() << "\n";

@@ -1,4 +1,9 @@
-// Elementwise kernels (see kernels.h).
+// Elementwise kernels (see kernels.h). The vector kernels (activation_forward / _backward) are
+// written once as plain loops over always-inlined scalar maths and compiled three times, for
+// x86-64, x86-64-v3 and x86-64-v4; simd.h picks one at run time. The maths uses only selects,
+// multiplies, adds and bit casts, with no libm calls, so GCC vectorises it at every level (it needs
+// -fno-trapping-math to if-convert the selects without AVX-512 masks), and with contraction off
+// every level computes the same bits.
 #include "sparsemoe/ops/kernels.h"
 
 #include <algorithm>
@@ -6,6 +11,7 @@
 #include <cmath>
 
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe {
 
@@ -86,7 +92,7 @@ namespace {
 // exp(x) for x in float range: x = n*ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial,
 // scaled by 2^n through the exponent bits. Only selects, FMAs and bit casts (no libm calls), so
 // GCC vectorises the calling loops; the rounding uses the 1.5*2^23 trick (round to nearest even).
-inline float fast_exp(float x) {
+[[gnu::always_inline]] inline float fast_exp(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23
   const float n = (x * 1.44269504088896341f + kRound) - kRound;
@@ -102,16 +108,16 @@ inline float fast_exp(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-inline float abs_of(float x) { return x < 0.f ? -x : x; }
+[[gnu::always_inline]] inline float abs_of(float x) { return x < 0.f ? -x : x; }
 
-inline float fast_tanh(float u) {
+[[gnu::always_inline]] inline float fast_tanh(float u) {
   const float e = fast_exp(-2.f * abs_of(u));
   const float t = (1.f - e) / (1.f + e);
   return u < 0.f ? -t : t;
 }
 
 // Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
-inline float fast_erf(float x) {
+[[gnu::always_inline]] inline float fast_erf(float x) {
   const float ax = abs_of(x);
   const float t = 1.f / (1.f + 0.3275911f * ax);
   const float poly =
@@ -121,9 +127,8 @@ inline float fast_erf(float x) {
   return x < 0.f ? -v : v;
 }
 
-}  // namespace
-
-void activation_forward(Activation act, const float* __restrict h, float* __restrict a, int64_t n) {
+[[gnu::always_inline]] inline void forward_body(Activation act, const float* __restrict h,
+                                                float* __restrict a, int64_t n) {
   switch (act) {
     case Activation::kRelu:
 #pragma omp simd
@@ -149,8 +154,8 @@ void activation_forward(Activation act, const float* __restrict h, float* __rest
   }
 }
 
-void activation_backward(Activation act, const float* __restrict h, const float* da, float* dh,
-                         int64_t n) {
+[[gnu::always_inline]] inline void backward_body(Activation act, const float* __restrict h,
+                                                 const float* da, float* dh, int64_t n) {
   switch (act) {
     case Activation::kRelu:
 #pragma omp simd
@@ -184,6 +189,49 @@ void activation_backward(Activation act, const float* __restrict h, const float*
       }
       return;
   }
+}
+
+// The three compilations of each body.
+#define SPARSEMOE_LEVELS(X)                          \
+  X(baseline, )                                      \
+  X(avx2, __attribute__((target("arch=x86-64-v3")))) \
+  X(avx512, __attribute__((target("arch=x86-64-v4"))))
+#define SPARSEMOE_DEFINE_LEVEL(name, attr)                                              \
+  attr void forward_##name(Activation act, const float* h, float* a, int64_t n) {       \
+    forward_body(act, h, a, n);                                                         \
+  }                                                                                     \
+  attr void backward_##name(Activation act, const float* h, const float* da, float* dh, \
+                            int64_t n) {                                                \
+    backward_body(act, h, da, dh, n);                                                   \
+  }
+SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
+#undef SPARSEMOE_DEFINE_LEVEL
+#undef SPARSEMOE_LEVELS
+
+}  // namespace
+
+void activation_forward(Activation act, const float* h, float* a, int64_t n) {
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return forward_avx512(act, h, a, n);
+    case SimdTarget::kAvx2:
+      return forward_avx2(act, h, a, n);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  forward_baseline(act, h, a, n);
+}
+
+void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n) {
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return backward_avx512(act, h, da, dh, n);
+    case SimdTarget::kAvx2:
+      return backward_avx2(act, h, da, dh, n);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  backward_baseline(act, h, da, dh, n);
 }
 
 void softmax_rows(float* x, int64_t rows, int64_t n) {

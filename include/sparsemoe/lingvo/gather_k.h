@@ -1,9 +1,9 @@
 // lingvo's GatherK (spec §13): from selected positions [B, T] (0/1), take per row the k
 // largest selected positions, in ascending order, and gather the values there: [B, T, ...] ->
 // [B, k, ...], with a padding mask [B, k] marking slots that found no selected position (they
-// come first). The seed's docstring shows 0 in padded slots while its code gathers position 0's
-// value; we default to 0 and offer the code's behaviour as an option. Differentiable w.r.t. the
-// values.
+// come first). The reference sources' docstring shows 0 in padded slots while its code gathers
+// position 0's value; we default to 0 and offer the code's behaviour as an option. Differentiable
+// w.r.t. the values.
 #pragma once
 
 #include <cstdint>

@@ -57,7 +57,8 @@ class Top2Gating {
   const RoutingPlan& plan() const { return rec_.plan; }
   const RoutingRecord& routing() const { return rec_; }
   int64_t capacity() const { return rec_.plan.C; }
-  // The seed's outputs: dispatch and combine [G, S, E, C] (local_dispatch=false: reshaped back).
+  // The reference sources' outputs: dispatch and combine [G, S, E, C] (local_dispatch=false:
+  // reshaped back).
   void dense(Tensor& dispatch, Tensor& combine) const;
 
   // dcombine [G, S, E, C]: gradient w.r.t. the dense combine tensor. Accumulates the gating

@@ -1,5 +1,5 @@
 // Named model configurations shipped with the library (presets/*.json, compiled in at build
-// time so the binary needs no data files): sparse_mixer_base (the seed's defaults),
+// time so the binary needs no data files): sparse_mixer_base (the reference sources' defaults),
 // fast_sparse_mixer (capacity factors 0.5), bert_base (768/12/12/3072, all attention, no MoE),
 // fnet_base (all Fourier, no MoE) and tiny (for tests and quick runs).
 #pragma once

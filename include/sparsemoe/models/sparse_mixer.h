@@ -1,8 +1,8 @@
 // The Sparse Mixer encoder network (tf-models SparseMixer, spec §12; diagram in
 // docs/sparse_mixer.md): embeddings -> num_layers EncoderBlocks (mixing or attention, dense FFN or
 // MoE, by layer index) -> sequence output, pooled output tanh(Dense(h[:, 0])), every layer's
-// output, and the MoE losses and metrics per MoE layer and in total. The config reads the seed's
-// keyword names from JSON, strictly (unknown keys are errors).
+// output, and the MoE losses and metrics per MoE layer and in total. The config reads the reference
+// sources' keyword names from JSON, strictly (unknown keys are errors).
 #pragma once
 
 #include <cstdint>
@@ -49,7 +49,7 @@ struct SparseMixerConfig {
   bool norm_first = false;
   bool with_dense_inputs = false;
   bool export_metrics = true;  // false: per-layer metrics are not reported (losses still are)
-  // Ours, beyond the seed's arguments:
+  // Ours, beyond the reference sources' arguments:
   RouterConfig router;  // the MoE layers' router (type, k, jitter, loss weights); num_experts
                         // comes from above
   int64_t min_expert_capacity = 0;

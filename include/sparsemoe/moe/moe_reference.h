@@ -1,5 +1,5 @@
-// The reference path: the seed's MoE computation written as plainly as possible, over dense
-// [G,T,E,C] dispatch/combine masks, with a plain-loop FeedForwardExperts that computes every
+// The reference path: the reference sources' MoE computation written as plainly as possible, over
+// dense [G,T,E,C] dispatch/combine masks, with a plain-loop FeedForwardExperts that computes every
 // [G,E,C] slot (empty ones too). It exists to be read and to check the sparse path against;
 // it is O(G*T*E*C) in memory and slow by design.
 #pragma once

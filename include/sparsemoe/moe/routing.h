@@ -148,8 +148,8 @@ struct RoutingRecord {
 };
 
 // logits [G*T, E] are copied into rec.logits; C from policy.capacity(). paddings [G*T] of 0/1 or
-// null (only for kinds that take them). training selects top2 sampling (or sample_in_eval); key
-// seeds it.
+// null (only for kinds that take them). training selects top2 sampling (or sample_in_eval), drawn
+// from the RNG key `key`.
 RouteResult route_logits(const RoutingPolicy& policy, const RouterConfig& config,
                          const float* logits, int64_t G, int64_t T, int64_t C,
                          const float* paddings, bool training, uint64_t key, RoutingRecord& rec);

@@ -2,7 +2,7 @@
 // position + type embeddings of width W, LayerNorm (eps 1e-12), dropout, and a Dense projection
 // W -> H only when W != H (the factorised width). With dense inputs, caller-given embeddings [B,
 // Ld, W] (and their type ids) are appended after the token embeddings. The total length must equal
-// max_sequence_length, as the seed's ensure_shape demands.
+// max_sequence_length, as the reference sources' ensure_shape demands.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-// The seed's dense feed-forward layer FeedForward (the backbone FFN), its config, and FfnWeights:
-// the weights of E stacked FFNs ([E,H,F], [E,F,H], biases [E,F], [E,H]; E = 1 here), shared with
-// FeedForwardExperts (moe/experts.h). Both run on the fused kernel in ops/expert_ffn.h.
+// The reference sources' dense feed-forward layer FeedForward (the backbone FFN), its config, and
+// FfnWeights: the weights of E stacked FFNs ([E,H,F], [E,F,H], biases [E,F], [E,H]; E = 1 here),
+// shared with FeedForwardExperts (moe/experts.h). Both run on the fused kernel in ops/expert_ffn.h.
 #pragma once
 
 #include <cstdint>

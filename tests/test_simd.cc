@@ -1,0 +1,106 @@
+// The run-time instruction-set choice (ops/simd.h): every level this CPU supports gives bitwise
+// the same results as the baseline x86-64 kernels, for each activation and for a whole MoE layer
+// forward and backward in training (dropout on); bad names are errors naming the argument.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "moe_fixtures.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/ops/kernels.h"
+#include "sparsemoe/ops/simd.h"
+#include "test_util.h"
+
+namespace sparsemoe {
+namespace {
+
+using test::bitwise_equal;
+using test::random_tensor;
+using test::small_moe;
+
+// Restores the level in use when a test ends.
+struct SimdGuard {
+  SimdTarget saved = simd_target();
+  ~SimdGuard() { set_simd_target(saved); }
+};
+
+std::vector<SimdTarget> supported_levels() {
+  std::vector<SimdTarget> v;
+  for (SimdTarget t : {SimdTarget::kBaseline, SimdTarget::kAvx2, SimdTarget::kAvx512})
+    if (simd_supported(t)) v.push_back(t);
+  return v;
+}
+
+TEST(Simd, ReportsWhatRuns) {
+  SimdGuard guard;
+  EXPECT_TRUE(simd_supported(SimdTarget::kBaseline));
+  EXPECT_TRUE(simd_supported(simd_best_supported()));
+  for (SimdTarget t : supported_levels()) {
+    set_simd_target(t);
+    EXPECT_EQ(simd_target(), t);
+  }
+  EXPECT_EQ(simd_target_name(SimdTarget::kAvx2), "avx2 (x86-64-v3)");
+  EXPECT_EQ(parse_simd_target("avx512", "SPARSEMOE_SIMD"), SimdTarget::kAvx512);
+  EXPECT_EQ(test::error_of([] { parse_simd_target("sse9", "SPARSEMOE_SIMD"); }),
+            "SPARSEMOE_SIMD: expected baseline, avx2 or avx512, got 'sse9'");
+  if (!simd_supported(SimdTarget::kAvx512)) {
+    EXPECT_THROW(set_simd_target(SimdTarget::kAvx512), InvalidArgument);
+  }
+}
+
+TEST(Simd, ActivationsBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  // Odd length (vector tails), values across the clamp of exp and both signs.
+  const int64_t n = 1027;
+  Tensor h = random_tensor({n}, 3, -12.f, 12.f), da = random_tensor({n}, 4);
+  h[0] = 0.f, h[1] = -100.f, h[2] = 100.f, h[3] = -1e-30f;
+  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
+                         Activation::kLinear, Activation::kTanh}) {
+    set_simd_target(SimdTarget::kBaseline);
+    Tensor a0({n}), d0({n});
+    activation_forward(act, h.data(), a0.data(), n);
+    activation_backward(act, h.data(), da.data(), d0.data(), n);
+    for (SimdTarget t : supported_levels()) {
+      set_simd_target(t);
+      Tensor a({n}), d({n});
+      activation_forward(act, h.data(), a.data(), n);
+      activation_backward(act, h.data(), da.data(), d.data(), n);
+      EXPECT_TRUE(bitwise_equal(a, a0)) << activation_name(act) << " " << simd_target_name(t);
+      EXPECT_TRUE(bitwise_equal(d, d0)) << activation_name(act) << " " << simd_target_name(t);
+    }
+  }
+}
+
+TEST(Simd, MoeLayerBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 4, 2, 1.5, 16, 40);
+  c.experts.inner_dropout = 0.1;
+  c.experts.activation = "gelu_tanh";
+  const Tensor x = random_tensor({2, 6, 16}, 8), dy = random_tensor({2, 6, 16}, 9);
+  ForwardOptions opt;
+  opt.training = true;
+  opt.step = 3;
+  auto run = [&](SimdTarget t, Tensor& y, Tensor& dx, std::vector<Tensor>& grads) {
+    set_simd_target(t);
+    MoeLayer moe(c);
+    moe.forward(x, y, opt);
+    moe.backward(dy, dx);
+    for (const ParamRef& p : moe.params()) grads.push_back(*p.grad);
+  };
+  Tensor y0, dx0;
+  std::vector<Tensor> g0;
+  run(SimdTarget::kBaseline, y0, dx0, g0);
+  for (SimdTarget t : supported_levels()) {
+    Tensor y, dx;
+    std::vector<Tensor> g;
+    run(t, y, dx, g);
+    EXPECT_TRUE(bitwise_equal(y, y0)) << simd_target_name(t);
+    EXPECT_TRUE(bitwise_equal(dx, dx0)) << simd_target_name(t);
+    ASSERT_EQ(g.size(), g0.size());
+    for (size_t i = 0; i < g.size(); ++i) EXPECT_TRUE(bitwise_equal(g[i], g0[i])) << i;
+  }
+}
+
+}  // namespace
+}  // namespace sparsemoe

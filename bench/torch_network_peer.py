@@ -49,14 +49,25 @@ def layer_layout(spec, n_layers):
 
 def load_config(preset, sets):
     path = preset if os.path.isfile(preset) else os.path.join(ROOT, "presets", preset + ".json")
-    c = dict(DEFAULTS)
-    c.update(json.load(open(path)))
-    for kv in sets:
+    c = json.load(open(path))
+    for kv in sets:  # dotted paths, as `sparsemoe bench model --set`
         k, v = kv.split("=", 1)
+        node, *parts = [c] + k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
         try:
-            c[k] = json.loads(v)
+            node[parts[-1]] = json.loads(v)
         except json.JSONDecodeError:
-            c[k] = v
+            node[parts[-1]] = v
+    # The MoE layers' settings are nested under "moe" (MoeLayerConfig); this peer reads them flat.
+    moe = c.pop("moe", {})
+    for k in ("train_capacity_factor", "eval_capacity_factor", "examples_per_group",
+              "min_expert_capacity"):
+        if k in moe:
+            c[k] = moe[k]
+    if "num_experts" in moe.get("experts", {}):
+        c["num_experts"] = moe["experts"]["num_experts"]
+    c = {**DEFAULTS, **c}
     for k in ("moe_layers", "attention_layers"):
         c[k] = layer_layout(c[k], c["num_layers"])
     return c

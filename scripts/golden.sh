@@ -34,8 +34,8 @@ build() {  # source dir, build dir, extra CXX flags
   cmake --build "$2" -j "$(nproc)" --target sparsemoe_golden sparsemoe_cli >/dev/null
 }
 
-record() {  # build dir, output dir
-  local bin=$1 out=$2
+record() {  # build dir, output dir, source dir (for its configs/)
+  local bin=$1 out=$2 src=$3
   rm -rf "$out" && mkdir -p "$out"
   "$bin/tests/sparsemoe_golden" >"$out/layers.json"
   : >"$out/route.txt"
@@ -47,9 +47,22 @@ record() {  # build dir, output dir
     echo "exit $rc" >>"$out/route.txt"
   done <"$root/tests/golden/route_inputs.jsonl"
   if [[ -z "${GOLDEN_SKIP_TRAIN:-}" ]]; then
-    "$bin/sparsemoe" train --config "$root/configs/wordnet_tiny.json" --out "$out/run" \
+    "$bin/sparsemoe" train --config "$src/configs/wordnet_tiny.json" --out "$out/run" \
       --threads 2 >/dev/null 2>&1
     sha256sum <"$out/run/checkpoint.safetensors" >"$out/checkpoint.sha256"
+    # The tensors' bytes and the metadata without config_hash: a config format change (issue 11
+    # item 6 nested the MoE keys) changes the hash of config.json but must not change a weight.
+    /usr/bin/python3 - "$out/run/checkpoint.safetensors" >"$out/checkpoint_tensors.txt" <<'PY'
+import hashlib, json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+meta = header.pop("__metadata__", {})
+meta.pop("config_hash", None)
+print("metadata", json.dumps(meta, sort_keys=True))
+print("header", hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest())
+print("tensors", hashlib.sha256(data[8 + n:]).hexdigest())
+PY
     /usr/bin/python3 - "$out/run/metrics.jsonl" >"$out/metrics.txt" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -69,8 +82,8 @@ else
 fi
 build "$work/base-src" "$work/base-build" "${GOLDEN_BASE_CXXFLAGS:-}"
 build "$root" "$root/build"
-record "$work/base-build" "$work/base-out"
-record "$root/build" "$work/head-out"
+record "$work/base-build" "$work/base-out" "$work/base-src"
+record "$root/build" "$work/head-out" "$root"
 
 status=0
 /usr/bin/python3 - "$work/base-out/route.txt" "$work/head-out/route.txt" <<'PY' || status=1
@@ -108,7 +121,7 @@ if ! cmp -s "$work/base-out/route_stderr.txt" "$work/head-out/route_stderr.txt";
   echo "golden: route error messages changed:"
   diff "$work/base-out/route_stderr.txt" "$work/head-out/route_stderr.txt" | sed 's/^/  /' || true
 fi
-for f in layers.json checkpoint.sha256 metrics.txt; do
+for f in layers.json checkpoint_tensors.txt metrics.txt; do
   [[ -e "$work/base-out/$f" ]] || continue
   if cmp -s "$work/base-out/$f" "$work/head-out/$f"; then
     echo "golden: $f identical"
@@ -117,4 +130,11 @@ for f in layers.json checkpoint.sha256 metrics.txt; do
     status=1
   fi
 done
+if [[ -e "$work/base-out/checkpoint.sha256" ]]; then
+  if cmp -s "$work/base-out/checkpoint.sha256" "$work/head-out/checkpoint.sha256"; then
+    echo "golden: checkpoint file byte-identical"
+  else
+    echo "golden: checkpoint file differs in its bytes (its metadata's config_hash follows config.json's text; checkpoint_tensors.txt above compares the rest)"
+  fi
+fi
 exit $status

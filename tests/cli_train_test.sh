@@ -28,7 +28,9 @@ done > "$tmp/corpus.tsv"
 
 cat > "$tmp/config.json" <<JSON
 {"model": {"hidden_size": 16, "num_layers": 3, "moe_layers": [1], "attention_layers": [2],
-           "num_experts": 4, "num_attention_heads": 2, "max_sequence_length": 12,
+           "moe": {"experts": {"num_experts": 4},
+                   "router": {"load_balancing_loss_weight": 0.01, "router_z_loss_weight": 1e-4}},
+           "num_attention_heads": 2, "max_sequence_length": 12,
            "type_vocab_size": 2, "inner_dim": 32},
  "data": {"format": "tsv", "path": "$tmp/corpus.tsv"},
  "tokenizer": {"vocab_size": 60}, "batch_size": 8,

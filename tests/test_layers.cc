@@ -306,11 +306,16 @@ TEST(MoeLayer, KerasLikeSurface) {
     MoeLayerConfig::from_json(bad);
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_STREQ(e.what(), "RouterConfig: unknown key 'jitter'");
+    EXPECT_STREQ(e.what(), "MoeLayerConfig.router: unknown key 'jitter'");
   }
+  // E is given once, in experts; the router takes it from there and refuses its own.
+  EXPECT_FALSE(j["router"].contains("num_experts"));
   bad = j;
   bad["experts"]["num_experts"] = 3;
-  EXPECT_THROW(MoeLayerConfig::from_json(bad), ConfigError);
+  EXPECT_EQ(MoeLayerConfig::from_json(bad).router.num_experts, 3);
+  bad["router"]["num_experts"] = 3;
+  EXPECT_EQ(test::error_of([&] { MoeLayerConfig::from_json(bad); }),
+            "MoeLayerConfig.router.num_experts: set by experts.num_experts, not here");
   bad = j;
   bad["dropless"] = true;
   bad["router"]["type"] = "experts_choose";

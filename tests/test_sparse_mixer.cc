@@ -33,15 +33,15 @@ SparseMixerConfig small_config(MixingMechanism mix, bool norm_first, bool compat
   c.num_layers = 3;
   c.moe_layers = {1};
   c.attention_layers = {2};
-  c.num_experts = 2;
+  c.moe.experts.num_experts = 2;
   // Tokens-choose top-2 of 2 experts with room for every token: every token reaches both experts
   // with its two router probabilities as weights, so no token can be dropped or rerouted under a
   // finite difference, while the router still gets gradients (combine weights, z-loss).
-  c.router.type = RouterType::kTokensChoose;
-  c.router.num_selected_experts = 2;
-  c.router.load_balancing_loss_weight = 0.01;
-  c.router.router_z_loss_weight = 1e-3;
-  c.train_capacity_factor = c.eval_capacity_factor = 4.0;
+  c.moe.router.type = RouterType::kTokensChoose;
+  c.moe.router.num_selected_experts = 2;
+  c.moe.router.load_balancing_loss_weight = 0.01;
+  c.moe.router.router_z_loss_weight = 1e-3;
+  c.moe.train_capacity_factor = c.moe.eval_capacity_factor = 4.0;
   c.mixing_mechanism = mix;
   c.num_attention_heads = 2;
   c.max_sequence_length = 4;
@@ -61,7 +61,7 @@ SparseMixerConfig small_config(MixingMechanism mix, bool norm_first, bool compat
 // output layer norm around a custom feed-forward block), and the pooler.
 int64_t seed_param_count(const SparseMixerConfig& c) {
   const int64_t V = c.vocab_size, H = c.hidden_size, L = c.max_sequence_length, F = c.inner_dim,
-                E = c.num_experts, W = c.embedding_width ? c.embedding_width : H;
+                E = c.moe.experts.num_experts, W = c.embedding_width ? c.embedding_width : H;
   int64_t n = V * W + L * W + c.type_vocab_size * W + 2 * W;  // word, position, type, LN
   if (W != H) n += W * H + H;
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -95,11 +95,11 @@ TEST(SparseMixer, BasePresetHasTheSeedsParameterCount) {
   EXPECT_EQ(base.num_layers, 14);
   EXPECT_EQ(base.moe_layers, (std::vector<int64_t>{5, 6, 7, 8}));
   EXPECT_EQ(base.attention_layers, (std::vector<int64_t>{10, 11, 12, 13}));
-  EXPECT_EQ(base.num_experts, 16);
+  EXPECT_EQ(base.moe.experts.num_experts, 16);
   EXPECT_EQ(base.inner_dim, 2048);
   EXPECT_EQ(base.type_vocab_size, 16);
   EXPECT_EQ(base.mixing_mechanism, MixingMechanism::kLinear);
-  EXPECT_EQ(base.router.type, RouterType::kExpertsChoose);
+  EXPECT_EQ(base.moe.router.type, RouterType::kExpertsChoose);
   EXPECT_EQ(base.inner_activation, "gelu_tanh");
   // The reference sources' count is that of the tf-models wiring; the paper's wiring adds the layer
   // norm after each MoE sublayer (checked on the tiny preset below, to build this 150M-parameter
@@ -122,8 +122,8 @@ TEST(SparseMixer, PresetsLoadAndDescribeTheirModels) {
     EXPECT_EQ(SparseMixerConfig::from_json(c.to_json()).to_json(), c.to_json());  // round trip
   }
   const SparseMixerConfig fast = load_model_config("fast_sparse_mixer");
-  EXPECT_EQ(fast.train_capacity_factor, 0.5);
-  EXPECT_EQ(fast.eval_capacity_factor, 0.5);
+  EXPECT_EQ(fast.moe.train_capacity_factor, 0.5);
+  EXPECT_EQ(fast.moe.eval_capacity_factor, 0.5);
   const SparseMixerConfig bert = load_model_config("bert_base");
   EXPECT_EQ(bert.hidden_size, 768);
   EXPECT_EQ(bert.num_layers, 12);
@@ -159,9 +159,46 @@ TEST(SparseMixer, ConfigErrorsNameTheKey) {
   bad["moe_layers"] = {1, 7};
   EXPECT_NE(message(bad).find("moe_layers: layer 7 outside [0, num_layers=4)"), std::string::npos)
       << message(bad);
+  // The keys the network sets are refused inside "moe", naming who sets them; keys moved into
+  // "moe" name their new place.
   bad = j;
-  bad["router"] = {{"num_experts", 3}};
-  EXPECT_NE(message(bad).find("'num_experts' is set by the network"), std::string::npos);
+  bad["moe"]["router"] = {{"num_experts", 3}};
+  EXPECT_EQ(message(bad),
+            "SparseMixerConfig.moe.router.num_experts: set by experts.num_experts, not here");
+  bad = j;
+  bad["moe"]["experts"]["d_ff"] = 3;
+  EXPECT_NE(message(bad).find("SparseMixerConfig.moe.experts.d_ff: set by the network"),
+            std::string::npos)
+      << message(bad);
+  bad = j;
+  bad["moe"]["router"] = {{"kernel_init_stddev", 0.1}};
+  EXPECT_NE(message(bad).find("moe.router.kernel_init_stddev: set by the network"),
+            std::string::npos)
+      << message(bad);
+  bad = j;
+  bad["num_experts"] = 8;
+  EXPECT_EQ(message(bad), "SparseMixerConfig: 'num_experts' is now 'moe.experts.num_experts'");
+  bad = j;
+  bad["moe"]["router"] = {{"jitter_noise", 1.5}};
+  EXPECT_NE(message(bad).find("jitter_noise: expected in [0, 1), got 1.5"), std::string::npos)
+      << message(bad);
+  // Every MoE option is settable from the network config, those a network could not set before
+  // included.
+  nlohmann::json all = j;
+  all["moe"]["dropless"] = true;
+  all["moe"]["router"] = {{"type", "tokens_choose"}, {"num_selected_experts", 2}};
+  all["moe"]["experts"]["glu"] = true;
+  all["moe"]["experts"]["inner_dropout"] = 0.25;
+  all["moe"]["expert_capacity_dim"] = 3;
+  const SparseMixerConfig sc = SparseMixerConfig::from_json(all);
+  const MoeLayerConfig layer = sc.moe_layer(1);
+  EXPECT_TRUE(layer.dropless);
+  EXPECT_TRUE(layer.experts.glu);
+  EXPECT_EQ(layer.experts.inner_dropout, 0.25);
+  EXPECT_EQ(layer.expert_capacity_dim, 3);
+  EXPECT_EQ(layer.router.num_selected_experts, 2);
+  EXPECT_EQ(layer.experts.d_ff, sc.inner_dim);  // set by the network
+  EXPECT_EQ(layer.router.num_experts, layer.experts.num_experts);
   bad = j;
   bad["mixing_mechanism"] = "wavelet";
   EXPECT_NE(message(bad).find("wavelet"), std::string::npos);
@@ -287,7 +324,7 @@ TEST(SparseMixer, OutputRangeSlicesTheSequenceAndCompatIgnoresIt) {
 
 TEST(SparseMixer, MetricsArePerMoeLayerAndTotalled) {
   SparseMixerConfig c = load_model_config("tiny");
-  c.router.router_z_loss_weight = 0.5;
+  c.moe.router.router_z_loss_weight = 0.5;
   SparseMixer net(c);
   const Tensor ids = ids_tensor({2, 32}, c.vocab_size, 3);
   const SparseMixerMetrics m = net.forward({&ids}, {true, 1});

@@ -48,35 +48,69 @@ std::string metrics_without_timing(const std::string& run, bool evals_only = fal
   return out;
 }
 
+// A run directory written before the MoE keys were nested still loads: its config.json is upgraded
+// in memory (the file, and so its hash in the checkpoints, stays as it was).
+TEST(TrainConfig, OldRunConfigsAreUpgraded) {
+  const nlohmann::json old = nlohmann::json::parse(R"({
+    "model": {"vocab_size": 60, "hidden_size": 16, "num_layers": 3, "moe_layers": [1],
+              "attention_layers": [2], "num_experts": 4, "train_capacity_factor": 1.25,
+              "num_attention_heads": 2, "max_sequence_length": 12, "inner_dim": 32,
+              "router": {"type": "tokens_choose", "num_selected_experts": 2}},
+    "pretrain": {"steps": 3}, "aux_loss_factor": 0.02})");
+  const std::string e = error_of([&] { TrainConfig::from_json(old); });
+  EXPECT_NE(e.find("'aux_loss_factor' is now"), std::string::npos) << e;
+  const TrainConfig c = TrainConfig::from_json(upgrade_run_config(old));
+  EXPECT_EQ(c.model.moe.experts.num_experts, 4);
+  EXPECT_EQ(c.model.moe.train_capacity_factor, 1.25);
+  EXPECT_EQ(c.model.moe.router.type, RouterType::kTokensChoose);
+  EXPECT_EQ(c.model.moe.router.num_selected_experts, 2);
+  EXPECT_EQ(c.model.moe.router.load_balancing_loss_weight, 0.02);
+  EXPECT_EQ(c.model.moe.router.router_z_loss_weight, 1e-4);  // the old default factor
+  // A current config passes through unchanged.
+  EXPECT_EQ(upgrade_run_config(c.to_json()), c.to_json());
+}
+
 TEST(TrainConfig, StrictKeysOverridesAndPresets) {
   const std::string dir = fresh_dir("config");
   const std::string path = dir + "/c.json";
   write_file_atomic(path,
                     R"({"model": "tiny", "pretrain": {"steps": 3}, "finetune": {"steps": 2}})");
-  TrainConfig c =
-      load_train_config(path, {"model.num_experts=8", "pretrain.optimizer.learning_rate=0.5",
-                               "batch_size=4", "data.path=/x"});
-  EXPECT_EQ(c.model.num_experts, 8);
+  TrainConfig c = load_train_config(
+      path,
+      {"model.moe.experts.num_experts=8", "pretrain.optimizer.learning_rate=0.5", "batch_size=4",
+       "data.path=/x", "model.moe.dropless=true", "model.moe.router.type=tokens_choose",
+       "model.moe.experts.glu=true", "model.moe.experts.inner_dropout=0.2",
+       "model.moe.router.load_balancing_loss_weight=0.03"});
+  EXPECT_EQ(c.model.moe.experts.num_experts, 8);
+  EXPECT_TRUE(c.model.moe.dropless);
+  EXPECT_TRUE(c.model.moe.experts.glu);
+  EXPECT_EQ(c.model.moe.experts.inner_dropout, 0.2);
   EXPECT_EQ(c.model.hidden_size, 64);  // from the tiny preset
   EXPECT_EQ(c.pretrain.optimizer.learning_rate, 0.5);
   EXPECT_EQ(c.batch_size, 4);
   EXPECT_EQ(c.data.path, "/x");
   EXPECT_EQ(c.total_steps(), 5);
   EXPECT_EQ(c.optimizer_for(c.pretrain).total_steps, 3);
-  // The loss factors become the router's loss weights.
-  EXPECT_EQ(c.model.router.load_balancing_loss_weight, 0.01);
-  EXPECT_EQ(c.model.router.router_z_loss_weight, 1e-4);
+  // The MoE loss weights are the router's, set like any other MoE option.
+  EXPECT_EQ(c.model.moe.router.load_balancing_loss_weight, 0.03);
+  EXPECT_EQ(c.model.moe.router.router_z_loss_weight, 0.0);
   // Round trip through JSON.
   const TrainConfig d = TrainConfig::from_json(c.to_json());
   EXPECT_EQ(d.to_json(), c.to_json());
   std::string e = error_of([&] { load_train_config(path, {"pretrian.steps=3"}); });
   EXPECT_NE(e.find("unknown key 'pretrian'"), std::string::npos) << e;
   e = error_of([&] { load_train_config(path, {"pretrain.optimizer.lr=1"}); });
-  EXPECT_NE(e.find("AdamWConfig: unknown key 'lr'"), std::string::npos) << e;
+  EXPECT_NE(e.find("TrainConfig.pretrain.optimizer: unknown key 'lr'"), std::string::npos) << e;
+  e = error_of([&] { load_train_config(path, {"aux_loss_factor=0.1"}); });
+  EXPECT_NE(e.find("'aux_loss_factor' is now 'model.moe.router.load_balancing_loss_weight'"),
+            std::string::npos)
+      << e;
   e = error_of([&] { load_train_config(path, {"batch_size=0"}); });
   EXPECT_NE(e.find("batch_size: expected >= 1, got 0"), std::string::npos) << e;
   e = error_of([&] { load_train_config(path, {"data.format=csv"}); });
-  EXPECT_NE(e.find("data.format: expected 'wordnet' or 'tsv', got 'csv'"), std::string::npos) << e;
+  EXPECT_NE(e.find("TrainConfig.data: format: expected one of wordnet, tsv, got 'csv'"),
+            std::string::npos)
+      << e;
   e = error_of([&] { load_train_config(path, {"pretrain.steps.x=1"}); });
   EXPECT_NE(e.find("'pretrain.steps' is not an object"), std::string::npos) << e;
   e = error_of([&] { load_train_config(path, {"noequals"}); });

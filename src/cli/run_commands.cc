@@ -131,10 +131,9 @@ int run_inspect(const RunArgs& a) {
       other += n;
     }
   }
-  const int64_t k =
-      c.router.num_selected_experts;  // experts per token (experts-choose: 1 on average)
-  const int64_t active = embeddings + other + (moe - expert_params) +
-                         (c.num_experts ? expert_params / c.num_experts * k : 0);
+  const int64_t E = c.moe.experts.num_experts;
+  const int64_t k = c.moe.router.num_selected_experts;  // per token (experts-choose: 1 on average)
+  const int64_t active = embeddings + other + (moe - expert_params) + expert_params / E * k;
   // Expert load on a sample: the first batch of the dev split.
   const TaskData d =
       prepare_task_data(run.config.data, load_corpus(run.config.data), run.tokenizer);
@@ -164,8 +163,8 @@ int run_inspect(const RunArgs& a) {
       "run {} at step {}\nmodel: {} layers, H {}, L {}, vocab {}, {} mixing, MoE layers {} "
       "({} experts, {} router), attention layers {}\n",
       a.run_dir, run.step, c.num_layers, c.hidden_size, c.max_sequence_length, c.vocab_size,
-      json(c.to_json())["mixing_mechanism"].get<std::string>(), json(c.moe_layers).dump(),
-      c.num_experts, router_type_name(c.router.type), json(c.attention_layers).dump());
+      json(c.to_json())["mixing_mechanism"].get<std::string>(), json(c.moe_layers).dump(), E,
+      router_type_name(c.moe.router.type), json(c.attention_layers).dump());
   std::cout << fmt::format(
       "parameters: {} total = embeddings {} + MoE layers {} + other encoder {} + heads {}; "
       "{} active per token (k experts of each MoE layer; experts-choose: 1 on average)\n",

@@ -1,6 +1,8 @@
 // Strict JSON config reading (see config_io.h).
 #include "sparsemoe/core/config_io.h"
 
+#include <cmath>
+
 namespace sparsemoe {
 
 JsonFields::JsonFields(const nlohmann::json& j, std::string where)
@@ -22,6 +24,48 @@ const nlohmann::json* JsonFields::object(const std::string& key) {
 void JsonFields::finish() const {
   for (auto it = j_.begin(); it != j_.end(); ++it)
     if (!seen_.count(it.key())) throw ConfigError(where_ + ": unknown key '" + it.key() + "'");
+}
+
+void reject_moved_keys(const nlohmann::json& j, const std::string& where,
+                       const std::vector<std::pair<std::string, std::string>>& moved) {
+  if (!j.is_object()) return;
+  for (const auto& [from, to] : moved)
+    if (j.contains(from)) throw ConfigError(where + ": '" + from + "' is now '" + to + "'");
+}
+
+namespace {
+std::string num(double v) {
+  nlohmann::json j = v;
+  if (std::abs(v) < 1e15 && v == std::trunc(v)) j = static_cast<int64_t>(v);
+  return j.dump();
+}
+}  // namespace
+
+std::string Rule::text() const {
+  if (!names.empty()) {
+    std::string s = "one of ";
+    for (size_t i = 0; i < names.size(); ++i) s += (i ? ", " : "") + names[i];
+    return s;
+  }
+  const bool has_lo = std::isfinite(lo), has_hi = std::isfinite(hi);
+  if (has_lo && has_hi)
+    return "in " + std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) +
+           (hi_open ? ")" : "]");
+  if (has_lo) return (lo_open ? "> " : ">= ") + num(lo);
+  if (has_hi) return (hi_open ? "< " : "<= ") + num(hi);
+  return "";
+}
+
+void Rule::check(const std::string& where, const std::string& key, double v) const {
+  const bool ok = !std::isnan(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  if (!ok) throw ConfigError(where + ": " + key + ": expected " + text() + ", got " + num(v));
+}
+
+void Rule::check(const std::string& where, const std::string& key, const std::string& v) const {
+  if (names.empty()) return;
+  for (const auto& n : names)
+    if (n == v) return;
+  throw ConfigError(where + ": " + key + ": expected " + text() + ", got '" + v + "'");
 }
 
 void apply_override(nlohmann::json& config, const std::string& kv) {

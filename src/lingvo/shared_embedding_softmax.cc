@@ -14,44 +14,11 @@
 
 namespace sparsemoe {
 
-nlohmann::json SharedEmbeddingSoftmaxConfig::to_json() const {
-  return {{"vocab_size", vocab_size},
-          {"max_len", max_len},
-          {"embedding_dim", embedding_dim},
-          {"z_loss_coef", z_loss_coef},
-          {"logits_abs_max", logits_abs_max},
-          {"label_smoothing", label_smoothing},
-          {"use_tgt_labels_size_as_loss_denominator", use_tgt_labels_size_as_loss_denominator},
-          {"init_stddev", init_stddev},
-          {"seed", seed}};
-}
-
 SharedEmbeddingSoftmaxConfig SharedEmbeddingSoftmaxConfig::from_json(const nlohmann::json& j) {
   SharedEmbeddingSoftmaxConfig c;
-  JsonFields f(j, "SharedEmbeddingSoftmaxConfig");
-  f.read("vocab_size", c.vocab_size);
-  f.read("max_len", c.max_len);
-  f.read("embedding_dim", c.embedding_dim);
-  f.read("z_loss_coef", c.z_loss_coef);
-  f.read("logits_abs_max", c.logits_abs_max);
-  f.read("label_smoothing", c.label_smoothing);
-  f.read("use_tgt_labels_size_as_loss_denominator", c.use_tgt_labels_size_as_loss_denominator);
-  f.read("init_stddev", c.init_stddev);
-  f.read("seed", c.seed);
-  f.finish();
+  config_read(j, "SharedEmbeddingSoftmaxConfig", c);
   c.validate();
   return c;
-}
-
-void SharedEmbeddingSoftmaxConfig::validate() const {
-  auto bad = [](const std::string& m) { throw ConfigError("SharedEmbeddingSoftmaxConfig: " + m); };
-  if (vocab_size < 1) bad("vocab_size: expected >= 1, got " + std::to_string(vocab_size));
-  if (max_len < 1) bad("max_len: expected >= 1, got " + std::to_string(max_len));
-  if (embedding_dim < 1) bad("embedding_dim: expected >= 1, got " + std::to_string(embedding_dim));
-  if (!(z_loss_coef >= 0)) bad("z_loss_coef: expected >= 0");
-  if (!(logits_abs_max >= 0)) bad("logits_abs_max: expected >= 0 (0 = no clipping)");
-  if (!(label_smoothing >= 0 && label_smoothing <= 1)) bad("label_smoothing: expected in [0, 1]");
-  if (!(init_stddev >= 0)) bad("init_stddev: expected >= 0");
 }
 
 SharedEmbeddingSoftmax::SharedEmbeddingSoftmax(const SharedEmbeddingSoftmaxConfig& config)

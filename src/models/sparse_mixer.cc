@@ -18,19 +18,9 @@ constexpr uint64_t kEmbeddingsTag = 1, kBlockTag = 2, kPoolerTag = 3;
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-// moe_layers / attention_layers: a list of indices, or {"layout": name, "count": n}.
-std::vector<int64_t> read_layers(const nlohmann::json& j, int64_t num_layers,
+// moe_layers / attention_layers given as {"layout": name, "count": n}: the list of indices.
+std::vector<int64_t> read_layout(const nlohmann::json& j, int64_t num_layers,
                                  const std::string& key) {
-  if (j.is_array()) {
-    try {
-      return j.get<std::vector<int64_t>>();
-    } catch (const nlohmann::json::exception&) {
-      throw ConfigError("SparseMixerConfig: key '" + key + "' must be a list of layer indices");
-    }
-  }
-  if (!j.is_object())
-    throw ConfigError("SparseMixerConfig: key '" + key +
-                      "' must be a list of layer indices or {\"layout\": ..., \"count\": n}");
   JsonFields f(j, "SparseMixerConfig." + key);
   std::string layout;
   int64_t count = -1;
@@ -78,110 +68,48 @@ bool SparseMixerConfig::is_attention_layer(int64_t l) const {
   return contains(attention_layers, l);
 }
 
-nlohmann::json SparseMixerConfig::to_json() const {
-  nlohmann::json r = router.to_json();
-  r.erase("num_experts");  // both set from the network's own keys
-  r.erase("kernel_init_stddev");
-  return {{"vocab_size", vocab_size},
-          {"hidden_size", hidden_size},
-          {"num_layers", num_layers},
-          {"moe_layers", moe_layers},
-          {"attention_layers", attention_layers},
-          {"num_experts", num_experts},
-          {"train_capacity_factor", train_capacity_factor},
-          {"eval_capacity_factor", eval_capacity_factor},
-          {"examples_per_group", examples_per_group},
-          {"mixing_mechanism", mixing_mechanism_name(mixing_mechanism)},
-          {"use_fft", use_fft},
-          {"num_attention_heads", num_attention_heads},
-          {"max_sequence_length", max_sequence_length},
-          {"type_vocab_size", type_vocab_size},
-          {"inner_dim", inner_dim},
-          {"inner_activation", inner_activation},
-          {"output_dropout", output_dropout},
-          {"attention_dropout", attention_dropout},
-          {"initializer_range", initializer_range},
-          {"output_range", output_range},
-          {"embedding_width", embedding_width},
-          {"norm_first", norm_first},
-          {"with_dense_inputs", with_dense_inputs},
-          {"export_metrics", export_metrics},
-          {"router", r},
-          {"min_expert_capacity", min_expert_capacity},
-          {"tf_models_compat", tf_models_compat},
-          {"seed", seed}};
+MoeLayerConfig SparseMixerConfig::default_moe() {
+  MoeLayerConfig m;
+  m.experts.num_experts = m.router.num_experts = 16;
+  return m;
+}
+
+MoeLayerConfig SparseMixerConfig::moe_layer(int64_t l) const {
+  MoeLayerConfig m = moe;
+  m.name = "moe_" + str(l);
+  m.hidden_size = hidden_size;
+  m.experts.d_ff = inner_dim;
+  m.experts.activation = inner_activation;
+  m.experts.output_dropout = output_dropout;
+  m.experts.kernel_init_stddev = initializer_range;
+  m.router.num_experts = m.experts.num_experts;
+  m.router.kernel_init_stddev = initializer_range;
+  return m;
 }
 
 SparseMixerConfig SparseMixerConfig::from_json(const nlohmann::json& j) {
+  reject_moved_keys(j, "SparseMixerConfig",
+                    {{"num_experts", "moe.experts.num_experts"},
+                     {"train_capacity_factor", "moe.train_capacity_factor"},
+                     {"eval_capacity_factor", "moe.eval_capacity_factor"},
+                     {"examples_per_group", "moe.examples_per_group"},
+                     {"min_expert_capacity", "moe.min_expert_capacity"},
+                     {"router", "moe.router"}});
+  nlohmann::json k = j;
   SparseMixerConfig c;
-  JsonFields f(j, "SparseMixerConfig");
-  f.read("vocab_size", c.vocab_size);
-  f.read("hidden_size", c.hidden_size);
-  f.read("num_layers", c.num_layers);
-  nlohmann::json moe_layers, attention_layers;
-  f.read("moe_layers", moe_layers);
-  f.read("attention_layers", attention_layers);
-  if (!moe_layers.is_null()) c.moe_layers = read_layers(moe_layers, c.num_layers, "moe_layers");
-  if (!attention_layers.is_null())
-    c.attention_layers = read_layers(attention_layers, c.num_layers, "attention_layers");
-  f.read("num_experts", c.num_experts);
-  f.read("train_capacity_factor", c.train_capacity_factor);
-  f.read("eval_capacity_factor", c.eval_capacity_factor);
-  f.read("examples_per_group", c.examples_per_group);
-  std::string mixing = mixing_mechanism_name(c.mixing_mechanism);
-  f.read("mixing_mechanism", mixing);
-  try {
-    c.mixing_mechanism = parse_mixing_mechanism(mixing);
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError(std::string("SparseMixerConfig: ") + e.what());
-  }
-  f.read("use_fft", c.use_fft);
-  f.read("num_attention_heads", c.num_attention_heads);
-  f.read("max_sequence_length", c.max_sequence_length);
-  f.read("type_vocab_size", c.type_vocab_size);
-  f.read("inner_dim", c.inner_dim);
-  f.read("inner_activation", c.inner_activation);
-  f.read("output_dropout", c.output_dropout);
-  f.read("attention_dropout", c.attention_dropout);
-  f.read("initializer_range", c.initializer_range);
-  f.read("output_range", c.output_range);
-  f.read("embedding_width", c.embedding_width);
-  f.read("norm_first", c.norm_first);
-  f.read("with_dense_inputs", c.with_dense_inputs);
-  f.read("export_metrics", c.export_metrics);
-  if (auto* r = f.object("router")) {
-    for (const char* k : {"num_experts", "kernel_init_stddev"})
-      if (r->contains(k))
-        throw ConfigError(std::string("SparseMixerConfig.router: '") + k +
-                          "' is set by the network ('num_experts' / 'initializer_range')");
-    nlohmann::json router = *r;
-    router["num_experts"] = c.num_experts;  // validated against the network's expert count
-    c.router = RouterConfig::from_json(router);
-  }
-  f.read("min_expert_capacity", c.min_expert_capacity);
-  f.read("tf_models_compat", c.tf_models_compat);
-  f.read("seed", c.seed);
-  f.finish();
+  if (k.is_object() && k.contains("num_layers") && k["num_layers"].is_number_integer())
+    c.num_layers = k["num_layers"].get<int64_t>();
+  for (const char* key : {"moe_layers", "attention_layers"})
+    if (k.is_object() && k.contains(key) && k[key].is_object())
+      k[key] = read_layout(k[key], c.num_layers, key);
+  config_read(k, "SparseMixerConfig", c);
   c.validate();
   return c;
 }
 
 void SparseMixerConfig::validate() const {
   auto bad = [](const std::string& m) { throw ConfigError("SparseMixerConfig: " + m); };
-  auto at_least = [&](const char* key, int64_t v, int64_t lo) {
-    if (v < lo) bad(std::string(key) + ": expected >= " + str(lo) + ", got " + str(v));
-  };
-  at_least("vocab_size", vocab_size, 1);
-  at_least("hidden_size", hidden_size, 1);
-  at_least("num_layers", num_layers, 0);
-  at_least("num_experts", num_experts, 1);
-  at_least("num_attention_heads", num_attention_heads, 1);
-  at_least("max_sequence_length", max_sequence_length, 1);
-  at_least("type_vocab_size", type_vocab_size, 1);
-  at_least("inner_dim", inner_dim, 1);
-  at_least("output_range", output_range, 0);
-  at_least("embedding_width", embedding_width, 0);
-  at_least("min_expert_capacity", min_expert_capacity, 0);
+  check_fields(*this, "SparseMixerConfig");
   for (const auto* list : {&moe_layers, &attention_layers}) {
     const char* key = list == &moe_layers ? "moe_layers" : "attention_layers";
     for (size_t i = 0; i < list->size(); ++i) {
@@ -199,18 +127,12 @@ void SparseMixerConfig::validate() const {
   if (output_range > max_sequence_length)
     bad("output_range: expected <= max_sequence_length=" + str(max_sequence_length) + ", got " +
         str(output_range));
-  for (double p : {output_dropout, attention_dropout})
-    if (!(p >= 0 && p < 1)) bad("output_dropout and attention_dropout: expected in [0, 1)");
-  if (!(initializer_range > 0)) bad("initializer_range: expected > 0");
-  try {
-    parse_activation(inner_activation);
-  } catch (const std::invalid_argument& e) {
-    bad(std::string("inner_activation: ") + e.what());
-  }
   if (!moe_layers.empty()) {
-    RouterConfig r = router;
-    r.num_experts = num_experts;
-    r.validate();
+    try {
+      moe_layer(moe_layers[0]).validate();
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("SparseMixerConfig.moe: ") + e.what());
+    }
   }
 }
 
@@ -257,19 +179,7 @@ EncoderBlockConfig block_config(const SparseMixerConfig& c, int64_t l) {
   b.ffn.output_dropout = c.output_dropout;
   b.ffn.kernel_init_stddev = c.initializer_range;
   b.moe = c.is_moe_layer(l);
-  if (b.moe) {
-    MoeLayerConfig& m = b.moe_layer;
-    m.name = "moe_" + str(l);
-    static_cast<FeedForwardConfig&>(m.experts) = b.ffn;
-    m.experts.num_experts = c.num_experts;
-    m.router = c.router;
-    m.router.num_experts = c.num_experts;
-    m.router.kernel_init_stddev = c.initializer_range;
-    m.train_capacity_factor = c.train_capacity_factor;
-    m.eval_capacity_factor = c.eval_capacity_factor;
-    m.examples_per_group = c.examples_per_group;
-    m.min_expert_capacity = c.min_expert_capacity;
-  }
+  if (b.moe) b.moe_layer = c.moe_layer(l);
   b.norm_first = c.norm_first;
   b.tf_models_compat = c.tf_models_compat;
   b.init_stddev = c.initializer_range;
@@ -354,7 +264,7 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
     copy_mask(in.dense_mask, "dense_mask", Lt, L - Lt);
     mask_ = attention_mask_from_padding(pad_mask);
     // Only lingvo's top2 gating is padding-aware; tf-models and the paper route every token.
-    if (make_policy(c.router)->takes_paddings()) {
+    if (make_policy(c.moe.router)->takes_paddings()) {
       paddings_.resize({B, L});
       for (int64_t i = 0; i < B * L; ++i) paddings_[i] = 1.f - pad_mask[i];
       bopt.paddings = &paddings_;

@@ -13,30 +13,17 @@ namespace {
 constexpr uint64_t kInnerDropoutTag = 0x46464531, kOutputDropoutTag = 0x46464532;
 }
 
-nlohmann::json FeedForwardExpertsConfig::to_json() const {
-  auto j = FeedForwardConfig::to_json();
-  j["num_experts"] = num_experts;
-  return j;
-}
-
 FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::json& j) {
   FeedForwardExpertsConfig c;
-  JsonFields f(j, "FeedForwardExpertsConfig");
-  c.read_fields(f);
-  f.read("num_experts", c.num_experts);
-  f.finish();
-  c.validate("FeedForwardExpertsConfig");
-  if (c.num_experts < 1) throw ConfigError("FeedForwardExpertsConfig: num_experts: expected >= 1");
+  config_read(j, "FeedForwardExpertsConfig", c);
+  c.validate();
   return c;
 }
 
 FeedForwardExperts::FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
                                        uint64_t seed)
     : config_(config),
-      weights_((config.validate("FeedForwardExpertsConfig"), config), config.num_experts,
-               hidden_size, true, seed) {
-  check_arg(config.num_experts >= 1, "num_experts: expected >= 1");
-}
+      weights_((config.validate(), config), config.num_experts, hidden_size, true, seed) {}
 
 Shape FeedForwardExperts::output_shape(const Shape& s) const {
   check_arg(s.size() == 4 && s[1] == weights_.E && s[3] == weights_.H,

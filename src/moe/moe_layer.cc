@@ -16,52 +16,20 @@ constexpr uint64_t kTop2Stream = 0x544f5032;
 
 }  // namespace
 
-nlohmann::json MoeLayerConfig::to_json() const {
-  return {{"name", name},
-          {"hidden_size", hidden_size},
-          {"experts", experts.to_json()},
-          {"router", router.to_json()},
-          {"train_capacity_factor", train_capacity_factor},
-          {"eval_capacity_factor", eval_capacity_factor},
-          {"examples_per_group", examples_per_group},
-          {"min_expert_capacity", min_expert_capacity},
-          {"dropless", dropless},
-          {"expert_capacity_dim", expert_capacity_dim},
-          {"seed", seed}};
-}
-
 MoeLayerConfig MoeLayerConfig::from_json(const nlohmann::json& j) {
   MoeLayerConfig c;
-  JsonFields f(j, "MoeLayerConfig");
-  f.read("name", c.name);
-  f.read("hidden_size", c.hidden_size);
-  if (auto* e = f.object("experts")) c.experts = FeedForwardExpertsConfig::from_json(*e);
-  if (auto* r = f.object("router")) c.router = RouterConfig::from_json(*r);
-  f.read("train_capacity_factor", c.train_capacity_factor);
-  f.read("eval_capacity_factor", c.eval_capacity_factor);
-  f.read("examples_per_group", c.examples_per_group);
-  f.read("min_expert_capacity", c.min_expert_capacity);
-  f.read("dropless", c.dropless);
-  f.read("expert_capacity_dim", c.expert_capacity_dim);
-  f.read("seed", c.seed);
-  f.finish();
+  config_read(j, "MoeLayerConfig", c);
   c.validate();
   return c;
 }
 
 void MoeLayerConfig::validate() const {
   auto bad = [](const std::string& m) { throw ConfigError("MoeLayerConfig: " + m); };
-  if (hidden_size < 1) bad("hidden_size: expected >= 1, got " + std::to_string(hidden_size));
-  experts.validate("MoeLayerConfig.experts");
+  check_fields(*this, "MoeLayerConfig");
   router.validate();
   if (experts.num_experts != router.num_experts)
     bad("experts.num_experts (" + std::to_string(experts.num_experts) +
         ") must equal router.num_experts (" + std::to_string(router.num_experts) + ")");
-  if (!(train_capacity_factor >= 0)) bad("train_capacity_factor: expected >= 0");
-  if (!(eval_capacity_factor >= 0)) bad("eval_capacity_factor: expected >= 0");
-  if (!(examples_per_group > 0)) bad("examples_per_group: expected > 0");
-  if (min_expert_capacity < 0) bad("min_expert_capacity: expected >= 0");
-  if (expert_capacity_dim < 0) bad("expert_capacity_dim: expected >= 0");
   if (dropless) {  // the policy's capacity rule says whether it can route without a limit
     try {
       make_policy(router)->capacity(capacity_rule(true), 1, router.num_experts);
@@ -174,16 +142,11 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data());
 }
 
-nlohmann::json MoeLayerWithBackboneConfig::to_json() const {
-  return {{"moe", moe.to_json()}, {"backbone", backbone.to_json()}};
-}
-
 MoeLayerWithBackboneConfig MoeLayerWithBackboneConfig::from_json(const nlohmann::json& j) {
   MoeLayerWithBackboneConfig c;
-  JsonFields f(j, "MoeLayerWithBackboneConfig");
-  if (auto* m = f.object("moe")) c.moe = MoeLayerConfig::from_json(*m);
-  if (auto* b = f.object("backbone")) c.backbone = FeedForwardConfig::from_json(*b);
-  f.finish();
+  config_read(j, "MoeLayerWithBackboneConfig", c);
+  c.moe.validate();
+  c.backbone.validate("MoeLayerWithBackboneConfig.backbone");
   return c;
 }
 

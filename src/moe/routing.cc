@@ -72,66 +72,38 @@ std::unique_ptr<RoutingPolicy> make_policy(const RouterConfig& config) {
   throw ConfigError("router type: unknown");
 }
 
-nlohmann::json RouterConfig::to_json() const {
-  return {{"type", router_type_name(type)},
-          {"num_experts", num_experts},
-          {"num_selected_experts", num_selected_experts},
-          {"batch_prioritized_routing", batch_prioritized_routing},
-          {"use_bias", use_bias},
-          {"jitter_noise", jitter_noise},
-          {"router_z_loss_weight", router_z_loss_weight},
-          {"load_balancing_loss_weight", load_balancing_loss_weight},
-          {"kernel_init_stddev", kernel_init_stddev},
-          {"second_expert_policy", second_expert_policy_name(top2.second_expert_policy)},
-          {"second_expert_threshold", top2.second_expert_threshold},
-          {"legacy_mtf_behavior", top2.legacy_mtf_behavior},
-          {"expert_padding_idx", top2.expert_padding_idx},
-          {"local_dispatch", local_dispatch},
-          {"sample_in_eval", sample_in_eval}};
+void to_json(nlohmann::json& j, RouterType t) { j = router_type_name(t); }
+void from_json(const nlohmann::json& j, RouterType& t) {
+  t = parse_router_type(j.get<std::string>());
+}
+void to_json(nlohmann::json& j, SecondExpertPolicy p) { j = second_expert_policy_name(p); }
+void from_json(const nlohmann::json& j, SecondExpertPolicy& p) {
+  p = parse_second_expert_policy(j.get<std::string>());
+}
+
+void RouterConfig::after_read(const nlohmann::json& j) {
+  if (!j.contains("num_selected_experts")) {
+    RouterConfig kind;
+    kind.type = type;
+    num_selected_experts = make_policy(kind)->default_k();
+  }
 }
 
 RouterConfig RouterConfig::from_json(const nlohmann::json& j) {
   RouterConfig c;
-  JsonFields f(j, "RouterConfig");
-  std::string type = router_type_name(c.type);
-  f.read("type", type);
-  c.type = parse_router_type(type);
-  c.num_selected_experts = make_policy(c)->default_k();
-  f.read("num_experts", c.num_experts);
-  f.read("num_selected_experts", c.num_selected_experts);
-  f.read("batch_prioritized_routing", c.batch_prioritized_routing);
-  f.read("use_bias", c.use_bias);
-  f.read("jitter_noise", c.jitter_noise);
-  f.read("router_z_loss_weight", c.router_z_loss_weight);
-  f.read("load_balancing_loss_weight", c.load_balancing_loss_weight);
-  f.read("kernel_init_stddev", c.kernel_init_stddev);
-  std::string policy = second_expert_policy_name(c.top2.second_expert_policy);
-  f.read("second_expert_policy", policy);
-  c.top2.second_expert_policy = parse_second_expert_policy(policy);
-  f.read("second_expert_threshold", c.top2.second_expert_threshold);
-  f.read("legacy_mtf_behavior", c.top2.legacy_mtf_behavior);
-  f.read("expert_padding_idx", c.top2.expert_padding_idx);
-  f.read("local_dispatch", c.local_dispatch);
-  f.read("sample_in_eval", c.sample_in_eval);
-  f.finish();
+  config_read(j, "RouterConfig", c);
   c.validate();
   return c;
 }
 
 void RouterConfig::validate() const {
+  check_fields(*this, "RouterConfig");
   auto bad = [](const std::string& m) { throw ConfigError("RouterConfig: " + m); };
-  if (num_experts < 1) bad("num_experts: expected >= 1, got " + std::to_string(num_experts));
-  if (num_selected_experts < 1 || num_selected_experts > num_experts)
+  if (num_selected_experts > num_experts)
     bad("num_selected_experts: expected in [1, num_experts=" + std::to_string(num_experts) +
         "], got " + std::to_string(num_selected_experts));
-  if (!(jitter_noise >= 0 && jitter_noise < 1))
-    bad("jitter_noise: expected in [0, 1), got " + std::to_string(jitter_noise));
-  if (!(router_z_loss_weight >= 0)) bad("router_z_loss_weight: expected >= 0");
-  if (!(load_balancing_loss_weight >= 0)) bad("load_balancing_loss_weight: expected >= 0");
-  if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
-  if (!(top2.second_expert_threshold >= 0)) bad("second_expert_threshold: expected >= 0");
   for (int64_t e : top2.expert_padding_idx)
-    if (e < 0 || e >= num_experts)
+    if (e >= num_experts)
       bad("expert_padding_idx: expected entries in [0, num_experts=" + std::to_string(num_experts) +
           "), got " + std::to_string(e));
   make_policy(*this)->validate(*this);

@@ -13,46 +13,11 @@ namespace {
 constexpr uint64_t kInnerDropoutTag = 0x46464e31, kOutputDropoutTag = 0x46464e32;
 }
 
-nlohmann::json FeedForwardConfig::to_json() const {
-  return {{"d_ff", d_ff},
-          {"activation", activation},
-          {"inner_dropout", inner_dropout},
-          {"output_dropout", output_dropout},
-          {"use_bias", use_bias},
-          {"kernel_init_stddev", kernel_init_stddev},
-          {"glu", glu}};
-}
-
-void FeedForwardConfig::read_fields(JsonFields& f) {
-  f.read("d_ff", d_ff);
-  f.read("activation", activation);
-  f.read("inner_dropout", inner_dropout);
-  f.read("output_dropout", output_dropout);
-  f.read("use_bias", use_bias);
-  f.read("kernel_init_stddev", kernel_init_stddev);
-  f.read("glu", glu);
-}
-
 FeedForwardConfig FeedForwardConfig::from_json(const nlohmann::json& j) {
   FeedForwardConfig c;
-  JsonFields f(j, "FeedForwardConfig");
-  c.read_fields(f);
-  f.finish();
-  c.validate("FeedForwardConfig");
+  config_read(j, "FeedForwardConfig", c);
+  c.validate();
   return c;
-}
-
-void FeedForwardConfig::validate(const std::string& where) const {
-  auto bad = [&](const std::string& m) { throw ConfigError(where + ": " + m); };
-  if (d_ff < 1) bad("d_ff: expected >= 1, got " + std::to_string(d_ff));
-  try {
-    parse_activation(activation);
-  } catch (const ConfigError& e) {
-    bad(e.what());
-  }
-  if (!(inner_dropout >= 0 && inner_dropout < 1)) bad("inner_dropout: expected in [0, 1)");
-  if (!(output_dropout >= 0 && output_dropout < 1)) bad("output_dropout: expected in [0, 1)");
-  if (!(kernel_init_stddev >= 0)) bad("kernel_init_stddev: expected >= 0");
 }
 
 FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked,

@@ -35,6 +35,11 @@ MixingMechanism parse_mixing_mechanism(const std::string& name) {
                     "'");
 }
 
+void to_json(nlohmann::json& j, MixingMechanism m) { j = mixing_mechanism_name(m); }
+void from_json(const nlohmann::json& j, MixingMechanism& m) {
+  m = parse_mixing_mechanism(j.get<std::string>());
+}
+
 namespace {
 
 // cos/sin parts of D_n[j, k] = exp(-2 pi i j k / n) = cos - i sin; the angle is reduced with the

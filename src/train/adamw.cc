@@ -15,45 +15,17 @@ namespace {
 constexpr int64_t kChunk = 1 << 14;  // fixed reduction chunks: thread-count independent sums
 }
 
-nlohmann::json AdamWConfig::to_json() const {
-  return {{"learning_rate", learning_rate},
-          {"beta1", beta1},
-          {"beta2", beta2},
-          {"epsilon", epsilon},
-          {"weight_decay", weight_decay},
-          {"warmup_steps", warmup_steps},
-          {"total_steps", total_steps},
-          {"clip_norm", clip_norm},
-          {"no_decay", no_decay}};
-}
-
 AdamWConfig AdamWConfig::from_json(const nlohmann::json& j) {
   AdamWConfig c;
-  JsonFields f(j, "AdamWConfig");
-  f.read("learning_rate", c.learning_rate);
-  f.read("beta1", c.beta1);
-  f.read("beta2", c.beta2);
-  f.read("epsilon", c.epsilon);
-  f.read("weight_decay", c.weight_decay);
-  f.read("warmup_steps", c.warmup_steps);
-  f.read("total_steps", c.total_steps);
-  f.read("clip_norm", c.clip_norm);
-  f.read("no_decay", c.no_decay);
-  f.finish();
+  config_read(j, "AdamWConfig", c);
   c.validate();
   return c;
 }
 
 void AdamWConfig::validate() const {
-  auto bad = [](const std::string& m) { throw ConfigError("AdamWConfig: " + m); };
-  if (!(learning_rate >= 0)) bad("learning_rate: expected >= 0");
-  if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
-    bad("beta1, beta2: expected in [0, 1)");
-  if (!(epsilon > 0)) bad("epsilon: expected > 0");
-  if (!(weight_decay >= 0)) bad("weight_decay: expected >= 0");
-  if (warmup_steps < 0 || total_steps < 0) bad("warmup_steps, total_steps: expected >= 0");
-  if (total_steps > 0 && warmup_steps > total_steps) bad("warmup_steps: expected <= total_steps");
-  if (!(clip_norm >= 0)) bad("clip_norm: expected >= 0 (0: no clipping)");
+  check_fields(*this, "AdamWConfig");
+  if (total_steps > 0 && warmup_steps > total_steps)
+    throw ConfigError("AdamWConfig: warmup_steps: expected <= total_steps");
 }
 
 double learning_rate_at(const AdamWConfig& c, int64_t step) {

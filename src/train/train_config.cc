@@ -34,112 +34,35 @@ AdamWConfig TrainConfig::optimizer_for(const PhaseConfig& phase) const {
   return c;
 }
 
-nlohmann::json TrainConfig::to_json() const {
-  return {
-      {"model", model.to_json()},
-      {"data",
-       {{"format", data.format}, {"path", data.path}, {"pretrain_text", data.pretrain_text}}},
-      {"tokenizer", {{"vocab_size", tokenizer.vocab_size}, {"model_type", tokenizer.model_type}}},
-      {"mlm",
-       {{"mask_rate", mlm.mask_rate},
-        {"max_predictions", mlm.max_predictions},
-        {"mask_token", mlm.mask_token},
-        {"random_token", mlm.random_token}}},
-      {"pretrain", {{"steps", pretrain.steps}, {"optimizer", pretrain.optimizer.to_json()}}},
-      {"finetune", {{"steps", finetune.steps}, {"optimizer", finetune.optimizer.to_json()}}},
-      {"batch_size", batch_size},
-      {"aux_loss_factor", aux_loss_factor},
-      {"z_loss_factor", z_loss_factor},
-      {"classifier_dropout", classifier_dropout},
-      {"log_every", log_every},
-      {"eval_every", eval_every},
-      {"eval_batches", eval_batches},
-      {"checkpoint_every", checkpoint_every},
-      {"seed", seed}};
-}
-
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  reject_moved_keys(j, "TrainConfig",
+                    {{"aux_loss_factor", "model.moe.router.load_balancing_loss_weight"},
+                     {"z_loss_factor", "model.moe.router.router_z_loss_weight"}});
   TrainConfig c;
-  JsonFields f(j, "TrainConfig");
+  nlohmann::json rest = j;
   nlohmann::json model = nlohmann::json::object();
-  if (j.contains("model")) {
-    nlohmann::json m;
-    f.read("model", m);
-    model = expand_model(m);
+  if (rest.is_object() && rest.contains("model")) {
+    model = expand_model(rest["model"]);
+    rest.erase("model");
   }
-  if (const nlohmann::json* d = f.object("data")) {
-    JsonFields g(*d, "TrainConfig.data");
-    g.read("format", c.data.format);
-    g.read("path", c.data.path);
-    g.read("pretrain_text", c.data.pretrain_text);
-    g.finish();
-  }
-  if (const nlohmann::json* t = f.object("tokenizer")) {
-    JsonFields g(*t, "TrainConfig.tokenizer");
-    g.read("vocab_size", c.tokenizer.vocab_size);
-    g.read("model_type", c.tokenizer.model_type);
-    g.finish();
-  }
-  if (const nlohmann::json* m = f.object("mlm")) {
-    JsonFields g(*m, "TrainConfig.mlm");
-    g.read("mask_rate", c.mlm.mask_rate);
-    g.read("max_predictions", c.mlm.max_predictions);
-    g.read("mask_token", c.mlm.mask_token);
-    g.read("random_token", c.mlm.random_token);
-    g.finish();
-  }
-  for (auto [key, phase] : {std::pair{"pretrain", &c.pretrain}, {"finetune", &c.finetune}}) {
-    if (const nlohmann::json* p = f.object(key)) {
-      JsonFields g(*p, std::string("TrainConfig.") + key);
-      g.read("steps", phase->steps);
-      if (const nlohmann::json* o = g.object("optimizer"))
-        phase->optimizer = AdamWConfig::from_json(*o);
-      g.finish();
-    }
-  }
-  f.read("batch_size", c.batch_size);
-  f.read("aux_loss_factor", c.aux_loss_factor);
-  f.read("z_loss_factor", c.z_loss_factor);
-  f.read("classifier_dropout", c.classifier_dropout);
-  f.read("log_every", c.log_every);
-  f.read("eval_every", c.eval_every);
-  f.read("eval_batches", c.eval_batches);
-  f.read("checkpoint_every", c.checkpoint_every);
-  f.read("seed", c.seed);
-  f.finish();
+  config_read(rest, "TrainConfig", c);
   if (!model.is_object()) throw ConfigError("TrainConfig: key 'model' must be an object or name");
   if (!model.contains("vocab_size")) model["vocab_size"] = c.tokenizer.vocab_size;
   c.model = SparseMixerConfig::from_json(model);
-  c.model.router.load_balancing_loss_weight = c.aux_loss_factor;
-  c.model.router.router_z_loss_weight = c.z_loss_factor;
   c.validate();
   return c;
 }
 
 void TrainConfig::validate() const {
   auto bad = [](const std::string& m) { throw ConfigError("TrainConfig: " + m); };
-  if (data.format != "wordnet" && data.format != "tsv")
-    bad("data.format: expected 'wordnet' or 'tsv', got '" + data.format + "'");
+  check_fields(*this, "TrainConfig");
+  pretrain.optimizer.validate();
+  finetune.optimizer.validate();
   if (data.format == "tsv" && data.path.empty()) bad("data.path: required for format 'tsv'");
-  if (pretrain.steps < 0 || finetune.steps < 0)
-    bad("pretrain.steps, finetune.steps: expected >= 0");
   if (total_steps() == 0) bad("pretrain.steps + finetune.steps: expected > 0");
-  if (batch_size < 1) bad("batch_size: expected >= 1, got " + std::to_string(batch_size));
-  if (!(aux_loss_factor >= 0) || !(z_loss_factor >= 0))
-    bad("aux_loss_factor, z_loss_factor: expected >= 0");
-  if (!(classifier_dropout >= 0 && classifier_dropout < 1))
-    bad("classifier_dropout: expected in [0, 1)");
-  if (log_every < 1) bad("log_every: expected >= 1");
-  if (eval_every < 0 || eval_batches < 0 || checkpoint_every < 0)
-    bad("eval_every, eval_batches, checkpoint_every: expected >= 0");
-  if (!(mlm.mask_rate > 0 && mlm.mask_rate <= 1)) bad("mlm.mask_rate: expected in (0, 1]");
-  if (mlm.max_predictions < 0) bad("mlm.max_predictions: expected >= 0 (0: ceil(rate * L))");
-  if (mlm.mask_token < 0 || mlm.random_token < 0 || mlm.mask_token + mlm.random_token > 1)
-    bad("mlm.mask_token, mlm.random_token: expected >= 0 with a sum <= 1");
-  if (tokenizer.vocab_size <= Tokenizer::kNumSpecial + 1)
-    bad("tokenizer.vocab_size: expected > " + std::to_string(Tokenizer::kNumSpecial + 1));
-  if (tokenizer.model_type != "unigram" && tokenizer.model_type != "bpe")
-    bad("tokenizer.model_type: expected 'unigram' or 'bpe'");
+  if (mlm.mask_token + mlm.random_token > 1)
+    bad("mlm.mask_token, mlm.random_token: expected a sum <= 1");
+  static_assert(Tokenizer::kNumSpecial + 2 == 7, "TokenizerOptions::vocab_size's rule");
   if (model.with_dense_inputs)
     bad("model.with_dense_inputs: training on text takes no dense inputs");
   if (model.output_range != 0) bad("model.output_range: must be 0 for masked-LM pretraining");
@@ -147,6 +70,29 @@ void TrainConfig::validate() const {
     if (p->optimizer.total_steps != 0 && p->optimizer.total_steps < p->steps)
       bad("optimizer.total_steps: expected 0 (the phase's steps) or >= the phase's steps");
   }
+}
+
+nlohmann::json upgrade_run_config(nlohmann::json j) {
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) return j;
+  nlohmann::json& m = j["model"];
+  const bool old =
+      m.contains("num_experts") || m.contains("router") || j.contains("aux_loss_factor");
+  if (!old || m.contains("moe")) return j;
+  nlohmann::json moe = nlohmann::json::object();
+  if (m.contains("num_experts")) moe["experts"]["num_experts"] = m["num_experts"];
+  for (const char* k : {"train_capacity_factor", "eval_capacity_factor", "examples_per_group",
+                        "min_expert_capacity", "router"})
+    if (m.contains(k)) moe[k] = m[k];
+  for (const char* k : {"num_experts", "train_capacity_factor", "eval_capacity_factor",
+                        "examples_per_group", "min_expert_capacity", "router"})
+    m.erase(k);
+  // The old training always set the routers' weights from its two factors (defaults 0.01, 1e-4).
+  moe["router"]["load_balancing_loss_weight"] = j.value("aux_loss_factor", 0.01);
+  moe["router"]["router_z_loss_weight"] = j.value("z_loss_factor", 1e-4);
+  j.erase("aux_loss_factor");
+  j.erase("z_loss_factor");
+  m["moe"] = moe;
+  return j;
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& sets) {

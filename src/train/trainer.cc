@@ -46,7 +46,7 @@ TrainConfig read_run_config(const std::string& path, std::string* text_out) {
   if (j.is_discarded()) throw IoError("'" + path + "': not valid JSON");
   if (text_out) *text_out = text;
   try {
-    return TrainConfig::from_json(j);
+    return TrainConfig::from_json(upgrade_run_config(j));
   } catch (const ConfigError& e) {
     throw IoError("'" + path + "': " + e.what());
   }
@@ -294,7 +294,7 @@ void Trainer::log_window(bool force) {
                       {"step", step_},
                       {"loss", (w.task + w.moe) * k},
                       {"task_loss", w.task * k},
-                      {"aux_loss", config_.aux_loss_factor * w.lb * k},
+                      {"aux_loss", config_.model.moe.router.load_balancing_loss_weight * w.lb * k},
                       {"z_loss", w.z * k},
                       {"load_balancing_loss", w.lb * k},
                       {"learning_rate", lr},
@@ -308,7 +308,8 @@ void Trainer::log_window(bool force) {
         "{} step {}/{} loss {:.4f} (task {:.4f} aux {:.2e} z {:.2e}) "
         "lr {:.2e} {:.0f} tok/s\n",
         pre ? "pretrain" : "finetune", step_, config_.total_steps(), (w.task + w.moe) * k,
-        w.task * k, config_.aux_loss_factor * w.lb * k, w.z * k, lr, tps);
+        w.task * k, config_.model.moe.router.load_balancing_loss_weight * w.lb * k, w.z * k, lr,
+        tps);
     options_.log->flush();
   }
   *window_ = Window();

@@ -358,12 +358,13 @@ json run_gate(GateInput input, bool local_dispatch, double cf) {
 
 json run_network(RouterType type, bool compat) {
   SparseMixerConfig c = load_model_config("tiny");
-  c.router.type = type;
-  c.router.num_selected_experts = make_policy(c.router)->default_k();
-  if (type == RouterType::kTokensChoose) c.router.num_selected_experts = 2;
-  c.router.load_balancing_loss_weight = 0.01;
-  c.router.router_z_loss_weight = 1e-3;
-  c.router.jitter_noise = 0.01;
+  RouterConfig& r = c.moe.router;
+  r.type = type;
+  r.num_selected_experts = make_policy(r)->default_k();
+  if (type == RouterType::kTokensChoose) r.num_selected_experts = 2;
+  r.load_balancing_loss_weight = 0.01;
+  r.router_z_loss_weight = 1e-3;
+  r.jitter_noise = 0.01;
   c.tf_models_compat = compat;
   c.seed = 3;
   SparseMixer net(c);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 
 namespace sparsemoe {
@@ -33,6 +34,16 @@ struct MlmOptions {
   double mask_token = 0.8;      // of the predicted: replaced by [MASK] ...
   double random_token = 0.1;    // ... by a random non-special id; the rest stay unchanged
   int64_t resolved_max_predictions(int64_t L) const;
+
+  template <class V>
+  void fields(V& v) {
+    v("mask_rate", mask_rate, "fraction of each row's real tokens predicted", in_open_closed(0, 1));
+    v("max_predictions", max_predictions, "P, predictions per row (0: ceil(mask_rate * L))",
+      at_least(0));
+    v("mask_token", mask_token, "of the predicted: replaced by [MASK]", in_closed(0, 1));
+    v("random_token", random_token, "... by a random token (mask_token + random_token <= 1)",
+      in_closed(0, 1));
+  }
 };
 
 // Masked-LM corruption of a packed batch: each row with n real tokens between [CLS] and [SEP]

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -19,6 +21,13 @@ namespace sparsemoe {
 struct TokenizerOptions {
   int64_t vocab_size = 4000;
   std::string model_type = "unigram";  // or "bpe"
+
+  template <class V>
+  void fields(V& v) {
+    v("vocab_size", vocab_size, "SentencePiece vocabulary, the 5 special tokens included",
+      at_least(7));  // Tokenizer::kNumSpecial + 2
+    v("model_type", model_type, "SentencePiece model", one_of({"unigram", "bpe"}));
+  }
 };
 
 class Tokenizer {

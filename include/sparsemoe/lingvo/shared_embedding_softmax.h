@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/nn/layer_common.h"
 
@@ -28,9 +29,23 @@ struct SharedEmbeddingSoftmaxConfig {
   double init_stddev = 1.0;                             // lingvo WeightInit.Gaussian()
   uint64_t seed = 0;
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    v("vocab_size", vocab_size, "V", at_least(1));
+    v("max_len", max_len, "positions", at_least(1));
+    v("embedding_dim", embedding_dim, "D", at_least(1));
+    v("z_loss_coef", z_loss_coef, "weight of the z-loss", at_least(0));
+    v("logits_abs_max", logits_abs_max, "> 0: clip logits to [-max, max]; 0: no clipping",
+      at_least(0));
+    v("label_smoothing", label_smoothing, "label smoothing", in_closed(0, 1));
+    v("use_tgt_labels_size_as_loss_denominator", use_tgt_labels_size_as_loss_denominator,
+      "loss denominator B*L; false: the non-padding tokens");
+    v("init_stddev", init_stddev, "Gaussian init stddev (lingvo's default 1)", at_least(0));
+    v("seed", seed, "initialisation");
+  }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static SharedEmbeddingSoftmaxConfig from_json(const nlohmann::json& j);  // strict keys
-  void validate() const;
+  void validate() const { check_fields(*this, "SharedEmbeddingSoftmaxConfig"); }
 };
 
 // What ComputeLoss returns: metrics as (value, weight) pairs, and the per-example loss [B].

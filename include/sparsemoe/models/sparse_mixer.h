@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/models/encoder_block.h"
 #include "sparsemoe/moe/routing.h"
@@ -30,10 +31,6 @@ struct SparseMixerConfig {
   int64_t num_layers = 14;
   std::vector<int64_t> moe_layers = {5, 6, 7, 8};
   std::vector<int64_t> attention_layers = {10, 11, 12, 13};
-  int64_t num_experts = 16;
-  double train_capacity_factor = 1.0;
-  double eval_capacity_factor = 1.0;
-  double examples_per_group = 1.0;
   MixingMechanism mixing_mechanism = MixingMechanism::kLinear;
   bool use_fft = false;
   int64_t num_attention_heads = 8;
@@ -49,14 +46,60 @@ struct SparseMixerConfig {
   bool norm_first = false;
   bool with_dense_inputs = false;
   bool export_metrics = true;  // false: per-layer metrics are not reported (losses still are)
-  // Ours, beyond the reference sources' arguments:
-  RouterConfig router;  // the MoE layers' router (type, k, jitter, loss weights); num_experts
-                        // comes from above
-  int64_t min_expert_capacity = 0;
+  // The MoE layers' config. The network sets these of its keys itself (see moe_layer()): name,
+  // hidden_size, seed, experts.{d_ff, activation, output_dropout, kernel_init_stddev} (from
+  // inner_dim, inner_activation, output_dropout, initializer_range) and router.kernel_init_stddev.
+  MoeLayerConfig moe = default_moe();
   bool tf_models_compat = false;  // reproduce the tf-models code's wiring quirks (spec §12.1)
   uint64_t seed = 0;              // initialisation and dropout/jitter streams
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    Section<MoeLayerConfig> m{
+        moe,
+        {"name", "hidden_size", "seed", "experts.d_ff", "experts.activation",
+         "experts.output_dropout", "experts.kernel_init_stddev", "router.kernel_init_stddev"},
+        "the network (hidden_size, seed, inner_dim, inner_activation, "
+        "output_dropout, initializer_range)"};
+    v("vocab_size", vocab_size, "token vocabulary (training: the tokenizer's)", at_least(1));
+    v("hidden_size", hidden_size, "H", at_least(1));
+    v("num_layers", num_layers, "encoder layers", at_least(0));
+    v("moe_layers", moe_layers,
+      "indices of the MoE layers, or {\"layout\": L, \"count\": n}, L one of bottom, middle, "
+      "mixed, top",
+      at_least(0));
+    v("attention_layers", attention_layers, "indices of the attention layers (or a layout)",
+      at_least(0));
+    v("mixing_mechanism", mixing_mechanism, "token mixing of the other layers",
+      one_of({"linear", "fourier", "hartley"}));
+    v("use_fft", use_fft, "Fourier / Hartley by FFT instead of DFT matrices");
+    v("num_attention_heads", num_attention_heads, "heads of the attention layers", at_least(1));
+    v("max_sequence_length", max_sequence_length, "L, the mixing layers' fixed length",
+      at_least(1));
+    v("type_vocab_size", type_vocab_size, "token type vocabulary", at_least(1));
+    v("inner_dim", inner_dim, "F of the dense FFNs and of the experts", at_least(1));
+    v("inner_activation", inner_activation, "activation of the FFNs and experts",
+      one_of({"relu", "gelu", "gelu_tanh", "linear", "tanh"}));
+    v("output_dropout", output_dropout, "dropout on embeddings, FFN and expert outputs",
+      in_half_open(0, 1));
+    v("attention_dropout", attention_dropout, "dropout on attention probabilities",
+      in_half_open(0, 1));
+    v("initializer_range", initializer_range, "TruncatedNormal stddev of every weight", above(0));
+    v("output_range", output_range, "0: the whole sequence; else the first n positions",
+      at_least(0));
+    v("embedding_width", embedding_width, "0: hidden_size; else embeddings projected to H",
+      at_least(0));
+    v("norm_first", norm_first, "pre-LN blocks");
+    v("with_dense_inputs", with_dense_inputs, "dense inputs appended after the tokens");
+    v("export_metrics", export_metrics, "report the MoE metrics per layer");
+    v("moe", m, "the MoE layers (MoeLayerConfig without the keys the network sets)");
+    v("tf_models_compat", tf_models_compat, "the tf-models code's wiring quirks (spec §12.1)");
+    v("seed", seed, "initialisation and dropout / jitter streams");
+  }
+  static MoeLayerConfig default_moe();  // 16 experts, the reference sources' defaults
+  // The config of the MoE layer at index l, with the keys the network sets filled in.
+  MoeLayerConfig moe_layer(int64_t l) const;
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static SparseMixerConfig from_json(const nlohmann::json& j);  // strict; validates
   void validate() const;
   bool is_moe_layer(int64_t l) const;

@@ -16,8 +16,17 @@ namespace sparsemoe {
 
 struct FeedForwardExpertsConfig : FeedForwardConfig {
   int64_t num_experts = 1;  // E
-  nlohmann::json to_json() const;
+
+  template <class V>
+  void fields(V& v) {
+    v("num_experts", num_experts, "E, the number of experts", at_least(1));
+    FeedForwardConfig::fields(v);
+  }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static FeedForwardExpertsConfig from_json(const nlohmann::json& j);
+  void validate(const std::string& where = "FeedForwardExpertsConfig") const {
+    check_fields(*this, where);
+  }
 };
 
 class FeedForwardExperts {

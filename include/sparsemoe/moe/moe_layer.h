@@ -25,7 +25,7 @@ struct MoeLayerConfig {
   std::string name = "moe";
   int64_t hidden_size = 512;  // H
   FeedForwardExpertsConfig experts;
-  RouterConfig router;
+  RouterConfig router;  // router.num_experts = experts.num_experts (JSON: given once, in experts)
   double train_capacity_factor = 1.0;
   double eval_capacity_factor = 1.0;
   double examples_per_group = 1.0;  // tokens_per_group T = int(L * examples_per_group)
@@ -34,7 +34,25 @@ struct MoeLayerConfig {
   int64_t expert_capacity_dim = 0;  // top2: lingvo's c_dim; C = lingvo rule (spec §2.5)
   uint64_t seed = 0;                // initialisation, dropout and jitter streams
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    Section<RouterConfig> r{router, {"num_experts"}, "experts.num_experts"};
+    v("name", name, "the layer's name");
+    v("hidden_size", hidden_size, "H", at_least(1));
+    v("experts", experts, "the expert FFNs (their num_experts is E for the router too)");
+    v("router", r, "the router");
+    v("train_capacity_factor", train_capacity_factor, "capacity factor in training", at_least(0));
+    v("eval_capacity_factor", eval_capacity_factor, "capacity factor in evaluation", at_least(0));
+    v("examples_per_group", examples_per_group,
+      "tokens per routing group T = int(L * examples_per_group)", above(0));
+    v("min_expert_capacity", min_expert_capacity, "C = max(capacity rule, this)", at_least(0));
+    v("dropless", dropless, "tokens_choose: no capacity limit, nothing dropped");
+    v("expert_capacity_dim", expert_capacity_dim, "top2: lingvo's c_dim (0: from the factor)",
+      at_least(0));
+    v("seed", seed, "initialisation, dropout and jitter streams");
+  }
+  void after_read(const nlohmann::json&) { router.num_experts = experts.num_experts; }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static MoeLayerConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
   void validate() const;
   CapacityRule capacity_rule(bool training) const;
@@ -104,7 +122,13 @@ class MoeLayer {
 struct MoeLayerWithBackboneConfig {
   MoeLayerConfig moe;
   FeedForwardConfig backbone;  // d_ff = backbone_d_ff
-  nlohmann::json to_json() const;
+
+  template <class V>
+  void fields(V& v) {
+    v("moe", moe, "the MoE layer");
+    v("backbone", backbone, "the dense FFN added to its output");
+  }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static MoeLayerWithBackboneConfig from_json(const nlohmann::json& j);
 };
 

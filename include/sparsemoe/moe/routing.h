@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/moe/routing_plan.h"
 
@@ -20,6 +21,8 @@ namespace sparsemoe {
 enum class RouterType { kExpertsChoose, kTokensChoose, kTop2 };
 std::string router_type_name(RouterType t);
 RouterType parse_router_type(const std::string& name);
+void to_json(nlohmann::json& j, RouterType t);           // as its name
+void from_json(const nlohmann::json& j, RouterType& t);  // from its name; ConfigError otherwise
 
 enum class SecondExpertPolicy {
   kAll,       // greedy: the second-largest gate
@@ -28,6 +31,8 @@ enum class SecondExpertPolicy {
 };
 std::string second_expert_policy_name(SecondExpertPolicy p);
 SecondExpertPolicy parse_second_expert_policy(const std::string& name);
+void to_json(nlohmann::json& j, SecondExpertPolicy p);
+void from_json(const nlohmann::json& j, SecondExpertPolicy& p);
 
 // lingvo Top-2 options (spec §8).
 struct Top2Options {
@@ -35,12 +40,27 @@ struct Top2Options {
   double second_expert_threshold = 0.0;     // for kRandom; values below 1e-9 act as 1e-9
   bool legacy_mtf_behavior = true;          // renormalise the two gates before the capacity drop
   std::vector<int64_t> expert_padding_idx;  // experts that never receive tokens (logit -> -0.7*max)
+
+  template <class V>
+  void fields(V& v) {
+    v("second_expert_policy", second_expert_policy,
+      "top2: all (greedy), sampling (Gumbel-max) or random (kept with probability gate2 / "
+      "threshold)",
+      one_of({"all", "sampling", "random"}));
+    v("second_expert_threshold", second_expert_threshold,
+      "top2, random policy: values below 1e-9 act as 1e-9", at_least(0));
+    v("legacy_mtf_behavior", legacy_mtf_behavior,
+      "top2: renormalise the two gates before the capacity drop");
+    v("expert_padding_idx", expert_padding_idx,
+      "top2: experts that never receive tokens (their logits set to -0.7 * max float)",
+      at_least(0));
+  }
 };
 
 struct RouterConfig {
   RouterType type = RouterType::kExpertsChoose;
   int64_t num_experts = 1;
-  int64_t num_selected_experts = 1;        // k, tokens-choose only
+  int64_t num_selected_experts = 1;        // k, tokens-choose only (top2: 2)
   bool batch_prioritized_routing = false;  // tokens-choose only
   bool use_bias = true;                    // tf-models: Dense with bias
   double jitter_noise = 0.0;
@@ -51,7 +71,31 @@ struct RouterConfig {
   bool local_dispatch = true;   // top2 only; false: all groups are gated as one merged group
   bool sample_in_eval = false;  // top2 only: the sampling/random policies also draw in eval
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    v("type", type, "the router kind (docs/routers.md)",
+      one_of({"experts_choose", "tokens_choose", "top2"}));
+    v("num_experts", num_experts, "E", at_least(1));
+    v("num_selected_experts", num_selected_experts,
+      "k, experts per token: tokens_choose (default 1); top2 always 2 (its default)", at_least(1));
+    v("batch_prioritized_routing", batch_prioritized_routing,
+      "tokens_choose: fill capacity in order of router confidence, not token position");
+    v("use_bias", use_bias, "a bias on the router's logits (lingvo's gate has none)");
+    v("jitter_noise", jitter_noise, "training: x *= uniform(1 - eps, 1 + eps) before the router",
+      in_half_open(0, 1));
+    v("router_z_loss_weight", router_z_loss_weight, "weight of the router z-loss in the loss",
+      at_least(0));
+    v("load_balancing_loss_weight", load_balancing_loss_weight,
+      "weight of the load-balancing loss (tokens_choose, top2)", at_least(0));
+    v("kernel_init_stddev", kernel_init_stddev, "TruncatedNormal stddev of the router kernel",
+      at_least(0));
+    top2.fields(v);  // flat: the top2 options sit beside the others
+    v("local_dispatch", local_dispatch, "top2: false gates all groups as one merged group");
+    v("sample_in_eval", sample_in_eval, "top2: the sampling / random policies draw in eval too");
+  }
+  // After reading JSON: k defaults to the kind's own (2 for top2) when the JSON leaves it out.
+  void after_read(const nlohmann::json& j);
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static RouterConfig from_json(const nlohmann::json& j);  // strict: unknown keys are errors
   void validate() const;                                   // includes the kind's own rules
 };

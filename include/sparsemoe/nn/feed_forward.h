@@ -25,10 +25,23 @@ struct FeedForwardConfig {
   double kernel_init_stddev = 0.02;  // TruncatedNormal; biases start at 0
   bool glu = false;  // GLU variant: intermediate kernel [H, 2F], a = act(first half) * second
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    v("d_ff", d_ff, "F, the inner width", at_least(1));
+    v("activation", activation, "the inner activation (gelu: exact, erf)",
+      one_of({"relu", "gelu", "gelu_tanh", "linear", "tanh"}));
+    v("inner_dropout", inner_dropout, "dropout on the activation", in_half_open(0, 1));
+    v("output_dropout", output_dropout, "dropout on the output", in_half_open(0, 1));
+    v("use_bias", use_bias, "biases on both projections");
+    v("kernel_init_stddev", kernel_init_stddev, "TruncatedNormal stddev of the kernels",
+      at_least(0));
+    v("glu", glu, "GLU: kernel [H, 2F], a = act(first half) * second half");
+  }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static FeedForwardConfig from_json(const nlohmann::json& j);
-  void read_fields(JsonFields& f);  // shared with FeedForwardExpertsConfig (moe/experts.h)
-  void validate(const std::string& where) const;
+  void validate(const std::string& where = "FeedForwardConfig") const {
+    check_fields(*this, where);
+  }
 };
 
 // Weights and gradients of E stacked FFNs (E = 1 for the dense layer).

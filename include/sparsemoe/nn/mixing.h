@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@ namespace sparsemoe {
 enum class MixingMechanism { kLinear, kFourier, kHartley };
 std::string mixing_mechanism_name(MixingMechanism m);
 MixingMechanism parse_mixing_mechanism(const std::string& name);  // "linear", "fourier", "hartley"
+void to_json(nlohmann::json& j, MixingMechanism m);
+void from_json(const nlohmann::json& j, MixingMechanism& m);
 
 class MixingLayer {
  public:

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/nn/layer_common.h"
 
@@ -25,7 +26,20 @@ struct AdamWConfig {
   double clip_norm = 1.0;   // global gradient norm limit; 0: no clipping
   std::vector<std::string> no_decay = {"layer_norm", "bias"};
 
-  nlohmann::json to_json() const;
+  template <class V>
+  void fields(V& v) {
+    v("learning_rate", learning_rate, "peak learning rate", at_least(0));
+    v("beta1", beta1, "Adam beta1", in_half_open(0, 1));
+    v("beta2", beta2, "Adam beta2", in_half_open(0, 1));
+    v("epsilon", epsilon, "Adam epsilon", above(0));
+    v("weight_decay", weight_decay, "decoupled weight decay", at_least(0));
+    v("warmup_steps", warmup_steps, "linear warm-up steps", at_least(0));
+    v("total_steps", total_steps, "linear decay to 0 at this step (0: the phase's steps)",
+      at_least(0));
+    v("clip_norm", clip_norm, "global gradient norm limit (0: no clipping)", at_least(0));
+    v("no_decay", no_decay, "parameters whose name contains one of these get no weight decay");
+  }
+  nlohmann::json to_json() const { return config_to_json(*this); }
   static AdamWConfig from_json(const nlohmann::json& j);  // strict keys
   void validate() const;
 };

@@ -22,11 +22,24 @@ struct DataConfig {
   std::string path;                // wordnet: the dict directory ("" = /usr/share/wordnet)
   std::string pretrain_text;       // optional plain-text file for pretraining; "" = the
                                    // classification corpus's training texts
+  template <class V>
+  void fields(V& v) {
+    v("format", format, "wordnet (WordNet 3.0 glosses) or tsv (label<TAB>text)",
+      one_of({"wordnet", "tsv"}));
+    v("path", path, "wordnet: the dict directory (\"\": /usr/share/wordnet); tsv: the file");
+    v("pretrain_text", pretrain_text, "plain text for pretraining (\"\": the training texts)");
+  }
 };
 
 struct PhaseConfig {
   int64_t steps = 0;      // 0 skips the phase
   AdamWConfig optimizer;  // total_steps 0 means `steps` (linear decay to 0 at the phase's end)
+
+  template <class V>
+  void fields(V& v) {
+    v("steps", steps, "optimizer steps (0 skips the phase)", at_least(0));
+    v("optimizer", optimizer, "AdamW and its schedule");
+  }
 };
 
 struct TrainConfig {
@@ -36,8 +49,6 @@ struct TrainConfig {
   MlmOptions mlm;
   PhaseConfig pretrain, finetune;
   int64_t batch_size = 32;
-  double aux_loss_factor = 0.01;  // x sum of the MoE layers' load-balancing losses
-  double z_loss_factor = 1e-4;    // x sum of their router z-losses
   double classifier_dropout = 0.1;
   int64_t log_every = 50;          // steps between metrics.jsonl records (and plain log lines)
   int64_t eval_every = 500;        // steps between dev evaluations (0: only at phase ends)
@@ -45,15 +56,41 @@ struct TrainConfig {
   int64_t checkpoint_every = 500;  // steps between checkpoints (0: only at phase ends)
   uint64_t seed = 0;
 
+  template <class V>
+  void fields(V& v) {
+    v("model", model, "the network: a preset name, a config file or an object");
+    v("data", data, "the corpus");
+    v("tokenizer", tokenizer, "the tokenizer trained on it");
+    v("mlm", mlm, "masked-LM corruption in pretraining");
+    v("pretrain", pretrain, "phase 1: masked-LM pretraining");
+    v("finetune", finetune, "phase 2: classification fine-tuning");
+    v("batch_size", batch_size, "sequences per step", at_least(1));
+    v("classifier_dropout", classifier_dropout, "dropout before the classifier",
+      in_half_open(0, 1));
+    v("log_every", log_every, "steps between metrics.jsonl records", at_least(1));
+    v("eval_every", eval_every, "steps between dev evaluations (0: at phase ends)", at_least(0));
+    v("eval_batches", eval_batches, "dev batches per evaluation (0: all)", at_least(0));
+    v("checkpoint_every", checkpoint_every, "steps between checkpoints (0: at phase ends)",
+      at_least(0));
+    v("seed", seed, "initialisation, data order, dropout");
+  }
   int64_t total_steps() const { return pretrain.steps + finetune.steps; }
   // The optimizer of a phase with total_steps resolved.
   AdamWConfig optimizer_for(const PhaseConfig& phase) const;
-  nlohmann::json to_json() const;
+  nlohmann::json to_json() const { return config_to_json(*this); }
   // "model" may be a preset name, a model config file path or an object. An object without
-  // vocab_size gets the tokenizer's. The router's loss weights are set from the two factors.
+  // vocab_size gets the tokenizer's.
   static TrainConfig from_json(const nlohmann::json& j);
   void validate() const;
 };
+
+// A run directory's config.json as an older sparsemoe wrote it (before issue 11 nested the MoE
+// keys): model.num_experts, the capacity factors, examples_per_group, min_expert_capacity and
+// router move into model.moe, and the training's aux_loss_factor / z_loss_factor become the
+// router's loss weights, which they used to overwrite. Runs read their config.json through this,
+// so an existing run can still be resumed, evaluated and inspected; a config a user writes gets
+// no such help: its old keys are errors naming the new place.
+nlohmann::json upgrade_run_config(nlohmann::json j);
 
 // Reads a training config file, applies "key=value" overrides (dotted paths; a string "model" is
 // expanded to its object first so "model.num_experts=8" works) and parses it strictly.

@@ -9,7 +9,6 @@
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/lingvo/gshard_gating.h"
 #include "sparsemoe/moe/dispatch.h"
-#include "sparsemoe/moe/moe_reference.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -167,10 +166,36 @@ TEST(Top2GatingLayer, SentenceGateWithExpertsSparseEqualsEinsumAndGradients) {
     return dot(y, r) + gc.aux_loss_weight * aux;
   };
   loss();
-  Tensor yr({2, 6, 6});
-  MoeReferenceState ref;
-  moe_reference_forward(experts.weights().params(), gate.plan(), x.data(), yr.data(), {}, ref);
-  EXPECT_LT(test::normalized_error(y, yr), 1e-5);
+  // The einsum form: expert_in = gsec,gsm->egcm over the gate's dense dispatch [G, S, E, C], the
+  // experts' dense API on every slot, y = gsec,egcm->gsm over the dense combine.
+  Tensor dispatch, combine;
+  gate.dense(dispatch, combine);
+  const int64_t G = dispatch.dim(0), S = dispatch.dim(1), E = 3, C = dispatch.dim(3), M = 6;
+  Tensor expert_in({G, E, C, M}), expert_out, yr({2, 6, 6});
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t cc = 0; cc < C; ++cc)
+        for (int64_t m = 0; m < M; ++m) {
+          double acc = 0;
+          for (int64_t s = 0; s < S; ++s)
+            acc += dispatch[((g * S + s) * E + e) * C + cc] * x[(g * S + s) * M + m];
+          expert_in[((g * E + e) * C + cc) * M + m] = static_cast<float>(acc);
+        }
+  FeedForwardExperts dense_experts(ec, 6, 11);  // the same seed: the same weights
+  dense_experts.forward(expert_in, expert_out, {});
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t m = 0; m < M; ++m) {
+        double acc = 0;
+        for (int64_t e = 0; e < E; ++e)
+          for (int64_t cc = 0; cc < C; ++cc)
+            acc += combine[((g * S + s) * E + e) * C + cc] *
+                   expert_out[((g * E + e) * C + cc) * M + m];
+        yr[(g * S + s) * M + m] = static_cast<float>(acc);
+      }
+  Tensor y_eval({2, 6, 6});  // the sparse path in eval, as the dense call above
+  experts_forward(gate.plan(), experts, x.data(), y_eval.data(), {}, rows);
+  EXPECT_LT(test::normalized_error(y_eval, yr), 1e-5);
   Tensor dx({2, 6, 6});
   for (auto& p : gate.params()) p.grad->zero();
   zero_grads(experts.params());

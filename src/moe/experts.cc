@@ -6,12 +6,11 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/moe/streams.h"
 
 namespace sparsemoe {
 
-namespace {
-constexpr uint64_t kInnerDropoutTag = 0x46464531, kOutputDropoutTag = 0x46464532;
-}
+using moe_streams::kInnerDropoutTag, moe_streams::kOutputDropoutTag;
 
 FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::json& j) {
   FeedForwardExpertsConfig c;

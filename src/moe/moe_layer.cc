@@ -5,16 +5,11 @@
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/moe/streams.h"
 
 namespace sparsemoe {
 
-namespace {
-
-constexpr uint64_t kRouterTag = 0x524f5554, kExpertsTag = 0x45585054, kJitterTag = 0x4a495454;
-constexpr uint64_t kBackboneTag = 0x4241434b, kGateInitTag = 0x524f55544552ull;
-constexpr uint64_t kTop2Stream = 0x544f5032;
-
-}  // namespace
+using namespace moe_streams;
 
 MoeLayerConfig MoeLayerConfig::from_json(const nlohmann::json& j) {
   MoeLayerConfig c;
@@ -102,15 +97,9 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
                              derive_key(key, kTop2Stream), act_.routing);
   const RoutingPlan& plan = act_.routing.plan;
 
-  // Dispatch -> experts -> combine (or the masked-einsum reference).
+  // Dispatch -> experts -> combine.
   y.resize(x.shape());
-  if (path_ == MoePath::kMaskedEinsum) {
-    act_.ref_drop = experts_.dropout(opt, nullptr);  // the sparse path's streams, dense slot ids
-    moe_reference_forward(experts_.weights().params(), plan, x.data(), y.data(), act_.ref_drop,
-                          act_.ref);
-  } else {
-    experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts);
-  }
+  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts);
 
   MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;
@@ -124,17 +113,7 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
   // Combine -> experts -> dispatch backward: dx from the experts, a gradient per plan row.
-  if (path_ == MoePath::kMaskedEinsum) {
-    act_.dcombine.resize({N, E});
-    moe_reference_backward(experts_.weights().params(), plan, dy.data(), dx.data(),
-                           act_.dcombine.data(), act_.ref_drop, act_.ref,
-                           experts_.weights().grads());
-    act_.experts.dweight.resize(plan.rows());
-    for (int64_t r = 0; r < plan.rows(); ++r)
-      act_.experts.dweight[r] = act_.dcombine[plan.row_token[r] * E + plan.row_expert[r]];
-  } else {
-    experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts);
-  }
+  experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts);
   // Routing policy -> softmax and z-loss -> gate.
   act_.dlogits.resize({N, E});
   route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),

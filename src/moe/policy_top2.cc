@@ -13,12 +13,13 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/moe/streams.h"
 
 namespace sparsemoe {
 
 namespace {
 
-constexpr uint64_t kGumbelStream = 0x47554d42, kRandomStream = 0x52414e44;
+using moe_streams::kGumbelStream, moe_streams::kRandomStream;
 constexpr float kVeryNegative = -0.7f * std::numeric_limits<float>::max();
 
 class Top2 final : public RoutingPolicy {

@@ -1,5 +1,5 @@
 // Golden recorder for refactors that must not change a single bit: runs every MoE configuration
-// the tests use (each router kind and option, both MoE paths, the lingvo gates with experts, the
+// the tests use (each router kind and option, the lingvo gates with experts, the
 // tiny Sparse Mixer with each router), two training steps each on one layer object (so state
 // carried between calls is covered too), at 1 and 2 threads, and prints one JSON object: per case,
 // a 64-bit FNV-1a hash of every output, input gradient and parameter gradient, and the metrics.
@@ -285,17 +285,15 @@ json run_steps(Layer& layer, const LayerCase& lc) {
   return j;
 }
 
-json run_layer(const LayerCase& lc, MoePath path) {
+json run_layer(const LayerCase& lc) {
   if (lc.backbone) {
     MoeLayerWithBackboneConfig c;
     c.moe = lc.config;
     c.backbone.d_ff = lc.backbone_d_ff;
     MoeLayerWithBackbone layer(c);
-    layer.moe().set_path(path);
     return run_steps(layer, lc);
   }
   MoeLayer layer(lc.config);
-  layer.set_path(path);
   return run_steps(layer, lc);
 }
 
@@ -394,8 +392,7 @@ json run_network(RouterType type, bool compat) {
 json record_all() {
   json out = json::object();
   for (const LayerCase& lc : layer_cases()) {
-    out["layer/" + lc.name] = run_layer(lc, MoePath::kSparse);
-    out["reference/" + lc.name] = run_layer(lc, MoePath::kMaskedEinsum);
+    out["layer/" + lc.name] = run_layer(lc);
   }
   for (bool local : {true, false}) {
     const std::string d = local ? "" : "_merged";

@@ -14,7 +14,6 @@
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/moe/dispatch.h"
 #include "sparsemoe/moe/gate.h"
-#include "sparsemoe/moe/moe_reference.h"
 #include "sparsemoe/moe/routing.h"
 #include "sparsemoe/nn/feed_forward.h"
 #include "sparsemoe/nn/layer_common.h"
@@ -65,8 +64,6 @@ struct MoeMetrics : RouteResult {
   nlohmann::json to_json() const;
 };
 
-enum class MoePath { kSparse, kMaskedEinsum };
-
 // Everything one forward saves for its backward (llm.c's ActivationTensors). N = G*T = B*L.
 struct MoeActivations {
   Shape x_shape;  // [B, L, H]
@@ -77,10 +74,7 @@ struct MoeActivations {
   RoutingRecord routing;  // logits [N, E], probs [N, E], lse [N], the plan, the policy's state
   RouteResult routed;     // losses and metrics
   ExpertRows experts;     // dispatch -> FFN -> combine: xs, ys [R, H], h, a [R, F], row_ids [R]
-  MoeReferenceState ref;  // the masked-einsum path's dense tensors
-  FfnDropout ref_drop;    // its dropout keys
   // backward workspaces
-  Tensor dcombine;  // [N, E] reference path: gradient w.r.t. the dense combine weights
   Tensor dlogits;   // [N, E]
   Tensor dgate_in;  // [N, H]
 };
@@ -96,8 +90,6 @@ class MoeLayer {
   // scaling, gradient accumulation).
   void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
 
-  // kSparse (default): dispatch / per-expert GEMMs / combine. kMaskedEinsum: the reference.
-  void set_path(MoePath path) { path_ = path; }
   // Whether forward takes paddings (ForwardOptions::paddings): lingvo's top2 only.
   bool takes_paddings() const { return policy_->takes_paddings(); }
 
@@ -115,7 +107,6 @@ class MoeLayer {
   std::unique_ptr<RoutingPolicy> policy_;
   GateWeights gate_;
   FeedForwardExperts experts_;
-  MoePath path_ = MoePath::kSparse;
   MoeActivations act_;
 };
 

@@ -37,4 +37,12 @@ out=$(SPARSEMOE_SIMD=baseline "$bin" bench model --preset tiny --mode infer "${f
 err=$(SPARSEMOE_SIMD=sse9 "$bin" bench model --preset tiny "${fast[@]}" 2>&1 >/dev/null); status=$?
 [[ $status -eq 2 && "$err" == *"SPARSEMOE_SIMD: expected baseline, avx2 or avx512, got 'sse9'"* ]] ||
   { echo "FAIL: SPARSEMOE_SIMD=sse9 gave status $status, stderr: $err"; fail=1; }
+# `bench cases` times the harness's registered cases; an unmatched filter is an error.
+out=$("$bin" bench cases --filter moe/top2_glu --min-time 0 --json) ||
+  { echo "FAIL: bench cases exit status"; fail=1; }
+[[ "$out" == *'"case": "moe/top2_glu"'* && "$out" == *'"forward_backward_ms"'* ]] ||
+  { echo "FAIL: bench cases output $out"; fail=1; }
+err=$("$bin" bench cases --filter no_such_case 2>&1 >/dev/null); status=$?
+[[ $status -eq 2 && "$err" == *"no case name contains 'no_such_case'"* ]] ||
+  { echo "FAIL: bench cases --filter no_such_case gave status $status, stderr: $err"; fail=1; }
 exit $fail

@@ -54,15 +54,4 @@ inline MoeLayerConfig small_moe(RouterType type, int64_t E = 4, int64_t k = 1, d
   return c;
 }
 
-// Backward of `moe` (after a forward at the point of interest) for upstream gradient r, then dx
-// and every parameter gradient checked against central differences of loss().
-inline void check_moe_gradients(MoeLayer& moe, Tensor& x, const Tensor& r,
-                                const std::function<double()>& loss) {
-  Tensor dx;
-  zero_grads(moe.params());
-  moe.backward(r, dx);
-  check_gradient("x", x, dx, loss, 48);
-  for (auto& p : moe.params()) check_gradient(p.name, *p.value, *p.grad, loss, 32);
-}
-
 }  // namespace sparsemoe::test

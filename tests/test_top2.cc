@@ -1,6 +1,7 @@
 // lingvo Top-2 gating: the policies and their thresholds, reproducible sampling, paddings, the
-// capacity rule inside the layer, local_dispatch, expert padding, the sparse path against the
-// masked-einsum reference, finite-difference gradients and the errors for bad options.
+// capacity rule inside the layer, local_dispatch, expert padding and the errors for bad options.
+// The layer against the reference and finite differences, per policy: the harness's moe/top2*
+// cases (sparsemoe/cases/cases.h, tests/test_harness.cc).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +9,6 @@
 #include "moe_fixtures.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/moe/moe_layer.h"
-#include "sparsemoe/reference/moe_reference.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -226,115 +226,6 @@ TEST(Top2Layer, LocalDispatchFalseEqualsOneMergedGroup) {
   Tensor yc;
   EXPECT_EQ(mc.forward(x, yc, {true, 0}).num_groups, 4);
   EXPECT_FALSE(test::bitwise_equal(ya, yc));
-}
-
-struct Top2Case {
-  const char* name;
-  bool legacy;
-  SecondExpertPolicy policy;
-  bool paddings;
-};
-
-class Top2Paths : public ::testing::TestWithParam<Top2Case> {};
-
-Tensor padding_mask(int64_t B, int64_t L) {
-  Tensor p({B, L});
-  for (int64_t i = 0; i < B * L; ++i) p[i] = i % 5 == 3 ? 1.f : 0.f;
-  return p;
-}
-
-TEST_P(Top2Paths, SparseEqualsMaskedEinsum) {
-  const Top2Case tc = GetParam();
-  MoeLayerConfig c = top2_moe(tc.legacy, tc.policy, 3);
-  c.experts.inner_dropout = 0.2;  // lingvo's dropout on the hidden activations
-  c.router.load_balancing_loss_weight = 0.1;
-  MoeLayer sparse(c);
-  MoeReference ref(c);  // the plain-loop layer with its own lingvo Top-2 router
-  ref.copy_weights(sparse.params());
-  const Tensor pad = padding_mask(2, 8);
-  ForwardOptions opt{true, 4};
-  if (tc.paddings) opt.paddings = &pad;
-  Tensor x = random_tensor({2, 8, 8}, 7), r = random_tensor({2, 8, 8}, 8), ys, yr, dxs, dxr;
-  const MoeMetrics ms = sparse.forward(x, ys, opt), mr = ref.forward(x, yr, opt);
-  EXPECT_LT(test::normalized_error(ys, yr), 1e-5);
-  EXPECT_NEAR(ms.load_balancing_loss, mr.load_balancing_loss, 1e-6 * mr.load_balancing_loss);
-  EXPECT_EQ(ms.over_capacity_1_ratio, mr.over_capacity_1_ratio);
-  EXPECT_EQ(ms.over_capacity_2_ratio, mr.over_capacity_2_ratio);
-  EXPECT_EQ(ms.tokens_per_expert, mr.tokens_per_expert);
-  EXPECT_EQ(ms.fraction_tokens_left_behind, mr.fraction_tokens_left_behind);
-  for (int64_t n = 0; tc.paddings && n < 16; ++n) {
-    if (pad[n] != 1.f) continue;
-    for (int64_t h = 0; h < 8; ++h) EXPECT_EQ(ys[n * 8 + h], 0.f);
-  }
-  zero_grads(sparse.params());
-  zero_grads(ref.params());
-  sparse.backward(r, dxs);
-  ref.backward(r, dxr);
-  EXPECT_LT(test::normalized_error(dxs, dxr), 1e-5);
-  auto ps = sparse.params(), pr = ref.params();
-  for (size_t i = 0; i < ps.size(); ++i)
-    EXPECT_LT(test::normalized_error(*ps[i].grad, *pr[i].grad), 1e-5) << ps[i].name;
-}
-
-TEST_P(Top2Paths, GradientsMatchFiniteDifferences) {
-  const Top2Case tc = GetParam();
-  MoeLayerConfig c = top2_moe(tc.legacy, tc.policy, 3);
-  c.router.router_z_loss_weight = 0.05;
-  c.router.load_balancing_loss_weight = 0.2;
-  c.router.jitter_noise = 0.05;
-  c.experts.activation = "gelu";  // smooth, so finite differences are clean
-  MoeLayer moe(c);
-  const Tensor pad = padding_mask(2, 8);
-  ForwardOptions opt{true, 3};
-  if (tc.paddings) opt.paddings = &pad;
-  Tensor x = random_tensor({2, 8, 8}, 21), r = random_tensor({2, 8, 8}, 22), y;
-  auto loss = [&] {
-    const MoeMetrics m = moe.forward(x, y, opt);
-    return dot(y, r) + m.loss;
-  };
-  const MoeMetrics m = moe.forward(x, y, opt);
-  EXPECT_GT(m.over_capacity_1_ratio + m.over_capacity_2_ratio, 0.0) << "no capacity drop";
-  test::check_moe_gradients(moe, x, r, loss);
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Policies, Top2Paths,
-    ::testing::Values(Top2Case{"all_legacy", true, SecondExpertPolicy::kAll, false},
-                      Top2Case{"all", false, SecondExpertPolicy::kAll, false},
-                      Top2Case{"all_legacy_pad", true, SecondExpertPolicy::kAll, true},
-                      Top2Case{"all_pad", false, SecondExpertPolicy::kAll, true},
-                      Top2Case{"random_legacy", true, SecondExpertPolicy::kRandom, false},
-                      Top2Case{"random", false, SecondExpertPolicy::kRandom, true},
-                      Top2Case{"sampling_legacy", true, SecondExpertPolicy::kSampling, true}),
-    [](const auto& info) { return std::string(info.param.name); });
-
-// lingvo FeedForwardNetworksApplyGating's GLU variant (wi split in two), ReLU default replaced by
-// GELU so that finite differences are clean; no biases, as lingvo's sharded layer.
-TEST(Top2Layer, GluExpertsSparseEqualsReferenceAndGradients) {
-  MoeLayerConfig c = top2_moe(true, SecondExpertPolicy::kAll, 3);
-  c.experts.glu = true;
-  c.experts.use_bias = false;
-  c.experts.activation = "gelu";
-  MoeLayer sparse(c);
-  MoeReference ref(c);
-  ref.copy_weights(sparse.params());
-  EXPECT_EQ(find_weight(sparse.params(), "experts/intermediate/kernel").shape(),
-            (Shape{4, 8, 24}));  // [E, H, 2F]
-  Tensor x = random_tensor({2, 8, 8}, 31), r = random_tensor({2, 8, 8}, 32), ys, yr, dxr;
-  sparse.forward(x, ys, {true, 1});
-  ref.forward(x, yr, {true, 1});
-  EXPECT_LT(test::normalized_error(ys, yr), 1e-5);
-  zero_grads(ref.params());
-  ref.backward(r, dxr);
-  auto loss = [&] {
-    const double aux = sparse.forward(x, ys, {true, 1}).loss;
-    return dot(ys, r) + aux;
-  };
-  sparse.forward(x, ys, {true, 1});
-  test::check_moe_gradients(sparse, x, r, loss);
-  auto ps = sparse.params(), pr = ref.params();
-  for (size_t i = 0; i < ps.size(); ++i)
-    EXPECT_LT(test::normalized_error(*ps[i].grad, *pr[i].grad), 1e-5) << ps[i].name;
 }
 
 TEST(Top2Layer, BadInputGivesClearErrors) {

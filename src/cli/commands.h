@@ -15,5 +15,7 @@ void add_train_command(CLI::App& app, std::function<int()>& run);
 void add_run_commands(CLI::App& app, std::function<int()>& run);
 // `bench model`, registered under the `bench` subcommand.
 void add_bench_model_command(CLI::App& bench, std::function<int()>& run);
+// `bench cases`: the test harness's registered cases.
+void add_bench_cases_command(CLI::App& bench, std::function<int()>& run);
 
 }  // namespace sparsemoe::cli

@@ -1,0 +1,357 @@
+// The registered cases (see cases.h). Each MoE case is one configuration the tests used before
+// the harness existed, with the same inputs, so the finite-difference checks keep their
+// tie-free inputs; the reference mode now runs on every MoE case.
+#include "sparsemoe/cases/cases.h"
+
+#include <string>
+#include <utility>
+
+#include "sparsemoe/core/rng.h"
+#include "sparsemoe/moe/experts.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/nn/feed_forward.h"
+#include "sparsemoe/reference/moe_reference.h"
+
+namespace sparsemoe::cases {
+
+Tensor random_input(Shape shape, uint64_t seed) {
+  Tensor t(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = -1.f + 2.f * uniform01(seed, i);
+  return t;
+}
+
+namespace {
+
+// A layer with forward(x, y, opt) and backward(dy, dx) on one input.
+template <class Layer>
+class LayerSubject : public Subject {
+ public:
+  template <class... A>
+  LayerSubject(Tensor x, A&&... args) : layer(std::forward<A>(args)...), x_(std::move(x)) {}
+  double forward(const ForwardOptions& opt) override {
+    if constexpr (requires { layer.forward(x_, y_, opt).loss; }) {
+      ForwardOptions o = opt;
+      if (paddings.numel()) o.paddings = &paddings;
+      metrics = layer.forward(x_, y_, o);
+      return metrics.loss;
+    } else {
+      layer.forward(x_, y_, opt);
+      return 0;
+    }
+  }
+  std::vector<const Tensor*> outputs() override { return {&y_}; }
+  void backward(const std::vector<Tensor>& douts) override { layer.backward(douts.at(0), dx_); }
+  std::vector<Tensor*> inputs() override { return {&x_}; }
+  std::vector<const Tensor*> input_grads() override { return {&dx_}; }
+  std::vector<ParamRef> params() override { return layer.params(); }
+
+  Layer layer;
+  Tensor paddings;  // [B, L] for top2 cases, else empty
+  MoeMetrics metrics;
+
+ private:
+  Tensor x_, y_, dx_;
+};
+
+using MoeSubject = LayerSubject<MoeLayer>;
+using MoeReferenceSubject = LayerSubject<MoeReference>;
+
+MoeLayerConfig small_moe(RouterType type, int64_t k, double cf) {
+  MoeLayerConfig c;
+  c.hidden_size = 8;
+  c.experts.num_experts = c.router.num_experts = 4;
+  c.experts.d_ff = 12;
+  c.experts.activation = "gelu";
+  c.router.type = type;
+  c.router.num_selected_experts = type == RouterType::kTop2 ? 2 : k;
+  c.train_capacity_factor = c.eval_capacity_factor = cf;
+  c.seed = 1234;
+  c.router.kernel_init_stddev = 0.5;  // spread-out router probabilities
+  c.experts.kernel_init_stddev = 0.3;
+  return c;
+}
+
+MoeLayerConfig top2_moe(bool legacy, SecondExpertPolicy p) {
+  MoeLayerConfig c = small_moe(RouterType::kTop2, 2, 0.0);
+  c.router.use_bias = false;  // lingvo's gate
+  c.router.top2.legacy_mtf_behavior = legacy;
+  c.router.top2.second_expert_policy = p;
+  c.router.top2.second_expert_threshold = 0.5;
+  c.expert_capacity_dim = 3;
+  c.experts.activation = "relu";
+  return c;
+}
+
+Tensor padding_mask(int64_t B, int64_t L) {
+  Tensor p({B, L});
+  for (int64_t i = 0; i < B * L; ++i) p[i] = i % 5 == 3 ? 1.f : 0.f;
+  return p;
+}
+
+// Forward FLOPs of the experts on the routed rows, for the bench.
+double moe_flops(const MoeLayerConfig& c, int64_t tokens) {
+  const double k = c.router.type == RouterType::kTokensChoose
+                       ? static_cast<double>(c.router.num_selected_experts)
+                       : (c.router.type == RouterType::kTop2 ? 2.0 : 1.0);
+  const double F1 = c.experts.glu ? 2.0 * c.experts.d_ff : c.experts.d_ff;
+  return 2.0 * tokens * k * c.hidden_size * (F1 + c.experts.d_ff);
+}
+
+// A MoE case: the layer on input x (shape, seed), with its reference and its bad inputs.
+Case moe_case(std::string name, MoeLayerConfig c, Shape shape, uint64_t x_seed, bool pad = false) {
+  Case k;
+  k.name = std::move(name);
+  k.make = [=] {
+    auto s = std::make_unique<MoeSubject>(random_input(shape, x_seed), c);
+    if (pad) s->paddings = padding_mask(shape[0], shape[1]);
+    return s;
+  };
+  k.reference = [=](Subject& fast) -> std::unique_ptr<Subject> {
+    auto s = std::make_unique<MoeReferenceSubject>(random_input(shape, x_seed), c);
+    if (pad) s->paddings = padding_mask(shape[0], shape[1]);
+    s->layer.copy_weights(fast.params());
+    return s;
+  };
+  const int64_t H = c.hidden_size;
+  k.errors = {
+      {"x of the wrong width",
+       [=] {
+         MoeLayer m(c);
+         Tensor y;
+         m.forward(Tensor({shape[0], shape[1], H + 1}), y);
+       },
+       "InvalidArgument", "MoeLayer input: expected shape [B, L, H=" + std::to_string(H) + "]"},
+      {"backward before forward",
+       [=] {
+         MoeLayer m(c);
+         Tensor dx;
+         m.backward(Tensor(shape), dx);
+       },
+       "InvalidArgument", "call forward first"},
+      {"dy of the wrong shape",
+       [=] {
+         MoeLayer m(c);
+         Tensor y, dx;
+         ForwardOptions o;
+         Tensor p = padding_mask(shape[0], shape[1]);
+         if (pad) o.paddings = &p;
+         m.forward(random_input(shape, 1), y, o);
+         m.backward(Tensor({shape[0], shape[1] + 1, H}), dx);
+       },
+       "InvalidArgument", "argument 'dy'"},
+      {"negative capacity factor",
+       [=] {
+         MoeLayerConfig bad = c;
+         bad.train_capacity_factor = -1;
+         MoeLayer m(bad);
+       },
+       "ConfigError", "train_capacity_factor: expected >= 0, got -1"},
+  };
+  k.flops = moe_flops(c, shape[0] * shape[1]);
+  return k;
+}
+
+std::vector<Case> build() {
+  std::vector<Case> all;
+
+  // MoE layers with capacity drops, dropout, jitter and both losses: gradients and reference.
+  struct Grad {
+    const char* name;
+    RouterType type;
+    int64_t k;
+    double cf;
+    bool bpr;
+  };
+  for (const Grad& g : {Grad{"ec", RouterType::kExpertsChoose, 1, 0.5, false},
+                        Grad{"tc1", RouterType::kTokensChoose, 1, 0.5, false},
+                        Grad{"tc1_bpr", RouterType::kTokensChoose, 1, 0.5, true},
+                        Grad{"tc2", RouterType::kTokensChoose, 2, 0.75, true}}) {
+    MoeLayerConfig c = small_moe(g.type, g.k, g.cf);
+    c.router.batch_prioritized_routing = g.bpr;
+    c.router.jitter_noise = 0.05;
+    c.router.router_z_loss_weight = 0.05;
+    c.router.load_balancing_loss_weight = 0.2;
+    c.experts.inner_dropout = 0.1;
+    c.experts.output_dropout = 0.1;
+    Case k = moe_case(std::string("moe/drops/") + g.name, c, {2, 8, 8}, 21);
+    k.dout_seed = 22;
+    const bool tc = g.type == RouterType::kTokensChoose;
+    const int64_t kk = g.k;
+    k.precondition = [tc, kk](Subject& s) -> std::string {
+      auto& m = dynamic_cast<MoeSubject&>(s);
+      if (tc && m.layer.plan().rows() >= 16 * kk) return "no (token, expert) choice was dropped";
+      if (!tc && !(m.metrics.fraction_tokens_left_behind > 0)) return "no token was left behind";
+      return "";
+    };
+    all.push_back(std::move(k));
+  }
+
+  // Each router kind and option against the reference: dropout, jitter, losses, two groups.
+  struct Path {
+    RouterType type;
+    int64_t k;
+    double cf;
+    bool bpr, dropless;
+  };
+  for (const Path& p : {Path{RouterType::kExpertsChoose, 1, 1.0, false, false},
+                        Path{RouterType::kExpertsChoose, 1, 0.5, false, false},
+                        Path{RouterType::kTokensChoose, 1, 1.0, true, false},
+                        Path{RouterType::kTokensChoose, 2, 1.0, false, false},
+                        Path{RouterType::kTokensChoose, 2, 0.5, true, false},
+                        Path{RouterType::kTokensChoose, 3, 1.0, true, true}}) {
+    MoeLayerConfig c = small_moe(p.type, p.k, p.cf);
+    c.router.batch_prioritized_routing = p.bpr;
+    c.dropless = p.dropless;
+    c.router.jitter_noise = 0.1;
+    c.experts.inner_dropout = 0.2;
+    c.experts.output_dropout = 0.1;
+    c.router.router_z_loss_weight = 0.01;
+    c.router.load_balancing_loss_weight = 0.1;
+    c.examples_per_group = 2;
+    const std::string name = std::string(p.type == RouterType::kExpertsChoose ? "ec" : "tc") +
+                             "_k" + std::to_string(p.k) + "_cf" +
+                             std::to_string(static_cast<int>(p.cf * 100)) + (p.bpr ? "_bpr" : "") +
+                             (p.dropless ? "_dropless" : "");
+    Case k = moe_case("moe/paths/" + name, c, {4, 6, 8}, 3);
+    k.dout_seed = 4;
+    k.options = {true, 7};
+    k.gradient = GradientCheck::kNone;  // routing ties under a step: the drops cases above cover it
+    all.push_back(std::move(k));
+  }
+
+  // lingvo's Top-2: each policy, legacy or not, with paddings: reference, and gradients with
+  // capacity drops present.
+  struct Top2 {
+    const char* name;
+    bool legacy;
+    SecondExpertPolicy policy;
+    bool paddings;
+  };
+  for (const Top2& t : {Top2{"all_legacy", true, SecondExpertPolicy::kAll, false},
+                        Top2{"all", false, SecondExpertPolicy::kAll, false},
+                        Top2{"all_legacy_pad", true, SecondExpertPolicy::kAll, true},
+                        Top2{"all_pad", false, SecondExpertPolicy::kAll, true},
+                        Top2{"random_legacy", true, SecondExpertPolicy::kRandom, false},
+                        Top2{"random", false, SecondExpertPolicy::kRandom, true},
+                        Top2{"sampling_legacy", true, SecondExpertPolicy::kSampling, true}}) {
+    MoeLayerConfig c = top2_moe(t.legacy, t.policy);
+    c.experts.inner_dropout = 0.2;  // lingvo's dropout on the hidden activations
+    c.router.load_balancing_loss_weight = 0.1;
+    Case k = moe_case(std::string("moe/top2/") + t.name, c, {2, 8, 8}, 7, t.paddings);
+    k.dout_seed = 8;
+    k.options = {true, 4};
+    k.gradient = GradientCheck::kNone;
+    if (t.paddings)
+      k.precondition = [](Subject& s) -> std::string {
+        const Tensor& y = *s.outputs()[0];
+        const Tensor& pad = dynamic_cast<MoeSubject&>(s).paddings;
+        for (int64_t n = 0; n < pad.numel(); ++n)
+          for (int64_t h = 0; pad[n] == 1.f && h < 8; ++h)
+            if (y[n * 8 + h] != 0.f) return "a padding token has a nonzero output";
+        return "";
+      };
+    all.push_back(std::move(k));
+
+    MoeLayerConfig g = top2_moe(t.legacy, t.policy);
+    g.router.router_z_loss_weight = 0.05;
+    g.router.load_balancing_loss_weight = 0.2;
+    g.router.jitter_noise = 0.05;
+    g.experts.activation = "gelu";  // smooth, so finite differences are clean
+    Case kg = moe_case(std::string("moe/top2_drops/") + t.name, g, {2, 8, 8}, 21, t.paddings);
+    kg.dout_seed = 22;
+    kg.precondition = [](Subject& s) -> std::string {
+      const MoeMetrics& m = dynamic_cast<MoeSubject&>(s).metrics;
+      return m.over_capacity_1_ratio + m.over_capacity_2_ratio > 0 ? "" : "no capacity drop";
+    };
+    all.push_back(std::move(kg));
+  }
+
+  // lingvo's GLU experts (wi split in two), no biases, GELU.
+  {
+    MoeLayerConfig c = top2_moe(true, SecondExpertPolicy::kAll);
+    c.experts.glu = true;
+    c.experts.use_bias = false;
+    c.experts.activation = "gelu";
+    Case k = moe_case("moe/top2_glu", c, {2, 8, 8}, 31);
+    k.dout_seed = 32;
+    k.options = {true, 1};
+    k.precondition = [](Subject& s) -> std::string {
+      const Shape want{4, 8, 24};  // [E, H, 2F]
+      return find_weight(s.params(), "experts/intermediate/kernel").shape() == want
+                 ? ""
+                 : "the GLU intermediate kernel is not [E, H, 2F]";
+    };
+    all.push_back(std::move(k));
+  }
+
+  // The dense FeedForward with each activation and the GLU variant, dropout on.
+  for (const char* act : {"relu", "gelu", "gelu_tanh", "glu_gelu"}) {
+    FeedForwardConfig c;
+    c.d_ff = 10;
+    c.glu = std::string(act) == "glu_gelu";
+    c.activation = c.glu ? "gelu" : act;
+    c.inner_dropout = 0.2;
+    c.output_dropout = 0.1;
+    c.kernel_init_stddev = 0.4;
+    Case k;
+    k.name = std::string("nn/feed_forward/") + act;
+    k.make = [c] {
+      return std::make_unique<LayerSubject<FeedForward>>(random_input({2, 3, 6}, 1), c, 6, 3);
+    };
+    k.options = {true, 5};
+    k.dout_seed = 2;
+    k.input_samples = k.param_samples = 24;
+    k.errors = {{"x of the wrong width",
+                 [c] {
+                   FeedForward f(c, 6, 3);
+                   Tensor y;
+                   f.forward(Tensor({2, 3, 7}), y);
+                 },
+                 "InvalidArgument", "FeedForward input: expected shape [..., H=6]"},
+                {"d_ff 0",
+                 [c] {
+                   FeedForwardConfig bad = c;
+                   bad.d_ff = 0;
+                   FeedForward f(bad, 6, 3);
+                 },
+                 "ConfigError", "d_ff: expected >= 1, got 0"}};
+    k.flops = 2.0 * 6 * 6 * (c.glu ? 3 : 2) * c.d_ff;
+    all.push_back(std::move(k));
+  }
+
+  // FeedForwardExperts' dense API ([G, E, C, H], every slot computed).
+  {
+    FeedForwardExpertsConfig c;
+    c.num_experts = 3;
+    c.d_ff = 7;
+    c.inner_dropout = 0.1;
+    c.kernel_init_stddev = 0.4;
+    Case k;
+    k.name = "moe/experts_dense";
+    k.make = [c] {
+      return std::make_unique<LayerSubject<FeedForwardExperts>>(random_input({2, 3, 4, 5}, 1), c, 5,
+                                                                9);
+    };
+    k.options = {true, 1};
+    k.dout_seed = 2;
+    k.input_samples = k.param_samples = 24;
+    k.errors = {{"x without the expert axis",
+                 [c] {
+                   FeedForwardExperts f(c, 5, 9);
+                   Tensor y;
+                   f.forward(Tensor({2, 4, 5}), y);
+                 },
+                 "InvalidArgument", "FeedForwardExperts input: expected shape [G, E=3, C, H=5]"}};
+    all.push_back(std::move(k));
+  }
+  return all;
+}
+
+}  // namespace
+
+const std::vector<Case>& registry() {
+  static const std::vector<Case> all = build();
+  return all;
+}
+
+}  // namespace sparsemoe::cases

@@ -1,6 +1,6 @@
 // Mixing layers: TFM-MIX1 (linear, all ones), the DFT-matrix path against the FFT path and both
 // against a direct complex-double DFT (TFM-MIX2, GR-L3 properties), the FFT length guard (GR-L4),
-// finite-difference gradients, and the fixed-length error.
+// and the fixed-length error. Gradients of each mechanism and path: the harness's nn/mixing cases.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -64,25 +64,6 @@ TEST(Mixing, FftLengthGuard) {  // GR-L4
     EXPECT_NE(std::string(e.what()).find("must be a power of 2"), std::string::npos);
   }
   EXPECT_NO_THROW(MixingLayer(MixingMechanism::kFourier, 8192, 2, true));
-}
-
-TEST(Mixing, GradientsMatchFiniteDifferences) {
-  for (auto mech : {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley})
-    for (bool fft : {false, true}) {
-      if (mech == MixingMechanism::kLinear && fft) continue;
-      MixingLayer m(mech, 5, 4, fft, 0.5, 7);
-      Tensor x = random_tensor({2, 5, 4}, 1), r = random_tensor({2, 5, 4}, 2), y, dx;
-      auto loss = [&] {
-        m.forward(x, y);
-        return test::dot(y, r);
-      };
-      loss();
-      zero_grads(m.params());
-      m.backward(r, dx);
-      const std::string what = mixing_mechanism_name(mech) + (fft ? " fft" : "");
-      test::check_gradient(what + " x", x, dx, loss, 40);
-      for (auto& p : m.params()) test::check_gradient(what + " " + p.name, *p.value, *p.grad, loss);
-    }
 }
 
 TEST(Mixing, WrongLengthIsAClearError) {

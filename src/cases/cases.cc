@@ -9,7 +9,11 @@
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/moe/experts.h"
 #include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/nn/attention.h"
+#include "sparsemoe/nn/dense.h"
 #include "sparsemoe/nn/feed_forward.h"
+#include "sparsemoe/nn/layer_norm.h"
+#include "sparsemoe/nn/mixing.h"
 #include "sparsemoe/reference/moe_reference.h"
 
 namespace sparsemoe::cases {
@@ -34,19 +38,29 @@ class LayerSubject : public Subject {
       if (paddings.numel()) o.paddings = &paddings;
       metrics = layer.forward(x_, y_, o);
       return metrics.loss;
-    } else {
+    } else if constexpr (requires { layer.forward(x_, y_, opt); }) {
       layer.forward(x_, y_, opt);
-      return 0;
+    } else if constexpr (requires { layer.forward(x_, &mask, y_, opt); }) {
+      layer.forward(x_, mask.numel() ? &mask : nullptr, y_, opt);
+    } else {
+      layer.forward(x_, y_);
     }
+    return 0;
   }
   std::vector<const Tensor*> outputs() override { return {&y_}; }
-  void backward(const std::vector<Tensor>& douts) override { layer.backward(douts.at(0), dx_); }
+  void backward(const std::vector<Tensor>& douts) override {
+    if constexpr (requires { layer.backward(douts.at(0), &dx_); })
+      layer.backward(douts.at(0), &dx_);
+    else
+      layer.backward(douts.at(0), dx_);
+  }
   std::vector<Tensor*> inputs() override { return {&x_}; }
   std::vector<const Tensor*> input_grads() override { return {&dx_}; }
   std::vector<ParamRef> params() override { return layer.params(); }
 
   Layer layer;
   Tensor paddings;  // [B, L] for top2 cases, else empty
+  Tensor mask;      // [B, L, L] for attention cases, else empty
   MoeMetrics metrics;
 
  private:
@@ -342,6 +356,116 @@ std::vector<Case> build() {
                    f.forward(Tensor({2, 4, 5}), y);
                  },
                  "InvalidArgument", "FeedForwardExperts input: expected shape [G, E=3, C, H=5]"}};
+    all.push_back(std::move(k));
+  }
+
+  // LayerNorm with non-trivial gamma and beta, and at a width that splits over threads.
+  for (const bool wide : {false, true}) {
+    Case k;
+    const int64_t H = wide ? 130 : 5;
+    const Shape shape = wide ? Shape{64, 130} : Shape{2, 3, 5};
+    k.name = wide ? "nn/layer_norm/wide" : "nn/layer_norm/small";
+    k.make = [=] {
+      auto s = std::make_unique<LayerSubject<LayerNorm>>(random_input(shape, wide ? 7 : 5), H,
+                                                         wide ? 1e-12 : 1e-5);
+      if (!wide) {
+        s->layer.gamma = random_input({5}, 3);
+        for (int64_t i = 0; i < 5; ++i) s->layer.gamma[i] = 1.f + 0.5f * s->layer.gamma[i];
+        s->layer.beta = random_input({5}, 4);
+      }
+      return s;
+    };
+    k.dout_seed = wide ? 8 : 6;
+    k.input_samples = 30, k.param_samples = 24;
+    if (wide) k.gradient = GradientCheck::kNone;  // the small one checks it; this one threads
+    k.errors = {{"x of the wrong width",
+                 [=] {
+                   LayerNorm ln(H);
+                   Tensor y;
+                   ln.forward(Tensor({2, H + 1}), y);
+                 },
+                 "InvalidArgument",
+                 "LayerNorm input: expected shape [..., H=" + std::to_string(H) + "]"}};
+    all.push_back(std::move(k));
+  }
+
+  // Dense with each activation, with and without bias.
+  for (Activation act : {Activation::kLinear, Activation::kTanh, Activation::kGeluTanh})
+    for (bool bias : {true, false}) {
+      Case k;
+      k.name = "nn/dense/" + activation_name(act) + (bias ? "_bias" : "");
+      k.make = [=] {
+        return std::make_unique<LayerSubject<Dense>>(random_input({3, 4}, 1), 4, 6, act, bias, 0.5,
+                                                     7);
+      };
+      k.dout_seed = 2;
+      k.input_samples = k.param_samples = 24;
+      k.errors = {{"x of the wrong width",
+                   [=] {
+                     Dense d(4, 6, act, bias, 0.5, 7);
+                     Tensor y;
+                     d.forward(Tensor({3, 5}), y);
+                   },
+                   "InvalidArgument", "Dense input: expected shape [..., 4]"}};
+      all.push_back(std::move(k));
+    }
+
+  // Token mixing: linear, and Fourier / Hartley by DFT matrix and by FFT.
+  for (auto mech : {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley})
+    for (bool fft : {false, true}) {
+      if (mech == MixingMechanism::kLinear && fft) continue;
+      Case k;
+      k.name = "nn/mixing/" + mixing_mechanism_name(mech) + (fft ? "_fft" : "");
+      k.make = [=] {
+        return std::make_unique<LayerSubject<MixingLayer>>(random_input({2, 5, 4}, 1), mech, 5, 4,
+                                                           fft, 0.5, 7);
+      };
+      k.dout_seed = 2;
+      k.input_samples = 40, k.param_samples = 24;
+      k.errors = {{"x of another length",
+                   [=] {
+                     MixingLayer m(mech, 5, 4, fft, 0.5, 7);
+                     Tensor y;
+                     m.forward(Tensor({2, 6, 4}), y);
+                   },
+                   "InvalidArgument", "expected shape [B, L=5, H=4] (the mixing length is fixed)"}};
+      all.push_back(std::move(k));
+    }
+
+  // Self-attention with a fully masked row, a masked key and attention dropout.
+  {
+    Case k;
+    k.name = "nn/attention/masked";
+    k.make = [] {
+      auto s = std::make_unique<LayerSubject<SelfAttention>>(random_input({2, 4, 6}, 4), 6, 3, 0.25,
+                                                             0.4, 3);
+      s->mask = Tensor({2, 4, 4}, 1.f);
+      for (int64_t j = 0; j < 4; ++j) s->mask[(0 * 4 + 2) * 4 + j] = 0.f;  // a fully masked row
+      s->mask[(1 * 4 + 1) * 4 + 3] = 0.f;
+      return s;
+    };
+    k.options = {true, 7};
+    k.dout_seed = 5;
+    k.input_samples = 48, k.param_samples = 16;
+    k.errors = {{"x of the wrong width",
+                 [] {
+                   SelfAttention a(6, 3);
+                   Tensor y;
+                   a.forward(Tensor({2, 4, 5}), nullptr, y);
+                 },
+                 "InvalidArgument", "SelfAttention input: expected shape [B, L, H=6]"},
+                {"heads not dividing H", [] { SelfAttention a(8, 3); }, "InvalidArgument",
+                 "SelfAttention"}};
+    all.push_back(k);
+    // Wider, unmasked, for the determinism mode.
+    k.name = "nn/attention/threads";
+    k.make = [] {
+      return std::make_unique<LayerSubject<SelfAttention>>(random_input({3, 7, 8}, 6), 8, 4, 0.1,
+                                                           0.3, 8);
+    };
+    k.options = {true, 1};
+    k.dout_seed = 7;
+    k.gradient = GradientCheck::kNone;
     all.push_back(std::move(k));
   }
   return all;

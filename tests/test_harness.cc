@@ -4,7 +4,7 @@
 //                gradients and every parameter gradient by normalised error
 //   Gradient     analytic gradients against central differences (sampled elements) or Ridders
 //                along a random direction, of sum <outputs, r> + the added loss
-//   Determinism  outputs and gradients bitwise equal at 1 and 2 threads and run to run
+//   Determinism  outputs and gradients bitwise equal at 1, 2 and 3 threads and run to run
 //   Errors       each bad input throws the typed error whose message names the argument
 // plus the case's own precondition (e.g. capacity drops are present). `sparsemoe bench cases`
 // times the same cases.
@@ -98,16 +98,17 @@ TEST_P(Harness, Gradient) {
   const auto xs = s->inputs();
   for (size_t i = 0; i < xs.size(); ++i) {
     if (c.gradient == GradientCheck::kElements)
-      test::check_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, c.input_samples);
+      test::check_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, c.input_samples,
+                           c.fd_step);
     else
-      test::check_directional_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, 91 + i);
+      test::check_directional_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, 1 + i);
   }
   auto ps = s->params();
   for (size_t i = 0; i < ps.size(); ++i) {
     if (c.gradient == GradientCheck::kElements)
-      test::check_gradient(ps[i].name, *ps[i].value, dps[i], loss, c.param_samples);
+      test::check_gradient(ps[i].name, *ps[i].value, dps[i], loss, c.param_samples, c.fd_step);
     else
-      test::check_directional_gradient(ps[i].name, *ps[i].value, dps[i], loss, 97 + i);
+      test::check_directional_gradient(ps[i].name, *ps[i].value, dps[i], loss, 100 + i);
   }
 }
 
@@ -125,10 +126,11 @@ TEST_P(Harness, Determinism) {
     set_num_threads(0);
     return out;
   };
-  const auto a = once(1), b = once(2), again = once(1);
+  const auto a = once(1), b = once(2), c3 = once(3), again = once(1);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_TRUE(test::bitwise_equal(a[i], b[i])) << "tensor " << i << ": 1 vs 2 threads";
+    EXPECT_TRUE(test::bitwise_equal(a[i], c3[i])) << "tensor " << i << ": 1 vs 3 threads";
     EXPECT_TRUE(test::bitwise_equal(a[i], again[i])) << "tensor " << i << ": run to run";
   }
 }

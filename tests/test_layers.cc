@@ -1,7 +1,6 @@
 // Layer invariants (the layer against the reference and finite differences: the harness's moe/
 // cases): one expert with top-1 == dense FeedForward, dropless == a brute-force per-token loop,
-// dropped tokens give exact zeros, bitwise determinism across thread counts, and the Keras-like
-// surface.
+// dropped tokens give exact zeros, the loss scale, and the Keras-like surface.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -115,33 +114,6 @@ TEST(MoeLayer, DroppedTokensOutputExactZero) {
   EXPECT_EQ(m0.expert_capacity, 0);
   EXPECT_EQ(m0.fraction_tokens_left_behind, 1.0);
   for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y[i], 0.f);
-}
-
-TEST(MoeLayer, BitwiseIdenticalAcrossThreadCounts) {
-  MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 8, 2, 1.25, 64, 300);
-  c.router.jitter_noise = 0.05;
-  c.experts.inner_dropout = 0.1;
-  c.experts.output_dropout = 0.1;
-  c.router.load_balancing_loss_weight = 0.01;
-  c.router.router_z_loss_weight = 0.001;
-  Tensor x = random_tensor({4, 96, 64}, 1), dy = random_tensor({4, 96, 64}, 2);
-  std::vector<Tensor> ys, dxs, grads;
-  for (int threads : {1, 2}) {
-    set_num_threads(threads);
-    MoeLayer moe(c);
-    Tensor y, dx;
-    moe.forward(x, y, {true, 3});
-    moe.backward(dy, dx);
-    ys.push_back(y);
-    dxs.push_back(dx);
-    grads.push_back(*moe.params()[0].grad);
-    grads.push_back(*moe.params()[2].grad);
-  }
-  set_num_threads(0);
-  EXPECT_TRUE(bitwise_equal(ys[0], ys[1]));
-  EXPECT_TRUE(bitwise_equal(dxs[0], dxs[1]));
-  EXPECT_TRUE(bitwise_equal(grads[0], grads[2]));
-  EXPECT_TRUE(bitwise_equal(grads[1], grads[3]));
 }
 
 // backward's loss_scale: with dy = s * r and loss_scale s, every gradient (the aux and z-loss

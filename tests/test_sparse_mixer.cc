@@ -1,7 +1,7 @@
-// The Sparse Mixer network and its heads: finite-difference gradients of the whole tiny network
-// (every mixing, attention, MoE, both wirings, both heads), the reference sources' parameter count
-// for the Base preset, presets and strict configs, layer layouts, output_range, padding, the FFT
-// path, bitwise determinism across thread counts, and clear errors.
+// The Sparse Mixer network and its heads: the reference sources' parameter count for the Base
+// preset, presets and strict configs, layer layouts, output_range, padding, the FFT path and clear
+// errors. Gradients of the whole tiny network with both heads (every mixing and wiring) and
+// determinism across thread counts: the harness's models/sparse_mixer cases.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -244,68 +244,6 @@ TEST(SparseMixer, InputErrorsAreClear) {
             std::string::npos);
 }
 
-TEST(SparseMixer, WholeNetworkGradientsMatchFiniteDifferences) {
-  // Both heads on top; every mixing; the paper wiring, the tf-models wiring and pre-LN; dense
-  // inputs appended to the tokens.
-  const Tensor ids({2, 3}, {1, 4, 7, 2, 10, 0}), types({2, 3}, {0, 1, 2, 1, 0, 0});
-  const Tensor mask({2, 3}, {1, 1, 0, 1, 1, 1}), dmask({2, 1}, {1, 1});
-  const Tensor dtypes({2, 1}, {2, 0}), positions({2, 2}, {0, 1, 1, 1});
-  const Tensor mlm_w({4}, {1, 1, 0, 1});
-  const std::vector<int64_t> mlm_labels = {3, 5, 0, 9}, cls_labels = {1, 2};
-  int cases = 0;
-  for (MixingMechanism mix :
-       {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley})
-    for (int wiring = 0; wiring < 3; ++wiring) {
-      SparseMixerConfig c = small_config(mix, wiring == 2, wiring == 1);
-      c.with_dense_inputs = true;
-      c.output_range = 2;
-      SparseMixer net(c);
-      // Expert 0 is every token's first choice by a wide margin: the expert dropout is keyed by
-      // the slot, and a token's slot would move if its first and second choice swapped.
-      Tensor& router_bias = net.block(1).moe_layer()->gate().bias;
-      router_bias[0] = 1.f, router_bias[1] = -1.f;
-      MaskedLmHead mlm(8, 6, 11, Activation::kGeluTanh, 0.3, 21);
-      ClassificationHead cls(8, 3, 0.1, 0.3, 22);
-      Tensor dense = random_tensor({2, 1, 6}, 30, -0.5f, 0.5f);
-      Tensor r, r2 = random_tensor({2, 8}, 32);
-      Tensor mlm_logits, cls_logits, dmlm, dcls;
-      const ForwardOptions opt{true, 7};
-      const SparseMixerInputs in{&ids, &mask, &types, &dense, &dmask, &dtypes};
-      auto loss = [&] {
-        const SparseMixerMetrics met = net.forward(in, opt);
-        mlm.forward(net.sequence_output(), positions, net.embeddings().word, mlm_logits);
-        cls.forward(net.pooled_output(), cls_logits, opt);
-        return test::dot(net.sequence_output(), r) + test::dot(net.pooled_output(), r2) +
-               softmax_cross_entropy(mlm_logits, mlm_labels, mlm_w.data(), &dmlm) +
-               softmax_cross_entropy(cls_logits, cls_labels, nullptr, &dcls) + met.loss;
-      };
-      net.forward(in, opt);
-      r = random_tensor(net.sequence_output().shape(), 31);  // compat ignores output_range
-      loss();
-      std::vector<ParamRef> params = net.params();
-      for (auto& p : mlm.params()) params.push_back(p);
-      for (auto& p : cls.params()) params.push_back(p);
-      zero_grads(params);
-      // Heads first: their gradients flow into the sequence output (MLM) and the pooled output.
-      Tensor dseq = r, dpooled, ddense;
-      mlm.backward(dmlm, dseq, net.embeddings().word_grad);
-      cls.backward(dcls, dpooled);
-      for (int64_t i = 0; i < dpooled.numel(); ++i) dpooled[i] += r2[i];
-      net.backward(&dseq, &dpooled, &ddense);
-      const std::string what =
-          mixing_mechanism_name(mix) + " wiring " + std::to_string(wiring) + " ";
-      // Directional, extrapolated checks (test_util.h): this float32 network's loss carries
-      // rounding noise of about 5e-7, which puts per-element differences at the tolerance (the
-      // layers' own tests check every element). Worst case at this step: 0.22 of the tolerance.
-      test::check_directional_gradient(what + "dense_inputs", dense, ddense, loss, 1);
-      for (size_t i = 0; i < params.size(); ++i)
-        test::check_directional_gradient(what + params[i].name, *params[i].value, *params[i].grad,
-                                         loss, 100 + i);
-      ++cases;
-    }
-  EXPECT_EQ(cases, 9);
-}
-
 TEST(SparseMixer, OutputRangeSlicesTheSequenceAndCompatIgnoresIt) {
   SparseMixerConfig c = small_config(MixingMechanism::kFourier, false, false);
   c.output_range = 2;
@@ -377,31 +315,6 @@ TEST(SparseMixer, FftPathEqualsTheDftMatrixPath) {
     fft.forward({&ids});
     EXPECT_LT(test::normalized_error(fft.sequence_output(), dft.sequence_output()), 1e-4)
         << mixing_mechanism_name(mix);
-  }
-}
-
-TEST(SparseMixer, BitwiseDeterministicAcrossThreadCounts) {
-  const SparseMixerConfig c = load_model_config("tiny");
-  const Tensor ids = ids_tensor({3, 32}, c.vocab_size, 8), r = random_tensor({3, 32, 64}, 9);
-  const Tensor rp = random_tensor({3, 64}, 10);
-  std::vector<Tensor> outs;
-  std::vector<std::vector<Tensor>> grads;
-  const int saved = num_threads();
-  for (int threads : {1, 2, 3}) {
-    set_num_threads(threads);
-    SparseMixer net(c);
-    net.forward({&ids}, {true, 4});
-    outs.push_back(net.sequence_output());
-    zero_grads(net.params());
-    net.backward(&r, &rp);
-    grads.emplace_back();
-    for (auto& p : net.params()) grads.back().push_back(*p.grad);
-  }
-  set_num_threads(saved);
-  for (size_t i = 1; i < outs.size(); ++i) {
-    EXPECT_TRUE(test::bitwise_equal(outs[i], outs[0]));
-    for (size_t p = 0; p < grads[0].size(); ++p)
-      EXPECT_TRUE(test::bitwise_equal(grads[i][p], grads[0][p])) << p;
   }
 }
 

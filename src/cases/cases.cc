@@ -7,6 +7,10 @@
 #include <utility>
 
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/models/encoder_block.h"
+#include "sparsemoe/models/heads.h"
+#include "sparsemoe/models/presets.h"
+#include "sparsemoe/models/sparse_mixer.h"
 #include "sparsemoe/moe/experts.h"
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/nn/attention.h"
@@ -18,9 +22,9 @@
 
 namespace sparsemoe::cases {
 
-Tensor random_input(Shape shape, uint64_t seed) {
+Tensor random_input(Shape shape, uint64_t seed, float lo, float hi) {
   Tensor t(shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = -1.f + 2.f * uniform01(seed, i);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = lo + (hi - lo) * uniform01(seed, i);
   return t;
 }
 
@@ -40,6 +44,9 @@ class LayerSubject : public Subject {
       return metrics.loss;
     } else if constexpr (requires { layer.forward(x_, y_, opt); }) {
       layer.forward(x_, y_, opt);
+    } else if constexpr (requires { layer.forward(x_, &mask, y_, opt).loss; }) {
+      metrics = layer.forward(x_, mask.numel() ? &mask : nullptr, y_, opt);
+      return metrics.loss;
     } else if constexpr (requires { layer.forward(x_, &mask, y_, opt); }) {
       layer.forward(x_, mask.numel() ? &mask : nullptr, y_, opt);
     } else {
@@ -68,6 +75,76 @@ class LayerSubject : public Subject {
 };
 
 using MoeSubject = LayerSubject<MoeLayer>;
+
+// The tiny Sparse Mixer with a masked-LM head and a classification head on top, dense inputs
+// appended; the added loss is both heads' cross-entropies and the MoE losses.
+class NetworkSubject : public Subject {
+ public:
+  explicit NetworkSubject(const SparseMixerConfig& c)
+      : net(c),
+        mlm_(8, 6, 11, Activation::kGeluTanh, 0.3, 21),
+        cls_(8, 3, 0.1, 0.3, 22),
+        dense_(random_input({2, 1, 6}, 30, -0.5f, 0.5f)) {}
+  double forward(const ForwardOptions& opt) override {
+    const SparseMixerInputs in{&ids_, &mask_, &types_, &dense_, &dmask_, &dtypes_};
+    const SparseMixerMetrics met = net.forward(in, opt);
+    mlm_.forward(net.sequence_output(), positions_, net.embeddings().word, mlm_logits_);
+    cls_.forward(net.pooled_output(), cls_logits_, opt);
+    return softmax_cross_entropy(mlm_logits_, {3, 5, 0, 9}, mlm_w_.data(), &dmlm_) +
+           softmax_cross_entropy(cls_logits_, {1, 2}, nullptr, &dcls_) + met.loss;
+  }
+  std::vector<const Tensor*> outputs() override {
+    return {&net.sequence_output(), &net.pooled_output()};
+  }
+  void backward(const std::vector<Tensor>& douts) override {
+    // Heads first: their gradients flow into the sequence output (MLM) and the pooled output.
+    Tensor dseq = douts.at(0), dpooled;
+    mlm_.backward(dmlm_, dseq, net.embeddings().word_grad);
+    cls_.backward(dcls_, dpooled);
+    for (int64_t i = 0; i < dpooled.numel(); ++i) dpooled[i] += douts.at(1)[i];
+    net.backward(&dseq, &dpooled, &ddense_);
+  }
+  std::vector<Tensor*> inputs() override { return {&dense_}; }
+  std::vector<const Tensor*> input_grads() override { return {&ddense_}; }
+  std::vector<ParamRef> params() override {
+    std::vector<ParamRef> p = net.params();
+    for (auto& r : mlm_.params()) p.push_back(r);
+    for (auto& r : cls_.params()) p.push_back(r);
+    return p;
+  }
+  SparseMixer net;
+
+ private:
+  MaskedLmHead mlm_;
+  ClassificationHead cls_;
+  Tensor ids_{{2, 3}, {1, 4, 7, 2, 10, 0}}, types_{{2, 3}, {0, 1, 2, 1, 0, 0}};
+  Tensor mask_{{2, 3}, {1, 1, 0, 1, 1, 1}}, dmask_{{2, 1}, {1, 1}};
+  Tensor dtypes_{{2, 1}, {2, 0}}, positions_{{2, 2}, {0, 1, 1, 1}}, mlm_w_{{4}, {1, 1, 0, 1}};
+  Tensor dense_, ddense_, mlm_logits_, cls_logits_, dmlm_, dcls_;
+};
+
+// The network's input ids only: the tiny preset at its full length, for determinism.
+class TinyNetworkSubject : public Subject {
+ public:
+  TinyNetworkSubject() : net(load_model_config("tiny")), ids_({3, 32}) {
+    for (int64_t i = 0; i < ids_.numel(); ++i)
+      ids_[i] = static_cast<float>(static_cast<int64_t>(uniform01(8, i) * 512) % 512);
+  }
+  double forward(const ForwardOptions& opt) override { return net.forward({&ids_}, opt).loss; }
+  std::vector<const Tensor*> outputs() override {
+    return {&net.sequence_output(), &net.pooled_output()};
+  }
+  void backward(const std::vector<Tensor>& douts) override {
+    net.backward(&douts.at(0), &douts.at(1));
+  }
+  std::vector<Tensor*> inputs() override { return {}; }
+  std::vector<const Tensor*> input_grads() override { return {}; }
+  std::vector<ParamRef> params() override { return net.params(); }
+  SparseMixer net;
+
+ private:
+  Tensor ids_;
+};
 using MoeReferenceSubject = LayerSubject<MoeReference>;
 
 MoeLayerConfig small_moe(RouterType type, int64_t k, double cf) {
@@ -230,6 +307,24 @@ std::vector<Case> build() {
     k.dout_seed = 4;
     k.options = {true, 7};
     k.gradient = GradientCheck::kNone;  // routing ties under a step: the drops cases above cover it
+    all.push_back(std::move(k));
+  }
+
+  // A wider tokens-choose layer whose work splits over threads (determinism), with dropout,
+  // jitter and both losses.
+  {
+    MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 2, 1.25);
+    c.hidden_size = 64;
+    c.experts.num_experts = c.router.num_experts = 8;
+    c.experts.d_ff = 300;
+    c.router.jitter_noise = 0.05;
+    c.experts.inner_dropout = 0.1;
+    c.experts.output_dropout = 0.1;
+    c.router.load_balancing_loss_weight = 0.01;
+    c.router.router_z_loss_weight = 0.001;
+    Case k = moe_case("moe/wide/tc_k2", c, {4, 96, 64}, 1);
+    k.dout_seed = 2;
+    k.gradient = GradientCheck::kNone;  // the small cases check gradients element by element
     all.push_back(std::move(k));
   }
 
@@ -431,6 +526,135 @@ std::vector<Case> build() {
                    "InvalidArgument", "expected shape [B, L=5, H=4] (the mixing length is fixed)"}};
       all.push_back(std::move(k));
     }
+
+  // Encoder blocks: every mixing and attention, dense FFN and MoE, in the three wirings (paper,
+  // tf-models, pre-LN), dropout on.
+  for (bool attention : {false, true})
+    for (auto mix :
+         {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley}) {
+      if (attention && mix != MixingMechanism::kLinear) continue;
+      for (bool moe : {false, true})
+        for (int wiring = 0; wiring < 3; ++wiring) {
+          EncoderBlockConfig b;
+          b.hidden_size = 8;
+          b.seq_length = 4;
+          b.attention = attention;
+          b.mixing = mix;
+          b.num_heads = 2;
+          b.attention_dropout = 0.1;
+          b.moe = moe;
+          // Tokens-choose with room for every token: a routing decision flips only when a
+          // token's two expert probabilities tie, which keeps finite differences away from
+          // discontinuities (the mixing couples all tokens).
+          b.moe_layer = small_moe(RouterType::kTokensChoose, 1, 2.0);
+          b.moe_layer.experts.num_experts = b.moe_layer.router.num_experts = 2;
+          b.moe_layer.experts.d_ff = 6;
+          b.moe_layer.experts.output_dropout = 0.1;
+          b.ffn.d_ff = 6;
+          b.ffn.activation = "gelu_tanh";
+          b.ffn.output_dropout = 0.1;
+          b.norm_first = wiring == 2;
+          b.tf_models_compat = wiring == 1;
+          b.init_stddev = 0.3;
+          b.seed = 5;
+          Case k;
+          k.name = std::string("models/encoder_block/") +
+                   (attention ? "attention" : mixing_mechanism_name(mix)) +
+                   (moe ? "_moe" : "_ffn") + "_wiring" + std::to_string(wiring);
+          k.make = [b, attention] {
+            auto s = std::make_unique<LayerSubject<EncoderBlock>>(
+                random_input({2, 4, 8}, 11, -0.3f, 0.3f), b);
+            if (attention)
+              s->mask = attention_mask_from_padding(Tensor({2, 4}, {1, 1, 1, 0, 1, 1, 1, 1}));
+            return s;
+          };
+          k.dout_seed = 12;
+          k.input_samples = 32, k.param_samples = 12;
+          // A float32 loss limits the step from below (rounding noise / step swamps the small
+          // attention-kernel gradients at 3e-3), while an MoE after unnormalised mixing needs a
+          // small one (its LayerNorm input is strongly curved and routing can flip).
+          k.fd_step = moe && !attention ? 3e-3f : 1e-2f;
+          k.errors = {{"x of the wrong width",
+                       [b] {
+                         EncoderBlock blk(b);
+                         Tensor y;
+                         blk.forward(Tensor({2, 4, 7}), nullptr, y, {});
+                       },
+                       "InvalidArgument", "expected shape"}};
+          all.push_back(std::move(k));
+        }
+    }
+
+  // The whole tiny network with both heads: every mixing, each wiring, dense inputs, directional
+  // (Ridders) checks: a float32 network's loss carries rounding noise of about 5e-7, which puts
+  // per-element differences at the tolerance (the layers' own cases check every element).
+  for (auto mix : {MixingMechanism::kLinear, MixingMechanism::kFourier, MixingMechanism::kHartley})
+    for (int wiring = 0; wiring < 3; ++wiring) {
+      SparseMixerConfig c;
+      c.vocab_size = 11;
+      c.hidden_size = 8;
+      c.num_layers = 3;
+      c.moe_layers = {1};
+      c.attention_layers = {2};
+      c.moe.experts.num_experts = c.moe.router.num_experts = 2;
+      // Tokens-choose top-2 of 2 experts with room for every token: no token can be dropped or
+      // rerouted under a difference, while the router still gets gradients.
+      c.moe.router.type = RouterType::kTokensChoose;
+      c.moe.router.num_selected_experts = 2;
+      c.moe.router.load_balancing_loss_weight = 0.01;
+      c.moe.router.router_z_loss_weight = 1e-3;
+      c.moe.train_capacity_factor = c.moe.eval_capacity_factor = 4.0;
+      c.mixing_mechanism = mix;
+      c.num_attention_heads = 2;
+      c.max_sequence_length = 4;
+      c.type_vocab_size = 3;
+      c.inner_dim = 6;
+      c.embedding_width = 6;  // the factorised projection is exercised too
+      c.initializer_range = 0.2;
+      c.norm_first = wiring == 2;
+      c.tf_models_compat = wiring == 1;
+      c.seed = 10;
+      c.with_dense_inputs = true;
+      c.output_range = 2;
+      Case k;
+      k.name =
+          "models/sparse_mixer/" + mixing_mechanism_name(mix) + "_wiring" + std::to_string(wiring);
+      k.make = [c] {
+        auto s = std::make_unique<NetworkSubject>(c);
+        // Expert 0 is every token's first choice by a wide margin: the expert dropout is keyed by
+        // the slot, and a token's slot would move if its first and second choice swapped.
+        Tensor& bias = s->net.block(1).moe_layer()->gate().bias;
+        bias[0] = 1.f, bias[1] = -1.f;
+        return s;
+      };
+      k.options = {true, 7};
+      k.dout_seed = 31;
+      k.gradient = GradientCheck::kDirectional;
+      k.errors = {{"ids of another length",
+                   [c] {
+                     SparseMixer net(c);
+                     const Tensor ids({2, 5});
+                     net.forward({&ids});
+                   },
+                   "InvalidArgument", "max_sequence_length"}};
+      all.push_back(std::move(k));
+    }
+  {
+    Case k;
+    k.name = "models/sparse_mixer/tiny_preset";
+    k.make = [] { return std::make_unique<TinyNetworkSubject>(); };
+    k.options = {true, 4};
+    k.dout_seed = 9;
+    k.gradient = GradientCheck::kNone;  // determinism at full size; the cases above check gradients
+    k.errors = {{"a token id past the vocabulary",
+                 [] {
+                   SparseMixer net(load_model_config("tiny"));
+                   const Tensor ids({1, 32}, 600.f);
+                   net.forward({&ids});
+                 },
+                 "InvalidArgument", "600"}};
+    all.push_back(std::move(k));
+  }
 
   // Self-attention with a fully masked row, a masked key and attention dropout.
   {

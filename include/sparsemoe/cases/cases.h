@@ -60,6 +60,7 @@ struct Case {
   uint64_t dout_seed = 1000;  // the upstream gradients r: uniform(-1, 1) from this seed
   GradientCheck gradient = GradientCheck::kElements;
   int input_samples = 48, param_samples = 32;  // elements checked per tensor (kElements)
+  float fd_step = 1e-3f;                       // central-difference step (kElements)
   double reference_tolerance = 1e-5;           // normalised error
   std::vector<BadInput> errors;
   // What a case must show besides the modes (e.g. "capacity drops are present"): empty when
@@ -70,7 +71,7 @@ struct Case {
 
 const std::vector<Case>& registry();
 
-// uniform(-1, 1) elements from the counter RNG (the tests' inputs).
-Tensor random_input(Shape shape, uint64_t seed);
+// uniform(lo, hi) elements from the counter RNG (the tests' inputs).
+Tensor random_input(Shape shape, uint64_t seed, float lo = -1.f, float hi = 1.f);
 
 }  // namespace sparsemoe::cases

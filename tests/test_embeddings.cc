@@ -1,5 +1,6 @@
-// Embeddings: the sum + LayerNorm against a direct computation, the length and id errors, and
-// finite-difference gradients with the factorised-width projection, dense inputs and dropout.
+// Embeddings: the sum + LayerNorm against a direct computation and the length and id errors.
+// Gradients with the factorised-width projection, dense inputs and dropout: the harness's
+// nn/embeddings case.
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
@@ -55,24 +56,6 @@ TEST(Embeddings, LengthAndIdErrors) {
                InvalidArgument);  // id >= vocab
   EXPECT_THROW(emb.forward(Tensor({1, 5}), Tensor({1, 5}, 3.f), nullptr, nullptr, out, {}),
                InvalidArgument);  // type id >= type_vocab_size
-}
-
-TEST(Embeddings, GradientsMatchFiniteDifferences) {
-  Embeddings emb(tiny(4));  // W = 4 != H = 6: projection
-  const Tensor ids({2, 3}, {1, 2, 2, 10, 0, 7}), types({2, 3}, {0, 1, 2, 2, 2, 0});
-  Tensor dense = random_tensor({2, 2, 4}, 3), dtypes({2, 2}, {1, 0, 2, 1});
-  Tensor r = random_tensor({2, 5, 6}, 4), out, ddense;
-  const ForwardOptions opt{true, 2};
-  auto loss = [&] {
-    emb.forward(ids, types, &dense, &dtypes, out, opt);
-    return test::dot(out, r);
-  };
-  loss();
-  ASSERT_EQ(out.shape(), (Shape{2, 5, 6}));
-  zero_grads(emb.params());
-  emb.backward(r, &ddense);
-  test::check_gradient("dense_inputs", dense, ddense, loss);
-  for (auto& p : emb.params()) test::check_gradient(p.name, *p.value, *p.grad, loss);
 }
 
 }  // namespace

@@ -46,14 +46,7 @@ TEST(GatherK, TrailingDimsAndBackward) {
     EXPECT_EQ(out[(4 * 2 + 0) * 3 + d], v[(4 * 4 + 2) * 3 + d]);
     EXPECT_EQ(out[(4 * 2 + 1) * 3 + d], v[(4 * 4 + 3) * 3 + d]);
   }
-  Tensor vv = v, r = test::random_tensor({5, 2, 3}, 2), dv({5, 4, 3});
-  gather_k_backward(idx, r, dv);
-  auto loss = [&] {
-    Tensor o;
-    gather_k(idx, vv, o);
-    return test::dot(o, r);
-  };
-  test::check_gradient("values", vv, dv, loss, 60);
+  // The gradient: the harness's lingvo/gather_k case.
 }
 
 TEST(GatherK, BadInput) {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/lingvo/gather_k.h"
 #include "sparsemoe/models/encoder_block.h"
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
@@ -15,6 +16,7 @@
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/nn/attention.h"
 #include "sparsemoe/nn/dense.h"
+#include "sparsemoe/nn/embeddings.h"
 #include "sparsemoe/nn/feed_forward.h"
 #include "sparsemoe/nn/layer_norm.h"
 #include "sparsemoe/nn/mixing.h"
@@ -75,6 +77,53 @@ class LayerSubject : public Subject {
 };
 
 using MoeSubject = LayerSubject<MoeLayer>;
+
+// Embeddings with token ids, type ids and dense inputs (the differentiable input).
+class EmbeddingsSubject : public Subject {
+ public:
+  explicit EmbeddingsSubject(const EmbeddingsConfig& c)
+      : emb(c), dense_(random_input({2, 2, 4}, 3)) {}
+  double forward(const ForwardOptions& opt) override {
+    emb.forward(ids_, types_, &dense_, &dtypes_, out_, opt);
+    return 0;
+  }
+  std::vector<const Tensor*> outputs() override { return {&out_}; }
+  void backward(const std::vector<Tensor>& douts) override { emb.backward(douts.at(0), &ddense_); }
+  std::vector<Tensor*> inputs() override { return {&dense_}; }
+  std::vector<const Tensor*> input_grads() override { return {&ddense_}; }
+  std::vector<ParamRef> params() override { return emb.params(); }
+  Embeddings emb;
+
+ private:
+  Tensor ids_{{2, 3}, {1, 2, 2, 10, 0, 7}}, types_{{2, 3}, {0, 1, 2, 2, 2, 0}};
+  Tensor dense_, dtypes_{{2, 2}, {1, 0, 2, 1}}, out_, ddense_;
+};
+
+// lingvo's GatherK on values [5, 4, 3]: an op without parameters.
+class GatherKSubject : public Subject {
+ public:
+  GatherKSubject() : values_(random_input({5, 4, 3}, 1)) {
+    Tensor padding;
+    index_ = gather_k_index(
+        Tensor({5, 4}, {0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1}), 2, padding);
+  }
+  double forward(const ForwardOptions&) override {
+    gather_k(index_, values_, out_);
+    return 0;
+  }
+  std::vector<const Tensor*> outputs() override { return {&out_}; }
+  void backward(const std::vector<Tensor>& douts) override {
+    dvalues_ = Tensor(values_.shape());  // gather_k_backward accumulates
+    gather_k_backward(index_, douts.at(0), dvalues_);
+  }
+  std::vector<Tensor*> inputs() override { return {&values_}; }
+  std::vector<const Tensor*> input_grads() override { return {&dvalues_}; }
+  std::vector<ParamRef> params() override { return {}; }
+
+ private:
+  GatherKIndex index_;
+  Tensor values_, out_, dvalues_;
+};
 
 // The tiny Sparse Mixer with a masked-LM head and a classification head on top, dense inputs
 // appended; the added loss is both heads' cross-entropies and the MoE losses.
@@ -653,6 +702,49 @@ std::vector<Case> build() {
                    net.forward({&ids});
                  },
                  "InvalidArgument", "600"}};
+    all.push_back(std::move(k));
+  }
+
+  // Embeddings: the factorised-width projection (W 4 != H 6), dense inputs, dropout.
+  {
+    EmbeddingsConfig e;
+    e.vocab_size = 11;
+    e.hidden_size = 6;
+    e.embedding_width = 4;
+    e.max_sequence_length = 5;
+    e.type_vocab_size = 3;
+    e.dropout = 0.2;
+    e.init_stddev = 0.5;
+    e.seed = 9;
+    Case k;
+    k.name = "nn/embeddings";
+    k.make = [e] { return std::make_unique<EmbeddingsSubject>(e); };
+    k.options = {true, 2};
+    k.dout_seed = 4;
+    k.input_samples = k.param_samples = 24;
+    k.errors = {{"a sequence shorter than max_sequence_length",
+                 [e] {
+                   Embeddings emb(e);
+                   Tensor out;
+                   emb.forward(Tensor({1, 4}), Tensor({1, 4}), nullptr, nullptr, out, {});
+                 },
+                 "InvalidArgument", "max_sequence_length=5"}};
+    all.push_back(std::move(k));
+  }
+
+  // lingvo's GatherK: the gradient scatters into the gathered positions.
+  {
+    Case k;
+    k.name = "lingvo/gather_k";
+    k.make = [] { return std::make_unique<GatherKSubject>(); };
+    k.dout_seed = 2;
+    k.input_samples = 60;
+    k.errors = {{"k larger than T",
+                 [] {
+                   Tensor padding;
+                   gather_k_index(Tensor({5, 4}), 5, padding);
+                 },
+                 "InvalidArgument", "k"}};
     all.push_back(std::move(k));
   }
 

@@ -99,16 +99,19 @@ TEST_P(Harness, Gradient) {
   for (size_t i = 0; i < xs.size(); ++i) {
     if (c.gradient == GradientCheck::kElements)
       test::check_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, c.input_samples,
-                           c.fd_step);
+                           c.fd_step, c.rtol, c.atol);
     else
-      test::check_directional_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, 1 + i);
+      test::check_directional_gradient("input " + std::to_string(i), *xs[i], dxs[i], loss, 1 + i,
+                                       2e-2f, c.rtol, c.atol);
   }
   auto ps = s->params();
   for (size_t i = 0; i < ps.size(); ++i) {
     if (c.gradient == GradientCheck::kElements)
-      test::check_gradient(ps[i].name, *ps[i].value, dps[i], loss, c.param_samples, c.fd_step);
+      test::check_gradient(ps[i].name, *ps[i].value, dps[i], loss, c.param_samples, c.fd_step,
+                           c.rtol, c.atol);
     else
-      test::check_directional_gradient(ps[i].name, *ps[i].value, dps[i], loss, 100 + i);
+      test::check_directional_gradient(ps[i].name, *ps[i].value, dps[i], loss, 100 + i, 2e-2f,
+                                       c.rtol, c.atol);
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/lingvo/gather_k.h"
+#include "sparsemoe/lingvo/shared_embedding_softmax.h"
 #include "sparsemoe/models/encoder_block.h"
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
@@ -97,6 +98,49 @@ class EmbeddingsSubject : public Subject {
  private:
   Tensor ids_{{2, 3}, {1, 2, 2, 10, 0, 7}}, types_{{2, 3}, {0, 1, 2, 2, 2, 0}};
   Tensor dense_, dtypes_{{2, 2}, {1, 0, 2, 1}}, out_, ddense_;
+};
+
+// lingvo's shared embedding-softmax. kLoss: the loss of an activation [2, 5, 4] against labels
+// (the objective is the loss alone); kLookup: the embedding lookup of ids and positions.
+class SharedSoftmaxSubject : public Subject {
+ public:
+  enum Part { kLoss, kLookup };
+  SharedSoftmaxSubject(const SharedEmbeddingSoftmaxConfig& c, Part part)
+      : layer(c), part_(part), act_(random_input({2, 5, 4}, 11, -2.f, 2.f)) {}
+  double forward(const ForwardOptions&) override {
+    if (part_ == kLookup) {
+      layer.forward(ids_, pos_, out_);
+      return 0;
+    }
+    return layer.compute_loss(act_, labels_, seg_).loss();
+  }
+  std::vector<const Tensor*> outputs() override {
+    if (part_ == kLookup) return {&out_};
+    return {};
+  }
+  void backward(const std::vector<Tensor>& douts) override {
+    if (part_ == kLookup)
+      layer.backward(douts.at(0));
+    else
+      layer.compute_loss_backward(1.0, dact_);
+  }
+  std::vector<Tensor*> inputs() override {
+    if (part_ == kLookup) return {};
+    return {&act_};
+  }
+  std::vector<const Tensor*> input_grads() override {
+    if (part_ == kLookup) return {};
+    return {&dact_};
+  }
+  std::vector<ParamRef> params() override { return layer.params(); }
+  SharedEmbeddingSoftmax layer;
+
+ private:
+  Part part_;
+  Tensor act_, dact_, out_;
+  Tensor labels_{{2, 5}, {1, 0, 6, 3, 3, 2, 5, 4, 0, 1}},
+      seg_{{2, 5}, {1, 1, 1, 0, 0, 2, 2, 2, 2, 2}};
+  Tensor ids_{{2, 3}, {1, 6, 1, 0, 2, 3}}, pos_{{2, 3}, {0, 1, 2, 0, 1, 4}};
 };
 
 // lingvo's GatherK on values [5, 4, 3]: an op without parameters.
@@ -745,6 +789,47 @@ std::vector<Case> build() {
                    gather_k_index(Tensor({5, 4}), 5, padding);
                  },
                  "InvalidArgument", "k"}};
+    all.push_back(std::move(k));
+  }
+
+  // lingvo's shared embedding-softmax: the loss (with and without logit clipping; label
+  // smoothing and z-loss on) through the activation and the tied embedding, and the lookup.
+  for (const double clip : {0.0, 0.6}) {
+    SharedEmbeddingSoftmaxConfig s;
+    s.vocab_size = 7;
+    s.max_len = 5;
+    s.embedding_dim = 4;
+    s.z_loss_coef = 0.05;
+    s.label_smoothing = 0.2;
+    s.logits_abs_max = clip;
+    s.use_tgt_labels_size_as_loss_denominator = true;
+    s.seed = 3;
+    Case k;
+    k.name = clip > 0 ? "lingvo/shared_softmax/loss_clipped" : "lingvo/shared_softmax/loss";
+    k.make = [s] { return std::make_unique<SharedSoftmaxSubject>(s, SharedSoftmaxSubject::kLoss); };
+    k.input_samples = 40, k.param_samples = 28;
+    k.atol = 1e-4;
+    k.errors = {{"labels that are not integers",
+                 [s] {
+                   SharedEmbeddingSoftmax l(s);
+                   l.compute_loss(random_input({2, 5, 4}, 1), Tensor({2, 5}, 1.5f), Tensor({2, 5}));
+                 },
+                 "InvalidArgument", "labels"}};
+    all.push_back(k);
+    if (clip > 0) continue;
+    k.name = "lingvo/shared_softmax/lookup";
+    k.make = [s] {
+      return std::make_unique<SharedSoftmaxSubject>(s, SharedSoftmaxSubject::kLookup);
+    };
+    k.dout_seed = 5;
+    k.atol = 2e-4;
+    k.errors = {{"an id past the vocabulary",
+                 [s] {
+                   SharedEmbeddingSoftmax l(s);
+                   Tensor out;
+                   l.forward(Tensor({1, 2}, {0, 7}), Tensor({1, 2}), out);
+                 },
+                 "InvalidArgument", "ids"}};
     all.push_back(std::move(k));
   }
 

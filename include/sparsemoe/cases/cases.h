@@ -61,6 +61,7 @@ struct Case {
   GradientCheck gradient = GradientCheck::kElements;
   int input_samples = 48, param_samples = 32;  // elements checked per tensor (kElements)
   float fd_step = 1e-3f;                       // central-difference step (kElements)
+  double rtol = 2e-2, atol = 2e-4;             // |analytic - numeric| <= atol + rtol * max
   double reference_tolerance = 1e-5;           // normalised error
   std::vector<BadInput> errors;
   // What a case must show besides the modes (e.g. "capacity drops are present"): empty when

@@ -77,6 +77,20 @@ TEST_P(Harness, Reference) {
   }
 }
 
+TEST_P(Harness, ForwardReference) {
+  const Case& c = *GetParam();
+  if (!c.forward_reference) return;
+  auto fast = c.make();
+  auto ref = c.forward_reference(*fast);
+  const ForwardOptions eval{false, c.options.step};
+  const double lf = fast->forward(eval), lr = ref->forward(eval);
+  EXPECT_NEAR(lf, lr, 1e-6 * std::max(1.0, std::fabs(lr))) << "added loss";
+  const auto yf = fast->outputs(), yr = ref->outputs();
+  ASSERT_EQ(yf.size(), yr.size());
+  for (size_t i = 0; i < yf.size(); ++i)
+    EXPECT_LT(test::normalized_error(*yf[i], *yr[i]), c.reference_tolerance) << "output " << i;
+}
+
 TEST_P(Harness, Gradient) {
   const Case& c = *GetParam();
   if (c.gradient == GradientCheck::kNone) return;

@@ -14,7 +14,6 @@
 namespace sparsemoe {
 namespace {
 
-using test::check_gradient;
 using test::dot;
 using test::random_tensor;
 

@@ -8,11 +8,13 @@
 
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/lingvo/gather_k.h"
+#include "sparsemoe/lingvo/gshard_gating.h"
 #include "sparsemoe/lingvo/shared_embedding_softmax.h"
 #include "sparsemoe/models/encoder_block.h"
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
+#include "sparsemoe/moe/dispatch.h"
 #include "sparsemoe/moe/experts.h"
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/nn/attention.h"
@@ -141,6 +143,128 @@ class SharedSoftmaxSubject : public Subject {
   Tensor labels_{{2, 5}, {1, 0, 6, 3, 3, 2, 5, 4, 0, 1}},
       seg_{{2, 5}, {1, 1, 1, 0, 0, 2, 2, 2, 2, 2}};
   Tensor ids_{{2, 3}, {1, 6, 1, 0, 2, 3}}, pos_{{2, 3}, {0, 1, 2, 0, 1, 4}};
+};
+
+Top2GatingConfig gate_config() {
+  Top2GatingConfig c;
+  c.model_dim = 5;
+  c.num_experts = 4;
+  c.expert_capacity_dim = 3;
+  c.init_stddev = 0.7;
+  c.seed = 5;
+  return c;
+}
+
+// lingvo's Top2Gating on [2, 6, 5] inputs (tokens, sentences by segment id, or task embeddings):
+// the output is the dense combine [G, S, E, C]; the added loss the weighted aux loss. Inputs
+// (seed 27) keep every routing decision clear of a tie within a difference step.
+class GateSubject : public Subject {
+ public:
+  GateSubject(const Top2GatingConfig& c, GateInput kind)
+      : gate(c, kind),
+        kind_(kind),
+        weight_(c.aux_loss_weight),
+        x_(random_input({2, 6, 5}, 27)),
+        task_(random_input({2, 6, 5}, 8)) {}
+  double forward(const ForwardOptions& opt) override {
+    const double aux = gate.forward(x_, nullptr, &seg_, &task_, opt);
+    gate.dense(dispatch_, combine_);
+    return weight_ * aux;
+  }
+  std::vector<const Tensor*> outputs() override { return {&combine_}; }
+  void backward(const std::vector<Tensor>& douts) override {
+    dx_ = Tensor({2, 6, 5});  // backward adds into it
+    gate.backward(douts.at(0), dx_);
+  }
+  std::vector<Tensor*> inputs() override { return {kind_ == GateInput::kTask ? &task_ : &x_}; }
+  std::vector<const Tensor*> input_grads() override { return {&dx_}; }
+  std::vector<ParamRef> params() override { return gate.params(); }
+  Top2Gating gate;
+
+ private:
+  GateInput kind_;
+  double weight_;
+  Tensor x_, task_, dx_, dispatch_, combine_;
+  std::vector<int32_t> seg_ = {1, 1, 2, 2, 2, 0, 3, 4, 4, 5, 5, 5};
+};
+
+// lingvo's SentenceTop2Gating feeding FeedForwardNetworksApplyGating (experts_forward): inputs
+// -> sentence gate -> experts on the routed rows -> combine. kEinsum computes the same by the
+// reference sources' einsums over the gate's dense tensors and FeedForwardExperts' dense API.
+class GatedExpertsSubject : public Subject {
+ public:
+  enum Path { kSparse, kEinsum };
+  GatedExpertsSubject(Path path, const FeedForwardExpertsConfig& ec)
+      : gate(config(), GateInput::kSentence),
+        experts(ec, 6, 11),
+        path_(path),
+        x_(random_input({2, 6, 6}, 41)) {}
+  static Top2GatingConfig config() {
+    Top2GatingConfig c = gate_config();
+    c.model_dim = 6;
+    c.num_experts = 3;
+    c.aux_loss_weight = 0.1;
+    return c;
+  }
+  double forward(const ForwardOptions& opt) override {
+    const double aux = gate.forward(x_, nullptr, &seg_, nullptr, opt);
+    y_ = Tensor({2, 6, 6});
+    if (path_ == kSparse) {
+      experts_forward(gate.plan(), experts, x_.data(), y_.data(), opt, rows_);
+      return 0.1 * aux;
+    }
+    gate.dense(dispatch_, combine_);
+    const int64_t G = dispatch_.dim(0), S = dispatch_.dim(1), E = 3, C = dispatch_.dim(3), M = 6;
+    expert_in_ = Tensor({G, E, C, M});
+    for (int64_t g = 0; g < G; ++g)  // gsec,gsm->gecm
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t m = 0; m < M; ++m) {
+            double acc = 0;
+            for (int64_t s = 0; s < S; ++s)
+              acc += dispatch_[((g * S + s) * E + e) * C + c] * x_[(g * S + s) * M + m];
+            expert_in_[((g * E + e) * C + c) * M + m] = static_cast<float>(acc);
+          }
+    experts.forward(expert_in_, expert_out_, opt);
+    for (int64_t g = 0; g < G; ++g)  // gsec,gecm->gsm
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t m = 0; m < M; ++m) {
+          double acc = 0;
+          for (int64_t e = 0; e < E; ++e)
+            for (int64_t c = 0; c < C; ++c)
+              acc += combine_[((g * S + s) * E + e) * C + c] *
+                     expert_out_[((g * E + e) * C + c) * M + m];
+          y_[(g * S + s) * M + m] = static_cast<float>(acc);
+        }
+    return 0.1 * aux;
+  }
+  std::vector<const Tensor*> outputs() override { return {&y_}; }
+  void backward(const std::vector<Tensor>& douts) override {
+    dx_ = Tensor({2, 6, 6});
+    if (path_ == kSparse) {
+      experts_backward(gate.plan(), experts, douts.at(0).data(), dx_.data(), rows_);
+      gate.backward_rows(rows_.dweight.data(), dx_);  // adds the path through the gate
+      return;
+    }
+    // The einsum path's backward is not needed: the reference mode compares forwards, and
+    // gradients against the sparse path; this subject is forward-only.
+    throw InvalidArgument("GatedExpertsSubject: the einsum path has no backward");
+  }
+  std::vector<Tensor*> inputs() override { return {&x_}; }
+  std::vector<const Tensor*> input_grads() override { return {&dx_}; }
+  std::vector<ParamRef> params() override {
+    std::vector<ParamRef> p = gate.params();
+    for (auto& r : experts.params()) p.push_back(r);
+    return p;
+  }
+  Top2Gating gate;
+  FeedForwardExperts experts;
+
+ private:
+  Path path_;
+  Tensor x_, y_, dx_, dispatch_, combine_, expert_in_, expert_out_;
+  ExpertRows rows_;
+  std::vector<int32_t> seg_ = {1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 4};
 };
 
 // lingvo's GatherK on values [5, 4, 3]: an op without parameters.
@@ -789,6 +913,68 @@ std::vector<Case> build() {
                    gather_k_index(Tensor({5, 4}), 5, padding);
                  },
                  "InvalidArgument", "k"}};
+    all.push_back(std::move(k));
+  }
+
+  // lingvo's gates (tokens, sentences, task embeddings; legacy or not): the dense combine and the
+  // weighted aux loss through the gating weights and the inputs, with capacity drops present.
+  for (GateInput kind : {GateInput::kTokens, GateInput::kSentence, GateInput::kTask})
+    for (bool legacy : {true, false}) {
+      Top2GatingConfig g = gate_config();
+      g.options.legacy_mtf_behavior = legacy;
+      g.aux_loss_weight = 0.3;
+      Case k;
+      k.name = std::string("lingvo/top2_gating/") +
+               (kind == GateInput::kTokens     ? "tokens"
+                : kind == GateInput::kSentence ? "sentence"
+                                               : "task") +
+               (legacy ? "_legacy" : "");
+      k.make = [g, kind] { return std::make_unique<GateSubject>(g, kind); };
+      k.options = {true, 0};
+      k.dout_seed = 9;
+      k.input_samples = 30, k.param_samples = 20;
+      k.precondition = [](Subject& s) -> std::string {
+        const auto& saved = dynamic_cast<GateSubject&>(s).gate.routing().saved;
+        return saved.over_capacity_1_ratio + saved.over_capacity_2_ratio > 0 ? ""
+                                                                             : "no capacity drop";
+      };
+      k.errors = {{"inputs of the wrong width",
+                   [g, kind] {
+                     Top2Gating gate(g, kind);
+                     const std::vector<int32_t> seg(12, 1);
+                     const Tensor task({2, 6, 5});
+                     gate.forward(Tensor({2, 6, 4}), nullptr, &seg, &task, {});
+                   },
+                   "InvalidArgument", "inputs: expected shape [G, S, M=5]"}};
+      all.push_back(std::move(k));
+    }
+
+  // The sentence gate with experts: the sparse path against the einsum form on the same gate
+  // (forward), and the whole chain's gradient.
+  {
+    FeedForwardExpertsConfig ec;
+    ec.num_experts = 3;
+    ec.d_ff = 5;
+    ec.activation = "gelu";
+    ec.kernel_init_stddev = 0.4;
+    Case k;
+    k.name = "lingvo/sentence_gate_experts";
+    k.make = [ec] {
+      return std::make_unique<GatedExpertsSubject>(GatedExpertsSubject::kSparse, ec);
+    };
+    k.options = {true, 0};
+    k.dout_seed = 42;
+    k.input_samples = 40, k.param_samples = 20;
+    k.forward_reference = [ec](Subject&) -> std::unique_ptr<Subject> {
+      return std::make_unique<GatedExpertsSubject>(GatedExpertsSubject::kEinsum, ec);
+    };
+    k.errors = {{"a negative segment id",
+                 [] {
+                   Top2Gating gate(GatedExpertsSubject::config(), GateInput::kSentence);
+                   const std::vector<int32_t> seg(12, -1);
+                   gate.forward(random_input({2, 6, 6}, 1), nullptr, &seg, nullptr, {});
+                 },
+                 "InvalidArgument", "segment_id"}};
     all.push_back(std::move(k));
   }
 

@@ -56,6 +56,9 @@ struct Case {
   // The same function computed by plain loops, with the weights copied from `fast`; empty when
   // the case has no separate reference.
   std::function<std::unique_ptr<Subject>(Subject& fast)> reference;
+  // A reference for the forward only (outputs and added loss; no backward), when the reference
+  // form has no backward of its own. Compared in eval mode (no dropout).
+  std::function<std::unique_ptr<Subject>(Subject& fast)> forward_reference;
   ForwardOptions options{true, 3};
   uint64_t dout_seed = 1000;  // the upstream gradients r: uniform(-1, 1) from this seed
   GradientCheck gradient = GradientCheck::kElements;

@@ -396,11 +396,10 @@ Tensor padding_mask(int64_t B, int64_t L) {
   return p;
 }
 
-// Forward FLOPs of the experts on the routed rows, for the bench.
+// Forward FLOPs of the experts on k rows per token (k = num_selected_experts: 1 for
+// experts-choose on average, 2 for top2), for the bench.
 double moe_flops(const MoeLayerConfig& c, int64_t tokens) {
-  const double k = c.router.type == RouterType::kTokensChoose
-                       ? static_cast<double>(c.router.num_selected_experts)
-                       : (c.router.type == RouterType::kTop2 ? 2.0 : 1.0);
+  const double k = static_cast<double>(c.router.num_selected_experts);
   const double F1 = c.experts.glu ? 2.0 * c.experts.d_ff : c.experts.d_ff;
   return 2.0 * tokens * k * c.hidden_size * (F1 + c.experts.d_ff);
 }

@@ -47,6 +47,7 @@ class Harness : public ::testing::TestWithParam<const Case*> {};
 
 TEST_P(Harness, Precondition) {
   const Case& c = *GetParam();
+  if (c.perf_only) return;
   if (!c.precondition) return;
   auto s = c.make();
   s->forward(c.options);
@@ -55,6 +56,7 @@ TEST_P(Harness, Precondition) {
 
 TEST_P(Harness, Reference) {
   const Case& c = *GetParam();
+  if (c.perf_only) return;
   if (!c.reference) return;
   auto fast = c.make();
   auto ref = c.reference(*fast);
@@ -79,6 +81,7 @@ TEST_P(Harness, Reference) {
 
 TEST_P(Harness, ForwardReference) {
   const Case& c = *GetParam();
+  if (c.perf_only) return;
   if (!c.forward_reference) return;
   auto fast = c.make();
   auto ref = c.forward_reference(*fast);
@@ -93,6 +96,7 @@ TEST_P(Harness, ForwardReference) {
 
 TEST_P(Harness, Gradient) {
   const Case& c = *GetParam();
+  if (c.perf_only) return;
   if (c.gradient == GradientCheck::kNone) return;
   auto s = c.make();
   const std::vector<Tensor> r = upstream(*s, c);
@@ -131,6 +135,7 @@ TEST_P(Harness, Gradient) {
 
 TEST_P(Harness, Determinism) {
   const Case& c = *GetParam();
+  if (c.perf_only) return;
   auto once = [&](int threads) {
     set_num_threads(threads);
     auto s = c.make();

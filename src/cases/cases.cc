@@ -396,12 +396,12 @@ Tensor padding_mask(int64_t B, int64_t L) {
   return p;
 }
 
-// Forward FLOPs of the experts on k rows per token (k = num_selected_experts: 1 for
-// experts-choose on average, 2 for top2), for the bench.
-double moe_flops(const MoeLayerConfig& c, int64_t tokens) {
-  const double k = static_cast<double>(c.router.num_selected_experts);
+// Forward FLOPs of the experts on the rows the last forward routed, for the bench.
+double moe_flops(const MoeLayerConfig& c, Subject& s) {
+  const auto* fast = dynamic_cast<MoeSubject*>(&s);
+  if (!fast) return 0;
   const double F1 = c.experts.glu ? 2.0 * c.experts.d_ff : c.experts.d_ff;
-  return 2.0 * tokens * k * c.hidden_size * (F1 + c.experts.d_ff);
+  return 2.0 * fast->layer.plan().rows() * c.hidden_size * (F1 + c.experts.d_ff);
 }
 
 // A MoE case: the layer on input x (shape, seed), with its reference and its bad inputs.
@@ -454,7 +454,7 @@ Case moe_case(std::string name, MoeLayerConfig c, Shape shape, uint64_t x_seed, 
        },
        "ConfigError", "train_capacity_factor: expected >= 0, got -1"},
   };
-  k.flops = moe_flops(c, shape[0] * shape[1]);
+  k.flops = [c](Subject& s) { return moe_flops(c, s); };
   return k;
 }
 
@@ -541,6 +541,31 @@ std::vector<Case> build() {
     Case k = moe_case("moe/wide/tc_k2", c, {4, 96, 64}, 1);
     k.dout_seed = 2;
     k.gradient = GradientCheck::kNone;  // the small cases check gradients element by element
+    all.push_back(std::move(k));
+  }
+
+  // Production sizes for the bench (bench moe's defaults: H 512, F 2048, E 16, 8 x 512 tokens,
+  // capacity factor 1, GELU-tanh), one per router kind.
+  struct Perf {
+    const char* name;
+    RouterType type;
+    int64_t k;
+  };
+  for (const Perf& p : {Perf{"experts_choose", RouterType::kExpertsChoose, 1},
+                        Perf{"tokens_choose_k1", RouterType::kTokensChoose, 1},
+                        Perf{"tokens_choose_k2", RouterType::kTokensChoose, 2},
+                        Perf{"top2", RouterType::kTop2, 2}}) {
+    MoeLayerConfig c = small_moe(p.type, p.k, 1.0);
+    c.hidden_size = 512;
+    c.experts.num_experts = c.router.num_experts = 16;
+    c.experts.d_ff = 2048;
+    c.experts.activation = "gelu_tanh";
+    c.router.kernel_init_stddev = c.experts.kernel_init_stddev = 0.02;
+    if (p.type == RouterType::kTop2) c.train_capacity_factor = c.eval_capacity_factor = 1.0;
+    Case k = moe_case(std::string("perf/moe/") + p.name, c, {8, 512, 512}, 1);
+    k.perf_only = true;
+    k.gradient = GradientCheck::kNone;
+    k.reference = nullptr;
     all.push_back(std::move(k));
   }
 
@@ -640,7 +665,7 @@ std::vector<Case> build() {
                    FeedForward f(bad, 6, 3);
                  },
                  "ConfigError", "d_ff: expected >= 1, got 0"}};
-    k.flops = 2.0 * 6 * 6 * (c.glu ? 3 : 2) * c.d_ff;
+    k.flops = [c](Subject&) { return 2.0 * 6 * 6 * (c.glu ? 3 : 2) * c.d_ff; };
     all.push_back(std::move(k));
   }
 

@@ -70,7 +70,11 @@ struct Case {
   // What a case must show besides the modes (e.g. "capacity drops are present"): empty when
   // fine, else the complaint. Run after one forward.
   std::function<std::string(Subject&)> precondition;
-  double flops = 0;  // per forward, for the bench's GFLOP/s (0: not reported)
+  // FLOPs of the last forward, for the bench's GFLOP/s (empty: not reported).
+  std::function<double(Subject&)> flops;
+  // Production-size cases for `sparsemoe bench cases`: the harness runs only their errors mode
+  // (the same configurations at test size carry the other modes).
+  bool perf_only = false;
 };
 
 const std::vector<Case>& registry();

@@ -566,6 +566,8 @@ std::vector<Case> build() {
     k.perf_only = true;
     k.gradient = GradientCheck::kNone;
     k.reference = nullptr;
+    // Only the errors found before any weight is allocated: the others build a 134 MB layer.
+    std::erase_if(k.errors, [](const BadInput& b) { return b.error != "ConfigError"; });
     all.push_back(std::move(k));
   }
 

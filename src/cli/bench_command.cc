@@ -47,7 +47,7 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   c.router.type = parse_router_type(router);
   c.router.num_selected_experts = k;
   // top2: the lingvo policy from --policy (the other routers keep the default).
-  const auto policy = parse_second_expert_policy(a.policy);
+  const auto policy = kSecondExpertPolicies.parse(a.policy, "--policy");
   if (make_policy(c.router)->reports_over_capacity()) c.router.top2.second_expert_policy = policy;
   c.train_capacity_factor = c.eval_capacity_factor = a.capacity_factor;
   // --dropless applies to the routers that can route without a capacity limit.

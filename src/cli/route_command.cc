@@ -143,7 +143,7 @@ int run_route(const std::string& file) {
     f.read("paddings", jpad);
     f.read("seed", seed);
     f.finish();
-    rc.top2.second_expert_policy = parse_second_expert_policy(policy);
+    rc.top2.second_expert_policy = kSecondExpertPolicies.parse(policy, "second_expert_policy");
     rc.validate();
   } catch (const ConfigError& e) {
     throw InvalidArgument(e.what());

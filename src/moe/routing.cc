@@ -20,46 +20,6 @@ namespace {
 constexpr float kVeryNegative = -0.7f * std::numeric_limits<float>::max();
 }
 
-std::string router_type_name(RouterType t) {
-  switch (t) {
-    case RouterType::kExpertsChoose:
-      return "experts_choose";
-    case RouterType::kTokensChoose:
-      return "tokens_choose";
-    case RouterType::kTop2:
-      return "top2";
-  }
-  return "experts_choose";
-}
-
-RouterType parse_router_type(const std::string& name) {
-  if (name == "experts_choose") return RouterType::kExpertsChoose;
-  if (name == "tokens_choose") return RouterType::kTokensChoose;
-  if (name == "top2") return RouterType::kTop2;
-  throw ConfigError("router type: expected 'experts_choose', 'tokens_choose' or 'top2', got '" +
-                    name + "'");
-}
-
-std::string second_expert_policy_name(SecondExpertPolicy p) {
-  switch (p) {
-    case SecondExpertPolicy::kAll:
-      return "all";
-    case SecondExpertPolicy::kSampling:
-      return "sampling";
-    case SecondExpertPolicy::kRandom:
-      return "random";
-  }
-  return "all";
-}
-
-SecondExpertPolicy parse_second_expert_policy(const std::string& name) {
-  if (name == "all") return SecondExpertPolicy::kAll;
-  if (name == "sampling") return SecondExpertPolicy::kSampling;
-  if (name == "random") return SecondExpertPolicy::kRandom;
-  throw ConfigError("second_expert_policy: expected 'all', 'sampling' or 'random', got '" + name +
-                    "'");
-}
-
 std::unique_ptr<RoutingPolicy> make_policy(const RouterConfig& config) {
   switch (config.type) {
     case RouterType::kExpertsChoose:
@@ -70,15 +30,6 @@ std::unique_ptr<RoutingPolicy> make_policy(const RouterConfig& config) {
       return make_top2_policy(config);
   }
   throw ConfigError("router type: unknown");
-}
-
-void to_json(nlohmann::json& j, RouterType t) { j = router_type_name(t); }
-void from_json(const nlohmann::json& j, RouterType& t) {
-  t = parse_router_type(j.get<std::string>());
-}
-void to_json(nlohmann::json& j, SecondExpertPolicy p) { j = second_expert_policy_name(p); }
-void from_json(const nlohmann::json& j, SecondExpertPolicy& p) {
-  p = parse_second_expert_policy(j.get<std::string>());
 }
 
 void RouterConfig::after_read(const nlohmann::json& j) {

@@ -15,31 +15,6 @@
 
 namespace sparsemoe {
 
-std::string mixing_mechanism_name(MixingMechanism m) {
-  switch (m) {
-    case MixingMechanism::kLinear:
-      return "linear";
-    case MixingMechanism::kFourier:
-      return "fourier";
-    case MixingMechanism::kHartley:
-      return "hartley";
-  }
-  return "linear";
-}
-
-MixingMechanism parse_mixing_mechanism(const std::string& name) {
-  if (name == "linear") return MixingMechanism::kLinear;
-  if (name == "fourier") return MixingMechanism::kFourier;
-  if (name == "hartley") return MixingMechanism::kHartley;
-  throw ConfigError("mixing_mechanism: expected 'linear', 'fourier' or 'hartley', got '" + name +
-                    "'");
-}
-
-void to_json(nlohmann::json& j, MixingMechanism m) { j = mixing_mechanism_name(m); }
-void from_json(const nlohmann::json& j, MixingMechanism& m) {
-  m = parse_mixing_mechanism(j.get<std::string>());
-}
-
 namespace {
 
 // cos/sin parts of D_n[j, k] = exp(-2 pi i j k / n) = cos - i sin; the angle is reduced with the

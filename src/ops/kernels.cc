@@ -21,32 +21,6 @@ constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 }  // namespace
 
-Activation parse_activation(const std::string& name) {
-  if (name == "relu") return Activation::kRelu;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_tanh") return Activation::kGeluTanh;
-  if (name == "linear") return Activation::kLinear;
-  if (name == "tanh") return Activation::kTanh;
-  throw ConfigError("activation: expected one of relu, gelu, gelu_tanh, linear, tanh; got '" +
-                    name + "'");
-}
-
-std::string activation_name(Activation a) {
-  switch (a) {
-    case Activation::kRelu:
-      return "relu";
-    case Activation::kGelu:
-      return "gelu";
-    case Activation::kGeluTanh:
-      return "gelu_tanh";
-    case Activation::kLinear:
-      return "linear";
-    case Activation::kTanh:
-      return "tanh";
-  }
-  return "?";
-}
-
 float activate(Activation a, float x) {
   switch (a) {
     case Activation::kRelu:

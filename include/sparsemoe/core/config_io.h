@@ -14,6 +14,7 @@
 // that the enclosing config sets itself. Rules across fields stay in each config's validate().
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -87,6 +88,21 @@ inline Rule one_of(std::vector<std::string> names) {
   r.names = std::move(names);
   return r;
 }
+
+// An enum's names in value order (0, 1, ...), declared once: its JSON text, its parser and the
+// rule its config field checks and documents.
+template <class E, size_t N>
+struct EnumNames {
+  std::array<const char*, N> names;
+  std::string operator()(E e) const { return names[static_cast<size_t>(e)]; }
+  // Throws ConfigError "what: expected one of a, b, c, got 'x'".
+  E parse(const std::string& s, const std::string& what) const {
+    for (size_t i = 0; i < N; ++i)
+      if (s == names[i]) return static_cast<E>(i);
+    throw ConfigError(what + ": expected " + rule().text() + ", got '" + s + "'");
+  }
+  Rule rule() const { return one_of({names.begin(), names.end()}); }
+};
 
 // A nested config without the keys its parent sets itself (dotted paths inside the section, e.g.
 // "experts.d_ff"); `owner` says who sets them, for the error when one is given anyway.

@@ -71,7 +71,7 @@ struct SparseMixerConfig {
     v("attention_layers", attention_layers, "indices of the attention layers (or a layout)",
       at_least(0));
     v("mixing_mechanism", mixing_mechanism, "token mixing of the other layers",
-      one_of({"linear", "fourier", "hartley"}));
+      kMixingMechanisms.rule());
     v("use_fft", use_fft, "Fourier / Hartley by FFT instead of DFT matrices");
     v("num_attention_heads", num_attention_heads, "heads of the attention layers", at_least(1));
     v("max_sequence_length", max_sequence_length, "L, the mixing layers' fixed length",
@@ -79,7 +79,7 @@ struct SparseMixerConfig {
     v("type_vocab_size", type_vocab_size, "token type vocabulary", at_least(1));
     v("inner_dim", inner_dim, "F of the dense FFNs and of the experts", at_least(1));
     v("inner_activation", inner_activation, "activation of the FFNs and experts",
-      one_of({"relu", "gelu", "gelu_tanh", "linear", "tanh"}));
+      kActivations.rule());
     v("output_dropout", output_dropout, "dropout on embeddings, FFN and expert outputs",
       in_half_open(0, 1));
     v("attention_dropout", attention_dropout, "dropout on attention probabilities",

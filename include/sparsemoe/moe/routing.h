@@ -19,20 +19,30 @@
 namespace sparsemoe {
 
 enum class RouterType { kExpertsChoose, kTokensChoose, kTop2 };
-std::string router_type_name(RouterType t);
-RouterType parse_router_type(const std::string& name);
-void to_json(nlohmann::json& j, RouterType t);           // as its name
-void from_json(const nlohmann::json& j, RouterType& t);  // from its name; ConfigError otherwise
+inline constexpr EnumNames<RouterType, 3> kRouterTypes{{"experts_choose", "tokens_choose", "top2"}};
+inline std::string router_type_name(RouterType t) { return kRouterTypes(t); }
+inline RouterType parse_router_type(const std::string& name) {
+  return kRouterTypes.parse(name, "router type");
+}
+inline void to_json(nlohmann::json& j, RouterType t) { j = kRouterTypes(t); }
+inline void from_json(const nlohmann::json& j, RouterType& t) {
+  t = parse_router_type(j.get<std::string>());
+}
 
 enum class SecondExpertPolicy {
   kAll,       // greedy: the second-largest gate
   kSampling,  // Gumbel-max sample from the softmax with the first expert excluded
   kRandom,    // the greedy second expert, kept with probability gate2 / threshold
 };
-std::string second_expert_policy_name(SecondExpertPolicy p);
-SecondExpertPolicy parse_second_expert_policy(const std::string& name);
-void to_json(nlohmann::json& j, SecondExpertPolicy p);
-void from_json(const nlohmann::json& j, SecondExpertPolicy& p);
+inline constexpr EnumNames<SecondExpertPolicy, 3> kSecondExpertPolicies{
+    {"all", "sampling", "random"}};
+inline std::string second_expert_policy_name(SecondExpertPolicy p) {
+  return kSecondExpertPolicies(p);
+}
+inline void to_json(nlohmann::json& j, SecondExpertPolicy p) { j = kSecondExpertPolicies(p); }
+inline void from_json(const nlohmann::json& j, SecondExpertPolicy& p) {
+  p = kSecondExpertPolicies.parse(j.get<std::string>(), "second_expert_policy");
+}
 
 // lingvo Top-2 options (spec §8).
 struct Top2Options {
@@ -46,7 +56,7 @@ struct Top2Options {
     v("second_expert_policy", second_expert_policy,
       "top2: all (greedy), sampling (Gumbel-max) or random (kept with probability gate2 / "
       "threshold)",
-      one_of({"all", "sampling", "random"}));
+      kSecondExpertPolicies.rule());
     v("second_expert_threshold", second_expert_threshold,
       "top2, random policy: values below 1e-9 act as 1e-9", at_least(0));
     v("legacy_mtf_behavior", legacy_mtf_behavior,
@@ -73,8 +83,7 @@ struct RouterConfig {
 
   template <class V>
   void fields(V& v) {
-    v("type", type, "the router kind (docs/routers.md)",
-      one_of({"experts_choose", "tokens_choose", "top2"}));
+    v("type", type, "the router kind (docs/routers.md)", kRouterTypes.rule());
     v("num_experts", num_experts, "E", at_least(1));
     v("num_selected_experts", num_selected_experts,
       "k, experts per token: tokens_choose (default 1); top2 always 2 (its default)", at_least(1));

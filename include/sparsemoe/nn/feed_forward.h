@@ -28,8 +28,7 @@ struct FeedForwardConfig {
   template <class V>
   void fields(V& v) {
     v("d_ff", d_ff, "F, the inner width", at_least(1));
-    v("activation", activation, "the inner activation (gelu: exact, erf)",
-      one_of({"relu", "gelu", "gelu_tanh", "linear", "tanh"}));
+    v("activation", activation, "the inner activation (gelu: exact, erf)", kActivations.rule());
     v("inner_dropout", inner_dropout, "dropout on the activation", in_half_open(0, 1));
     v("output_dropout", output_dropout, "dropout on the output", in_half_open(0, 1));
     v("use_bias", use_bias, "biases on both projections");

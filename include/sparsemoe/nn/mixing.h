@@ -11,16 +11,22 @@
 #include <string>
 #include <vector>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
 
 enum class MixingMechanism { kLinear, kFourier, kHartley };
-std::string mixing_mechanism_name(MixingMechanism m);
-MixingMechanism parse_mixing_mechanism(const std::string& name);  // "linear", "fourier", "hartley"
-void to_json(nlohmann::json& j, MixingMechanism m);
-void from_json(const nlohmann::json& j, MixingMechanism& m);
+inline constexpr EnumNames<MixingMechanism, 3> kMixingMechanisms{{"linear", "fourier", "hartley"}};
+inline std::string mixing_mechanism_name(MixingMechanism m) { return kMixingMechanisms(m); }
+inline MixingMechanism parse_mixing_mechanism(const std::string& name) {
+  return kMixingMechanisms.parse(name, "mixing_mechanism");
+}
+inline void to_json(nlohmann::json& j, MixingMechanism m) { j = kMixingMechanisms(m); }
+inline void from_json(const nlohmann::json& j, MixingMechanism& m) {
+  m = parse_mixing_mechanism(j.get<std::string>());
+}
 
 class MixingLayer {
  public:

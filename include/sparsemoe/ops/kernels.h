@@ -5,13 +5,19 @@
 #include <cstdint>
 #include <string>
 
+#include "sparsemoe/core/config_io.h"
+
 namespace sparsemoe {
 
 enum class Activation { kRelu, kGelu, kGeluTanh, kLinear, kTanh };
 
 // "relu", "gelu" (exact, erf), "gelu_tanh" (tanh approximation), "linear", "tanh".
-Activation parse_activation(const std::string& name);
-std::string activation_name(Activation a);
+inline constexpr EnumNames<Activation, 5> kActivations{
+    {"relu", "gelu", "gelu_tanh", "linear", "tanh"}};
+inline Activation parse_activation(const std::string& name) {
+  return kActivations.parse(name, "activation");
+}
+inline std::string activation_name(Activation a) { return kActivations(a); }
 
 float activate(Activation a, float x);
 // d act(x) / dx, evaluated at the pre-activation x.

@@ -10,6 +10,7 @@
 // times the same cases.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -155,6 +156,30 @@ TEST_P(Harness, Determinism) {
     EXPECT_TRUE(test::bitwise_equal(a[i], c3[i])) << "tensor " << i << ": 1 vs 3 threads";
     EXPECT_TRUE(test::bitwise_equal(a[i], again[i])) << "tensor " << i << ": run to run";
   }
+}
+
+// Backward needs only what forward saved: overwriting the inputs with NaN between forward and
+// backward changes no gradient (no layer keeps a pointer into its caller's tensors).
+TEST_P(Harness, BackwardKeepsNoPointerToTheInputs) {
+  const Case& c = *GetParam();
+  if (c.perf_only) return;
+  auto grads = [&](bool poison) {
+    auto s = c.make();
+    const std::vector<Tensor> r = upstream(*s, c);
+    s->forward(c.options);
+    zero_grads(s->params());
+    if (poison)
+      for (Tensor* x : s->inputs()) x->fill(std::numeric_limits<float>::quiet_NaN());
+    s->backward(r);
+    std::vector<Tensor> out;
+    for (const Tensor* d : s->input_grads()) out.push_back(*d);
+    for (const ParamRef& p : s->params()) out.push_back(*p.grad);
+    return out;
+  };
+  const auto clean = grads(false), poisoned = grads(true);
+  ASSERT_EQ(clean.size(), poisoned.size());
+  for (size_t i = 0; i < clean.size(); ++i)
+    EXPECT_TRUE(test::bitwise_equal(clean[i], poisoned[i])) << "gradient " << i;
 }
 
 TEST_P(Harness, Errors) {

@@ -316,7 +316,7 @@ class NetworkSubject : public Subject {
   void backward(const std::vector<Tensor>& douts) override {
     // Heads first: their gradients flow into the sequence output (MLM) and the pooled output.
     Tensor dseq = douts.at(0), dpooled;
-    mlm_.backward(dmlm_, dseq, net.embeddings().word_grad);
+    mlm_.backward(dmlm_, net.embeddings().word, dseq, net.embeddings().word_grad);
     cls_.backward(dcls_, dpooled);
     for (int64_t i = 0; i < dpooled.numel(); ++i) dpooled[i] += douts.at(1)[i];
     net.backward(&dseq, &dpooled, &ddense_);

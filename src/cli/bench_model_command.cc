@@ -100,7 +100,7 @@ json bench_preset(const ModelBenchArgs& a, const std::string& name) {
                  softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
           dseq.resize(net.sequence_output().shape());
           dseq.zero();
-          mlm.backward(dmlm, dseq, net.embeddings().word_grad);
+          mlm.backward(dmlm, net.embeddings().word, dseq, net.embeddings().word_grad);
           nsp.backward(dnsp, dpooled);
           net.backward(&dseq, &dpooled);
         },

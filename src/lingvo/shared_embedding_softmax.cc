@@ -72,7 +72,8 @@ SoftmaxLossResult SharedEmbeddingSoftmax::compute_loss(const Tensor& activation,
   check_shape("labels", labels.shape(), {B, L}, "[B, L]");
   check_shape("segment_ids", segment_ids.shape(), {B, L}, "[B, L]");
   labels_ = read_ids(labels, V, "labels");
-  act_ = &activation;
+  act_.resize(activation.shape());  // a copy, not a pointer into the caller's activation
+  std::copy_n(activation.data(), activation.numel(), act_.data());
   act_shape_ = activation.shape();
   nonpad_.resize(N);
   for (int64_t n = 0; n < N; ++n) nonpad_[n] = segment_ids[n] != 0.f ? 1.f : 0.f;
@@ -130,7 +131,7 @@ SoftmaxLossResult SharedEmbeddingSoftmax::compute_loss(const Tensor& activation,
 }
 
 void SharedEmbeddingSoftmax::compute_loss_backward(double dloss, Tensor& dactivation) {
-  check_arg(act_ != nullptr, "compute_loss_backward: call compute_loss first");
+  check_arg(!act_shape_.empty(), "compute_loss_backward: call compute_loss first");
   const int64_t V = config_.vocab_size, D = config_.embedding_dim,
                 N = act_shape_[0] * act_shape_[1];
   const double ls = config_.label_smoothing, off = ls / V, on = 1.0 - ls + off;
@@ -153,7 +154,7 @@ void SharedEmbeddingSoftmax::compute_loss_backward(double dloss, Tensor& dactiva
   dactivation.resize(act_shape_);
   gemm(false, false, N, D, V, scale, dlogits_.data(), V, embedding.data(), D, 0.f,
        dactivation.data(), D);
-  gemm(true, false, V, D, N, scale, dlogits_.data(), V, act_->data(), D, 1.f, embedding_grad.data(),
+  gemm(true, false, V, D, N, scale, dlogits_.data(), V, act_.data(), D, 1.f, embedding_grad.data(),
        D);
 }
 

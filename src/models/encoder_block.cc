@@ -57,9 +57,10 @@ std::vector<ParamRef> EncoderBlock::params() {
   return p;
 }
 
-void EncoderBlock::mix_forward(const Tensor& in, Tensor& out, const ForwardOptions& opt) {
+void EncoderBlock::mix_forward(const Tensor& in, const Tensor* mask, Tensor& out,
+                               const ForwardOptions& opt) {
   if (attention_)
-    attention_->forward(in, mask_, out, opt);
+    attention_->forward(in, mask, out, opt);
   else
     mixing_->forward(in, out);
 }
@@ -86,11 +87,10 @@ void EncoderBlock::ff_backward(const Tensor& d, Tensor& dx) {
 
 MoeMetrics EncoderBlock::forward(const Tensor& x, const Tensor* mask, Tensor& y,
                                  const ForwardOptions& opt) {
-  mask_ = mask;
   if (config_.norm_first) {
     // a = x + Mix(LN1(x)); y = a + F(LN2(a))
     ln1_.forward(x, n1_);
-    mix_forward(n1_, m_, opt);
+    mix_forward(n1_, mask, m_, opt);
     add(x, m_, a_);
     ln2_.forward(a_, n2_);
     const MoeMetrics met = ff_forward(n2_, f_, opt);
@@ -98,7 +98,7 @@ MoeMetrics EncoderBlock::forward(const Tensor& x, const Tensor* mask, Tensor& y,
     return met;
   }
   // a = LN1(x + Mix(x)); y = LN2(a + F(a)), or y = F(a) (tf-models MoE).
-  mix_forward(x, m_, opt);
+  mix_forward(x, mask, m_, opt);
   add(x, m_, s1_);
   ln1_.forward(s1_, a_);
   if (!residual_ff_) return ff_forward(a_, y, opt);

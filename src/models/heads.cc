@@ -81,7 +81,6 @@ void MaskedLmHead::forward(const Tensor& seq, const Tensor& positions, const Ten
   check_shape("embedding table", table.shape(), {V_, W_}, "[V, W]");
   const int64_t P = positions.dim(1), N = B * P;
   const std::vector<int64_t> pos = read_ids(positions, L, "masked_lm_positions");
-  table_ = &table;
   seq_shape_ = seq.shape();
   rows_.resize(N);
   gathered_.resize({B, P, H_});
@@ -103,8 +102,10 @@ void MaskedLmHead::forward(const Tensor& seq, const Tensor& positions, const Ten
   });
 }
 
-void MaskedLmHead::backward(const Tensor& dlogits, Tensor& dseq, Tensor& dtable) {
-  check_arg(table_ != nullptr, "MaskedLmHead::backward: call forward first");
+void MaskedLmHead::backward(const Tensor& dlogits, const Tensor& table, Tensor& dseq,
+                            Tensor& dtable) {
+  check_arg(!seq_shape_.empty(), "MaskedLmHead::backward: call forward first");
+  check_shape("embedding table", table.shape(), {V_, W_}, "[V, W]");
   const int64_t N = static_cast<int64_t>(rows_.size());
   check_shape("dlogits", dlogits.shape(), {gathered_.dim(0), gathered_.dim(1), V_}, "[B, P, V]");
   check_shape("dtable", dtable.shape(), {V_, W_}, "[V, W]");
@@ -120,7 +121,7 @@ void MaskedLmHead::backward(const Tensor& dlogits, Tensor& dseq, Tensor& dtable)
   dn_.resize(n_.shape());
   parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
     const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
-    gemm(false, false, rows, W_, V_, 1.f, dlogits.data() + r0 * V_, V_, table_->data(), W_, 0.f,
+    gemm(false, false, rows, W_, V_, 1.f, dlogits.data() + r0 * V_, V_, table.data(), W_, 0.f,
          dn_.data() + r0 * W_, W_);
   });
   norm_.backward(dn_, dt_);

@@ -41,7 +41,8 @@ void Dense::forward(const Tensor& x, Tensor& y) {
                                                    std::to_string(in_) + "], got " +
                                                    shape_str(x.shape()));
   const int64_t N = x.numel() / in_;
-  x_ = &x;
+  x_.resize({N, in_});  // backward's dW = x^T dh: a copy, not a pointer into the caller's x
+  std::copy_n(x.data(), x.numel(), x_.data());
   x_shape_ = x.shape();
   Shape ys = x.shape();
   ys.back() = out_;
@@ -61,7 +62,7 @@ void Dense::forward(const Tensor& x, Tensor& y) {
 }
 
 void Dense::backward(const Tensor& dy, Tensor* dx) {
-  check_arg(x_ != nullptr, "Dense::backward: call forward first");
+  check_arg(!x_shape_.empty(), "Dense::backward: call forward first");
   const int64_t N = h_.dim(0);
   check_arg(dy.numel() == N * out_, "Dense dy: expected " + std::to_string(N) + " rows of " +
                                         std::to_string(out_) + ", got " + shape_str(dy.shape()));
@@ -74,7 +75,7 @@ void Dense::backward(const Tensor& dy, Tensor* dx) {
   // kernel_grad += x^T dh (parallel over fixed row tiles of the kernel; each sums all N rows).
   parallel_for((in_ + kRows - 1) / kRows, [&](int64_t t) {
     const int64_t k0 = t * kRows, rows = std::min(kRows, in_ - k0);
-    gemm(true, false, rows, out_, N, 1.f, x_->data() + k0, in_, dh_.data(), out_, 1.f,
+    gemm(true, false, rows, out_, N, 1.f, x_.data() + k0, in_, dh_.data(), out_, 1.f,
          kernel_grad.data() + k0 * out_, out_);
   });
   if (bias.numel())

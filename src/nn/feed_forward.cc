@@ -93,15 +93,16 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
   drop_ = {opt.training, derive_key(weights_.seed, kInnerDropoutTag, opt.step),
            derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids_.data()};
   y.resize(x.shape());
-  x_ = &x;
-  ffn_forward(weights_.params(), offsets_.data(), x.data(), y.data(), drop_, saved_);
+  x_.resize(x.shape());  // backward's dW1 = x^T dh: a copy, not a pointer into the caller's x
+  std::copy_n(x.data(), x.numel(), x_.data());
+  ffn_forward(weights_.params(), offsets_.data(), x_.data(), y.data(), drop_, saved_);
 }
 
 void FeedForward::backward(const Tensor& dy, Tensor& dx) {
-  check_arg(x_ != nullptr, "FeedForward::backward: call forward first");
-  check_shape("dy", dy.shape(), x_->shape());
+  check_arg(x_.numel() > 0, "FeedForward::backward: call forward first");
+  check_shape("dy", dy.shape(), x_.shape());
   dx.resize(dy.shape());
-  ffn_backward(weights_.params(), offsets_.data(), x_->data(), dy.data(), dx.data(), drop_, saved_,
+  ffn_backward(weights_.params(), offsets_.data(), x_.data(), dy.data(), dx.data(), drop_, saved_,
                weights_.grads());
 }
 

@@ -111,12 +111,14 @@ void MixingLayer::transform(const float* x, float* y, int64_t B) {
 void MixingLayer::forward(const Tensor& x, Tensor& y) {
   check_input(x, "x");
   const int64_t B = x.dim(0), L = L_, H = H_;
-  x_ = &x;
+  have_forward_ = true;
   y.resize(x.shape());
   if (mechanism_ != MixingMechanism::kLinear) {
     transform(x.data(), y.data(), B);
     return;
   }
+  x_.resize(x.shape());  // backward's dW_hid = x^T dt: a copy, not a pointer into the caller's x
+  std::copy_n(x.data(), x.numel(), x_.data());
   // y_b = W_seq . (x_b . W_hid); t = x . W_hid is saved for backward.
   t_.resize(x.shape());
   parallel_for(B, [&](int64_t b) {
@@ -128,7 +130,7 @@ void MixingLayer::forward(const Tensor& x, Tensor& y) {
 }
 
 void MixingLayer::backward(const Tensor& dy, Tensor& dx) {
-  check_arg(x_ != nullptr, "MixingLayer::backward: call forward first");
+  check_arg(have_forward_, "MixingLayer::backward: call forward first");
   check_input(dy, "dy");
   const int64_t B = dy.dim(0), L = L_, H = H_;
   dx.resize(dy.shape());
@@ -148,7 +150,7 @@ void MixingLayer::backward(const Tensor& dy, Tensor& dx) {
   for (int64_t b = 0; b < B; ++b)  // fixed order: deterministic sum over the batch
     gemm(false, true, L, L, H, 1.f, dy.data() + b * L * H, H, t_.data() + b * L * H, H, 1.f,
          seq_kernel_grad.data(), L);
-  gemm(true, false, H, H, B * L, 1.f, x_->data(), H, dt, H, 1.f, hidden_kernel_grad.data(), H);
+  gemm(true, false, H, H, B * L, 1.f, x_.data(), H, dt, H, 1.f, hidden_kernel_grad.data(), H);
 }
 
 }  // namespace sparsemoe

@@ -257,7 +257,7 @@ void Trainer::train_step() {
   if (pre) {
     dseq_.resize(net.sequence_output().shape());
     dseq_.zero();  // the head adds into it
-    model_->mlm.backward(dlogits, dseq_, net.embeddings().word_grad);
+    model_->mlm.backward(dlogits, net.embeddings().word, dseq_, net.embeddings().word_grad);
     net.backward(&dseq_, nullptr);
   } else {
     model_->classifier.backward(dlogits, dpooled_);

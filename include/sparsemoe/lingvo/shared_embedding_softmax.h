@@ -82,7 +82,7 @@ class SharedEmbeddingSoftmax {
   SharedEmbeddingSoftmaxConfig config_;
   std::vector<int64_t> ids_, pos_;  // saved lookups [B*L]
   // Saved by compute_loss.
-  const Tensor* act_ = nullptr;
+  Tensor act_;  // [B, L, D] the activation compute_loss saw (a copy)
   Shape act_shape_;
   Tensor probs_;                 // [N, V] softmax of the (clipped) logits
   Tensor raw_logits_;            // [N, V] before clipping

@@ -52,7 +52,7 @@ class EncoderBlock {
   MoeLayer* moe_layer() { return moe_.get(); }  // null for a dense block
 
  private:
-  void mix_forward(const Tensor& in, Tensor& out, const ForwardOptions& opt);
+  void mix_forward(const Tensor& in, const Tensor* mask, Tensor& out, const ForwardOptions& opt);
   void mix_backward(const Tensor& d, Tensor& dx);
   MoeMetrics ff_forward(const Tensor& in, Tensor& out, const ForwardOptions& opt);
   void ff_backward(const Tensor& d, Tensor& dx);
@@ -63,7 +63,6 @@ class EncoderBlock {
   std::unique_ptr<FeedForward> ffn_;
   std::unique_ptr<MoeLayer> moe_;
   LayerNorm ln1_, ln2_;
-  const Tensor* mask_ = nullptr;
   bool residual_ff_ = true, norm_ff_ = true;  // tf-models post-LN MoE has neither
   // Saved activations (the sublayers keep pointers to their inputs).
   Tensor n1_, m_, s1_, a_, n2_, f_, s2_;

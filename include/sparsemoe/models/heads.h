@@ -34,8 +34,9 @@ class MaskedLmHead {
   void forward(const Tensor& sequence, const Tensor& positions, const Tensor& table,
                Tensor& logits);
   // dlogits [B, P, V] -> adds into dsequence [B, L, H] (must have the sequence's shape) and into
-  // dtable [V, W] (the embeddings' word_grad); accumulates the head's own gradients.
-  void backward(const Tensor& dlogits, Tensor& dsequence, Tensor& dtable);
+  // dtable [V, W] (the embeddings' word_grad); accumulates the head's own gradients. table is the
+  // one forward saw (the head keeps no pointer to the embeddings' weights).
+  void backward(const Tensor& dlogits, const Tensor& table, Tensor& dsequence, Tensor& dtable);
 
   std::vector<ParamRef> params();
 
@@ -45,7 +46,6 @@ class MaskedLmHead {
   int64_t H_, W_, V_;
   Dense transform_;
   LayerNorm norm_;
-  const Tensor* table_ = nullptr;
   Shape seq_shape_;            // [B, L, H] of the last forward
   std::vector<int64_t> rows_;  // [B*P] flat row b*L + p of each gathered position
   Tensor gathered_, t_, n_;    // [B, P, H], [B, P, W], [B, P, W]

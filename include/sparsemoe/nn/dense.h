@@ -31,7 +31,7 @@ class Dense {
  private:
   int64_t in_, out_;
   Activation act_;
-  const Tensor* x_ = nullptr;
+  Tensor x_;  // [N, in] the last forward's input (a copy)
   Shape x_shape_;
   Tensor h_;   // [N, out] pre-activation
   Tensor dh_;  // [N, out]

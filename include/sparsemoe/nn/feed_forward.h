@@ -79,7 +79,7 @@ class FeedForward {
   FfnDropout drop_;
   std::vector<uint64_t> row_ids_;
   std::vector<int64_t> offsets_;
-  const Tensor* x_ = nullptr;
+  Tensor x_;  // [..., H] the last forward's input (a copy)
 };
 
 }  // namespace sparsemoe

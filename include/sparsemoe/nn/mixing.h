@@ -51,7 +51,8 @@ class MixingLayer {
   int64_t L_, H_;
   bool use_fft_;
   Tensor cos_l_, sin_l_, cos_h_, sin_h_;  // [L, L], [H, H] DFT matrices (cos/sin parts)
-  const Tensor* x_ = nullptr;
+  Tensor x_;  // [B, L, H] the last forward's input (a copy; linear mixing only)
+  bool have_forward_ = false;
   Tensor t_;  // LINEAR: x . hidden_kernel [B, L, H], saved for backward
   // Workspaces reused across calls: [B, L, H] products, the FFT's complex buffers, and one kissfft
   // plan per batch item (a plan holds scratch memory, so concurrent items need their own).

@@ -39,7 +39,8 @@ int run_bench_cases(const CasesArgs& a) {
         a.min_time);
     nlohmann::json row = {
         {"case", c.name}, {"forward_ms", fwd * 1e3}, {"forward_backward_ms", fb * 1e3}};
-    if (c.flops && c.flops(*s) > 0) row["forward_gflops"] = c.flops(*s) / fwd / 1e9;
+    const double flops = c.flops ? c.flops(*s) : 0.0;
+    if (flops > 0) row["forward_gflops"] = flops / fwd / 1e9;
     results.push_back(row);
   }
   check_arg(!results.empty(), "--filter: no case name contains '" + a.filter + "'");

@@ -30,6 +30,11 @@ int64_t arg(int64_t g, int64_t t, int64_t e, int64_t c, int64_t T, int64_t E, in
 
 }  // namespace
 
+float MoeReference::noise(int64_t i) const {
+  if (!jittered_) return 1.f;
+  return 1.f - eps_ + 2.f * eps_ * uniform01(jitter_key_, static_cast<uint64_t>(i));
+}
+
 MoeReference::MoeReference(const MoeLayerConfig& config)
     : c_((config.validate(), config)),
       H_(config.hidden_size),
@@ -84,10 +89,7 @@ MoeMetrics MoeReference::forward(const Tensor& x, Tensor& y, const ForwardOption
   jitter_key_ = derive_key(c_.seed, kJitterTag, opt.step);
   eps_ = static_cast<float>(c_.router.jitter_noise);
   gate_in_.assign(N * H, 0.0);
-  for (int64_t i = 0; i < N * H; ++i) {
-    const float noise = 1.f - eps_ + 2.f * eps_ * uniform01(jitter_key_, static_cast<uint64_t>(i));
-    gate_in_[i] = x[i] * (jittered_ ? static_cast<double>(noise) : 1.0);
-  }
+  for (int64_t i = 0; i < N * H; ++i) gate_in_[i] = x[i] * static_cast<double>(noise(i));
   logits_.assign(N * E, 0.0);
   lse_.assign(N, 0.0);
   probs_.assign(N * E, 0.0);
@@ -520,12 +522,13 @@ void MoeReference::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   for (int64_t n = 0; n < N; ++n)
     for (int64_t e = 0; e < E; ++e) {
       if (dbias_.numel()) dbias_[e] += static_cast<float>(dlogits[n * E + e]);
-      for (int64_t h = 0; h < H; ++h) {
+      for (int64_t h = 0; h < H; ++h)
         dkernel_[h * E + e] += static_cast<float>(gate_in_[n * H + h] * dlogits[n * E + e]);
-        const float noise =
-            1.f - eps_ + 2.f * eps_ * uniform01(jitter_key_, static_cast<uint64_t>(n * H + h));
-        dxd[n * H + h] += dlogits[n * E + e] * kernel_[h * E + e] * (jittered_ ? noise : 1.f);
-      }
+    }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) {
+      const float z = noise(n * H + h);
+      for (int64_t e = 0; e < E; ++e) dxd[n * H + h] += dlogits[n * E + e] * kernel_[h * E + e] * z;
     }
   dx.resize(dy.shape());
   for (int64_t i = 0; i < N * H; ++i) dx[i] = static_cast<float>(dxd[i]);

@@ -42,6 +42,8 @@ class MoeReference {
     bool live1 = false, live2 = false, kept1 = false, kept2 = false;
     double p1 = 0, p2 = 0;
   };
+  // The jitter factor of gate-input element i (1 when not jittered), from moe/streams.h.
+  float noise(int64_t i) const;
   void route(const float* paddings, bool training, bool sample, uint64_t key);
   void route_backward(const std::vector<double>& dcombine, double loss_scale,
                       std::vector<double>& dprobs) const;

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "sparsemoe/cases/cases.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 
 namespace sparsemoe::cli {
 
@@ -70,7 +71,8 @@ void add_bench_cases_command(CLI::App& bench, std::function<int()>& run) {
       "cases", "Time the test harness's cases (the ops, layers and networks the tests check)");
   auto a = std::make_shared<CasesArgs>();
   cmd->add_option("--filter", a->filter, "only cases whose name contains this");
-  cmd->add_option("--threads", a->threads, "threads (default: OpenMP default)");
+  cmd->add_option("--threads", a->threads, "threads (default: OpenMP default)")
+      ->check(CLI::Range(1, kMaxThreads));
   cmd->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
   cmd->add_flag("--json", a->json_out, "machine-readable output");
   cmd->callback([&run, a] { run = [a] { return run_bench_cases(*a); }; });

@@ -15,6 +15,7 @@
 #include "bench_util.h"
 #include "commands.h"
 #include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/moe/moe_layer.h"
@@ -173,7 +174,8 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->add_option("--k", a->k, "experts per token for tokens_choose (default: 1 and 2)");
   moe->add_option("--capacity-factor", a->capacity_factor, "capacity factor")
       ->capture_default_str();
-  moe->add_option("--threads", a->threads, "threads (default: OpenMP default)");
+  moe->add_option("--threads", a->threads, "threads (default: OpenMP default)")
+      ->check(CLI::Range(1, kMaxThreads));
   moe->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
   moe->add_flag("--dropless", a->dropless, "tokens_choose without a capacity limit");
   moe->add_flag("--json", a->json_out, "machine-readable output");

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
@@ -183,7 +184,8 @@ void add_bench_model_command(CLI::App& bench, std::function<int()>& run) {
   model->add_option("--mode", a->mode, "train, infer or both")
       ->capture_default_str()
       ->check(CLI::IsMember({"train", "infer", "both"}));
-  model->add_option("--threads", a->threads, "threads (default: OpenMP default)");
+  model->add_option("--threads", a->threads, "threads (default: OpenMP default)")
+      ->check(CLI::Range(1, kMaxThreads));
   model->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
   model->add_option("--min-runs", a->min_runs, "timed runs per measurement (median reported)")
       ->capture_default_str()

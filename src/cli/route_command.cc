@@ -1,6 +1,7 @@
 // `sparsemoe route [FILE]`: reads a JSON routing problem (router logits and options), prints the
 // routing decision as JSON: capacity, dense dispatch/combine [G,T,E,C], losses and metrics.
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -12,6 +13,7 @@
 #include "commands.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/moe/routing.h"
 
 namespace sparsemoe::cli {
@@ -19,6 +21,11 @@ namespace sparsemoe::cli {
 namespace {
 
 using nlohmann::json;
+
+// The most values a dense [G, T, E, C] answer may hold (each printed twice, about 100 MB of JSON).
+constexpr int64_t kMaxRouteCells = int64_t{1} << 23;
+// The largest request read (about 2 million logits).
+constexpr size_t kMaxRequestBytes = size_t{64} << 20;
 
 // Reads paddings G x T of 0/1.
 std::vector<float> read_paddings(const json& j, int64_t G, int64_t T) {
@@ -99,18 +106,26 @@ json nested(const std::vector<float>& v, int64_t G, int64_t T, int64_t E, int64_
 
 int run_route(const std::string& file) {
   std::string text;
-  if (file.empty() || file == "-") {
-    text.assign(std::istreambuf_iterator<char>(std::cin), {});
-  } else {
-    std::ifstream in(file);
-    if (!in) throw InvalidArgument("cannot open '" + file + "'");
-    text.assign(std::istreambuf_iterator<char>(in), {});
+  std::istream* in = &std::cin;
+  std::ifstream fin;
+  if (!file.empty() && file != "-") {
+    fin.open(file, std::ios::binary);
+    if (!fin || std::filesystem::is_directory(file))
+      throw InvalidArgument("cannot open '" + file + "' (expected a JSON file)");
+    in = &fin;
+  }
+  char buf[1 << 16];
+  while (in->read(buf, sizeof buf) || in->gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in->gcount()));
+    if (text.size() > kMaxRequestBytes)
+      throw InvalidArgument("route: the request is larger than " +
+                            std::to_string(kMaxRequestBytes >> 20) + " MiB");
   }
   json req;
   try {
-    req = json::parse(text);
-  } catch (const json::exception& e) {
-    throw InvalidArgument(std::string("invalid JSON: ") + e.what());
+    req = parse_json(text, "route request");
+  } catch (const ConfigError& e) {
+    throw InvalidArgument(e.what());
   }
   // The request names the library's options; everything is validated by the library.
   JsonFields f(req, "route request");
@@ -154,12 +169,22 @@ int run_route(const std::string& file) {
   if (req.contains("capacity") && req.contains("capacity_factor"))
     throw InvalidArgument("give either capacity or capacity_factor, not both");
   if (req.contains("capacity")) {
-    if (C < 0) throw InvalidArgument("capacity: expected >= 0, got " + std::to_string(C));
+    if (C < 0 || C > kMaxExpertCapacity)
+      throw InvalidArgument("capacity: expected 0 to " + std::to_string(kMaxExpertCapacity) +
+                            ", got " + std::to_string(C));
   } else {
     if (!(rule.capacity_factor >= 0) || !std::isfinite(rule.capacity_factor))
       throw InvalidArgument("capacity_factor: expected a finite number >= 0");
     C = policy_ptr->capacity(rule, T, E);  // default: the reference sources' factor, 1
   }
+  // The answer is dense [G, T, E, C] twice: refuse one too large to print before allocating it.
+  const int64_t cells = checked_product({G, T, E, C}, "route: dispatch [G, T, E, C]");
+  if (cells > kMaxRouteCells)
+    throw InvalidArgument("route: the dense dispatch and combine [G, T, E, C] = [" +
+                          std::to_string(G) + ", " + std::to_string(T) + ", " + std::to_string(E) +
+                          ", " + std::to_string(C) + "] would hold " + std::to_string(cells) +
+                          " values each; the limit is " + std::to_string(kMaxRouteCells) +
+                          " (fewer tokens per group or a smaller capacity)");
   std::vector<float> paddings;
   if (!jpad.is_null()) paddings = read_paddings(jpad, G, T);
   RoutingRecord rec;

@@ -78,36 +78,62 @@ int run_eval(const RunArgs& a) {
   return 0;
 }
 
+// Only a line's first bytes are tokenized: the model sees its first max_sequence_length tokens,
+// and no piece is longer than 64 bytes, so a longer prefix changes nothing but the memory (an
+// 8 MB line once took 2 GB). The cut falls on a UTF-8 character boundary.
+std::string_view predict_prefix(const std::string& line, int64_t max_len) {
+  const size_t limit = static_cast<size_t>(std::max<int64_t>(4096, 64 * max_len));
+  if (line.size() <= limit) return line;
+  size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+  return std::string_view(line).substr(0, cut);
+}
+
 int run_predict(const RunArgs& a) {
   check_arg(a.top >= 1, "--top: expected >= 1, got " + std::to_string(a.top));
   LoadedRun run = load_run(a.run_dir);
+  const int64_t C = static_cast<int64_t>(run.labels.size()), k = std::min<int64_t>(a.top, C);
+  // Streamed in chunks of whole batches, so the output is the same as for all lines at once and
+  // the memory does not grow with the input.
+  const int64_t B = run.config.batch_size;
+  const size_t chunk = static_cast<size_t>(B * std::max<int64_t>(1, 256 / B));
   std::vector<std::string> lines;
   std::vector<std::vector<int>> rows;
+  auto flush = [&] {
+    const auto probs = predict_probabilities(*run.model, rows, B);
+    for (size_t i = 0; i < lines.size(); ++i) {
+      std::vector<int64_t> order(C);
+      for (int64_t c = 0; c < C; ++c) order[c] = c;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t x, int64_t y) { return probs[i][x] > probs[i][y]; });
+      if (a.json) {
+        json top = json::array();
+        for (int64_t j = 0; j < k; ++j)
+          top.push_back({{"label", run.labels[order[j]]}, {"probability", probs[i][order[j]]}});
+        // Invalid UTF-8 in a line is echoed with U+FFFD, not an error that loses the rest.
+        std::cout << json({{"text", lines[i]}, {"label", run.labels[order[0]]}, {"top", top}})
+                         .dump(-1, ' ', false, json::error_handler_t::replace)
+                  << "\n";
+      } else {
+        std::string alts;
+        for (int64_t j = 0; j < k; ++j)
+          alts +=
+              fmt::format("{}{} {:.3f}", j ? ", " : "", run.labels[order[j]], probs[i][order[j]]);
+        std::cout << run.labels[order[0]] << "\t" << alts << "\n";
+      }
+    }
+    std::cout.flush();
+    lines.clear();
+    rows.clear();
+  };
   for (std::string line; std::getline(std::cin, line);) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    rows.push_back(run.tokenizer.encode(line));
+    rows.push_back(run.tokenizer.encode(
+        std::string(predict_prefix(line, run.config.model.max_sequence_length))));
     lines.push_back(std::move(line));
+    if (lines.size() == chunk) flush();
   }
-  const auto probs = predict_probabilities(*run.model, rows, run.config.batch_size);
-  const int64_t C = static_cast<int64_t>(run.labels.size()), k = std::min<int64_t>(a.top, C);
-  for (size_t i = 0; i < lines.size(); ++i) {
-    std::vector<int64_t> order(C);
-    for (int64_t c = 0; c < C; ++c) order[c] = c;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t x, int64_t y) { return probs[i][x] > probs[i][y]; });
-    if (a.json) {
-      json top = json::array();
-      for (int64_t j = 0; j < k; ++j)
-        top.push_back({{"label", run.labels[order[j]]}, {"probability", probs[i][order[j]]}});
-      std::cout << json({{"text", lines[i]}, {"label", run.labels[order[0]]}, {"top", top}}).dump()
-                << "\n";
-    } else {
-      std::string alts;
-      for (int64_t j = 0; j < k; ++j)
-        alts += fmt::format("{}{} {:.3f}", j ? ", " : "", run.labels[order[j]], probs[i][order[j]]);
-      std::cout << run.labels[order[0]] << "\t" << alts << "\n";
-    }
-  }
+  if (!lines.empty()) flush();
   return 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include "commands.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/io/file_io.h"
 #include "sparsemoe/train/trainer.h"
@@ -26,8 +27,17 @@ namespace sparsemoe::cli {
 namespace {
 
 std::atomic<int> g_signal{0};
+// Set while the Trainer prepares (corpus, tokenizer training): nothing of value is written yet
+// and SentencePiece cannot be interrupted, so a signal then exits at once. A run stopped there
+// is started again by the next `train` or `train --resume` on the directory.
+std::atomic<bool> g_preparing{false};
 
 extern "C" void on_stop_signal(int sig) {
+  if (g_preparing.load()) {
+    constexpr char msg[] = "\nsparsemoe: interrupted while preparing the run; nothing to keep\n";
+    [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    ::_exit(128 + sig);
+  }
   g_signal.store(sig);
   std::signal(sig, SIG_DFL);  // a second signal stops at once
 }
@@ -142,10 +152,12 @@ int run_train(const TrainArgs& a) {
   opt.live = !a.quiet && isatty(STDERR_FILENO);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
+  const TrainConfig config = a.resume ? TrainConfig{} : load_train_config(a.config, a.sets);
+  g_preparing = true;
   std::unique_ptr<Trainer> trainer =
-      a.resume ? Trainer::resume(a.out, opt)
-               : std::make_unique<Trainer>(load_train_config(a.config, a.sets), a.out, opt);
-  if (a.resume && opt.log)
+      a.resume ? Trainer::resume(a.out, opt) : std::make_unique<Trainer>(config, a.out, opt);
+  g_preparing = false;
+  if (a.resume && trainer->step() > 0 && opt.log)
     *opt.log << "resuming " << a.out << " at step " << trainer->step() << "\n";
   TrainResult r;
   try {
@@ -153,6 +165,12 @@ int run_train(const TrainArgs& a) {
   } catch (const NonFiniteLoss& e) {
     std::cerr << "sparsemoe: " << e.what() << "\n";
     return 1;
+  }
+  if (r.outcome == TrainOutcome::kAlreadyFinished) {
+    std::cerr << fmt::format(
+        "the run in {} is finished (step {}); nothing to do (results: {}/results.json)\n", a.out,
+        r.step, a.out);
+    return 0;
   }
   if (r.outcome != TrainOutcome::kFinished) {
     std::cerr << fmt::format(
@@ -182,7 +200,8 @@ void add_train_command(CLI::App& app, std::function<int()>& run) {
   cmd->add_flag("--resume", a->resume, "continue the run in --out from its checkpoint");
   cmd->add_option("--stop-after", a->stop_after,
                   "checkpoint and stop once this many steps are done (continue with --resume)");
-  cmd->add_option("--threads", a->threads, "OpenMP threads (default: all cores)");
+  cmd->add_option("--threads", a->threads, "OpenMP threads (default: all cores)")
+      ->check(CLI::Range(1, kMaxThreads));
   cmd->add_flag("--quiet", a->quiet, "no progress output");
   cmd->add_flag("--compare-dense", a->compare_dense,
                 "then train the same network without MoE layers for the same time (in OUT/dense) "

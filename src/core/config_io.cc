@@ -2,8 +2,96 @@
 #include "sparsemoe/core/config_io.h"
 
 #include <cmath>
+#include <vector>
 
 namespace sparsemoe {
+
+std::string json_error_text(const nlohmann::json::exception& e) {
+  std::string s = e.what();
+  if (!s.empty() && s[0] == '[') {
+    const auto close = s.find("] ");
+    if (close != std::string::npos) s = s.substr(close + 2);
+  }
+  return s;
+}
+
+nlohmann::json parse_json(const std::string& text, const std::string& what) {
+  // One set of keys per open object; the callback sees every key as it is read.
+  std::vector<std::vector<std::string>> open;
+  std::string duplicate;
+  auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) {
+      open.emplace_back();
+    } else if (ev == E::object_end) {
+      if (!open.empty()) open.pop_back();
+    } else if (ev == E::key && !open.empty() && duplicate.empty()) {
+      const std::string k = parsed.get<std::string>();
+      for (const auto& seen : open.back())
+        if (seen == k) duplicate = k;
+      open.back().push_back(k);
+    }
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text, cb);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(what + ": invalid JSON: " + json_error_text(e));
+  }
+  if (!duplicate.empty()) throw ConfigError(what + ": duplicate key '" + duplicate + "'");
+  return j;
+}
+
+void json_read(const nlohmann::json& j, bool& out, const std::string& what) {
+  if (!j.is_boolean())
+    throw ConfigError(what + ": expected true or false, got " + std::string(j.type_name()));
+  out = j.get<bool>();
+}
+
+void json_read(const nlohmann::json& j, std::string& out, const std::string& what) {
+  if (!j.is_string())
+    throw ConfigError(what + ": expected a string, got " + std::string(j.type_name()));
+  out = j.get<std::string>();
+}
+
+void json_read(const nlohmann::json& j, double& out, const std::string& what) {
+  if (!j.is_number())
+    throw ConfigError(what + ": expected a number, got " + std::string(j.type_name()));
+  out = j.get<double>();
+}
+
+void json_read(const nlohmann::json& j, nlohmann::json& out, const std::string&) { out = j; }
+
+void json_read_integer(const nlohmann::json& j, long double lo, long double hi, int64_t* out_signed,
+                       uint64_t* out_unsigned, const std::string& what) {
+  auto range = [&] {
+    return "an integer in [" +
+           (lo < -9.2e18L ? std::string("-2^63")
+                          : nlohmann::json(static_cast<int64_t>(lo)).dump()) +
+           ", " +
+           (hi >= 9.2e18L ? std::string(hi > 1.0e19L ? "2^64-1" : "2^63-1")
+                          : nlohmann::json(static_cast<int64_t>(hi)).dump()) +
+           "]";
+  };
+  if (!j.is_number())
+    throw ConfigError(what + ": expected an integer, got " + std::string(j.type_name()));
+  long double v;
+  if (j.is_number_unsigned())
+    v = static_cast<long double>(j.get<uint64_t>());
+  else if (j.is_number_integer())
+    v = static_cast<long double>(j.get<int64_t>());
+  else
+    v = static_cast<long double>(j.get<double>());
+  if (v != std::trunc(v) || !std::isfinite(static_cast<double>(v)))
+    throw ConfigError(what + ": expected an integer, got " + j.dump());
+  if (!(v >= lo && v <= hi))
+    throw ConfigError(what + ": expected " + range() + ", got " + j.dump());
+  // Exact for every integer JSON holds: unsigned and signed ones are read as such.
+  if (out_signed) *out_signed = j.is_number_float() ? static_cast<int64_t>(v) : j.get<int64_t>();
+  if (out_unsigned)
+    *out_unsigned = j.is_number_float() ? static_cast<uint64_t>(v) : j.get<uint64_t>();
+}
 
 JsonFields::JsonFields(const nlohmann::json& j, std::string where)
     : j_(j), where_(std::move(where)) {

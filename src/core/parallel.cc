@@ -7,6 +7,10 @@
 
 #include <algorithm>
 #include <exception>
+#include <string>
+
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 
 namespace sparsemoe {
 
@@ -15,6 +19,8 @@ int g_threads = 0;  // 0: OpenMP default
 }
 
 void set_num_threads(int n) {
+  check_arg(n >= 0 && n <= kMaxThreads, "threads: expected 1 to " + std::to_string(kMaxThreads) +
+                                            " (0: the default), got " + std::to_string(n));
   g_threads = n > 0 ? n : 0;
   omp_set_num_threads(g_threads > 0 ? g_threads : omp_get_num_procs());
 }

@@ -6,12 +6,17 @@
 #include <new>
 
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 
 namespace sparsemoe {
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    check_arg(d >= 0, "Tensor: negative dimension in " + shape_str(shape));
+    check_arg(!__builtin_mul_overflow(n, d, &n),
+              "Tensor: shape " + shape_str(shape) + " has more elements than 64-bit sizes hold");
+  }
   return n;
 }
 
@@ -59,9 +64,9 @@ Tensor& Tensor::operator=(const Tensor& other) {
 }
 
 void Tensor::resize(const Shape& shape) {
-  for (int64_t d : shape) check_arg(d >= 0, "Tensor: negative dimension in " + shape_str(shape));
   const int64_t n = shape_numel(shape);
   if (n > capacity_) {
+    check_memory(static_cast<double>(n) * sizeof(float), "Tensor " + shape_str(shape));
     // Round the byte size up to the 64-byte alignment, as aligned_alloc requires.
     const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
     float* p = static_cast<float*>(std::aligned_alloc(64, bytes));

@@ -6,6 +6,7 @@
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/nn/attention.h"
 #include "sparsemoe/ops/kernels.h"
@@ -189,8 +190,41 @@ EncoderBlockConfig block_config(const SparseMixerConfig& c, int64_t l) {
 
 }  // namespace
 
+double SparseMixerConfig::float_count() const {
+  const double H = static_cast<double>(hidden_size), L = static_cast<double>(max_sequence_length);
+  const double W = embedding_width > 0 ? static_cast<double>(embedding_width) : H;
+  double n = (static_cast<double>(vocab_size) + static_cast<double>(type_vocab_size) + L + 2) * W;
+  if (W != H) n += W * H + H;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    if (is_attention_layer(l))
+      n += 4 * (H * H + H);
+    else if (mixing_mechanism == MixingMechanism::kLinear)
+      n += L * L;
+    else if (!use_fft)
+      n += 2 * (L * L + H * H);  // the DFT matrices (buffers, not parameters)
+    n += 4 * H;                  // two layer norms
+    const MoeLayerConfig m = is_moe_layer(l) ? moe_layer(l) : MoeLayerConfig{};
+    const double F = static_cast<double>(inner_dim),
+                 E = is_moe_layer(l) ? m.experts.num_experts : 1;
+    const double F1 = is_moe_layer(l) && m.experts.glu ? 2 * F : F;
+    n += E * (H * F1 + F1 + F * H + H) + (is_moe_layer(l) ? H * E + E : 0);
+  }
+  return n + H * H + H;  // the pooler
+}
+
+namespace {
+const SparseMixerConfig& checked(const SparseMixerConfig& c) {
+  c.validate();
+  check_memory(2 * 4 * c.float_count(), "SparseMixer (hidden_size " + str(c.hidden_size) +
+                                            ", inner_dim " + str(c.inner_dim) + ", num_layers " +
+                                            str(c.num_layers) + ", vocab_size " +
+                                            str(c.vocab_size) + "), weights and gradients");
+  return c;
+}
+}  // namespace
+
 SparseMixer::SparseMixer(const SparseMixerConfig& config)
-    : config_((config.validate(), config)),
+    : config_(checked(config)),
       embeddings_(embeddings_config(config)),
       pooler_(config.hidden_size, config.hidden_size, Activation::kTanh, true,
               config.initializer_range, derive_key(config.seed, kPoolerTag)) {

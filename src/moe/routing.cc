@@ -188,13 +188,26 @@ int64_t round_half_even(double x) {
   return static_cast<int64_t>(r);
 }
 
+namespace {
+void check_capacity(double c, double capacity_factor, int64_t T, int64_t E) {
+  check_arg(c <= static_cast<double>(kMaxExpertCapacity),
+            "capacity_factor: " + nlohmann::json(capacity_factor).dump() +
+                " gives an expert capacity of " + nlohmann::json(c).dump() + " for " +
+                std::to_string(T) + " tokens and " + std::to_string(E) +
+                " experts; expected at most 2147483644");
+}
+}  // namespace
+
 int64_t expert_capacity(double capacity_factor, int64_t tokens_per_group, int64_t num_experts,
                         int64_t min_capacity) {
-  check_arg(capacity_factor >= 0,
-            "capacity_factor: expected >= 0, got " + std::to_string(capacity_factor));
+  check_arg(capacity_factor >= 0 && std::isfinite(capacity_factor),
+            "capacity_factor: expected a finite number >= 0, got " +
+                nlohmann::json(capacity_factor).dump());
   check_arg(num_experts >= 1, "num_experts: expected >= 1, got " + std::to_string(num_experts));
-  const int64_t c = round_half_even(capacity_factor * static_cast<double>(tokens_per_group) /
-                                    static_cast<double>(num_experts));
+  const double x =
+      capacity_factor * static_cast<double>(tokens_per_group) / static_cast<double>(num_experts);
+  check_capacity(x, capacity_factor, tokens_per_group, num_experts);
+  const int64_t c = round_half_even(x);
   return c < min_capacity ? min_capacity : c;
 }
 
@@ -203,9 +216,13 @@ int64_t lingvo_expert_capacity(int64_t expert_capacity_dim, double capacity_fact
   check_arg(expert_capacity_dim >= 0,
             "expert_capacity_dim: expected >= 0, got " + std::to_string(expert_capacity_dim));
   check_arg(E >= 1, "num_experts: expected >= 1, got " + std::to_string(E));
+  check_arg(
+      !std::isnan(capacity_factor) && !std::isinf(capacity_factor),
+      "capacity_factor: expected a finite number, got " + nlohmann::json(capacity_factor).dump());
   if (!(capacity_factor > 0)) return expert_capacity_dim;
-  int64_t autoc = static_cast<int64_t>(static_cast<double>(S) * capacity_factor /
-                                       static_cast<double>(E));  // truncation, as int() does
+  const double x = static_cast<double>(S) * capacity_factor / static_cast<double>(E);
+  check_capacity(x, capacity_factor, S, E);
+  int64_t autoc = static_cast<int64_t>(x);  // truncation, as int() does
   if (autoc == 0) autoc = 4;
   if (expert_capacity_dim >= autoc) return expert_capacity_dim;
   return (autoc + 3) / 4 * 4;

@@ -197,6 +197,12 @@ double num(const json& j, const char* key) {
   return it != j.end() && it->is_number() ? it->get<double>() : NAN;
 }
 
+// A string field for display; "" when absent or not a string (a damaged file).
+std::string text(const json& j, const char* key) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 }  // namespace
 
 std::string write_report(const std::string& run_dir) {
@@ -206,8 +212,14 @@ std::string write_report(const std::string& run_dir) {
   json config, results;
   const std::string config_path = (fs::path(run_dir) / "config.json").string();
   const std::string results_path = (fs::path(run_dir) / "results.json").string();
-  if (fs::exists(config_path)) config = json::parse(read_file(config_path), nullptr, false);
+  // Only into a run directory: `report` on any other directory must not write there.
+  if (!fs::is_regular_file(config_path))
+    throw IoError("'" + run_dir + "' is not a run directory (no config.json); nothing written");
+  config = json::parse(read_file(config_path), nullptr, false);
   if (fs::exists(results_path)) results = json::parse(read_file(results_path), nullptr, false);
+  // A damaged file is shown as missing, never as a library error.
+  if (!config.is_object()) config = json::object();
+  if (!results.is_object()) results = nullptr;
 
   Series train_pre{"pretrain (MLM)", "#1f77b4", {}, false};
   Series train_fine{"finetune", "#d62728", {}, false};
@@ -218,7 +230,7 @@ std::string write_report(const std::string& run_dir) {
   std::map<std::string, std::vector<std::pair<double, std::vector<double>>>> load;  // per layer
   const char* palette[] = {"#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
   for (const json& r : records) {
-    const std::string event = r.value("event", ""), phase = r.value("phase", "");
+    const std::string event = text(r, "event"), phase = text(r, "phase");
     const double step = num(r, "step");
     if (event == "train") {
       (phase == "pretrain" ? train_pre : train_fine).points.emplace_back(step, num(r, "task_loss"));
@@ -231,12 +243,15 @@ std::string write_report(const std::string& run_dir) {
             s.color = palette[left_behind.size() % 6];
           }
           s.points.emplace_back(step, num(it.value(), "fraction_tokens_left_behind"));
-          if (it.value().contains("tokens_per_expert"))
-            load[it.key()].emplace_back(step,
-                                        it.value()["tokens_per_expert"].get<std::vector<double>>());
+          std::vector<double> tpe;
+          if (it.value().is_object() && it.value().contains("tokens_per_expert")) {
+            for (const json& x : it.value()["tokens_per_expert"])
+              tpe.push_back(x.is_number() ? x.get<double>() : 0.0);
+            load[it.key()].emplace_back(step, tpe);
+          }
         }
       }
-    } else if (event == "eval" && r.value("split", "") == "dev") {
+    } else if (event == "eval" && text(r, "split") == "dev") {
       (phase == "pretrain" ? dev_pre : dev_fine).points.emplace_back(step, num(r, "loss"));
       (phase == "pretrain" ? acc_pre : acc_fine).points.emplace_back(step, num(r, "accuracy"));
     }
@@ -257,11 +272,11 @@ std::string write_report(const std::string& run_dir) {
   if (results.is_object()) {
     h << "<table><tr><th>test accuracy</th><td>"
       << fmt::format("{:.4f}", num(results, "test_accuracy")) << "</td></tr>"
-      << "<tr><th>majority class (" << escape(results.value("majority_class", "")) << ")</th><td>"
+      << "<tr><th>majority class (" << escape(text(results, "majority_class")) << ")</th><td>"
       << fmt::format("{:.4f}", num(results, "majority_accuracy")) << "</td></tr>"
       << "<tr><th>test loss</th><td>" << fmt::format("{:.4f}", num(results, "test_loss"))
-      << "</td></tr><tr><th>test examples</th><td>" << results.value("test_examples", 0)
-      << "</td></tr><tr><th>steps</th><td>" << results.value("step", 0) << "</td></tr></table>\n";
+      << "</td></tr><tr><th>test examples</th><td>" << num(results, "test_examples")
+      << "</td></tr><tr><th>steps</th><td>" << num(results, "step") << "</td></tr></table>\n";
   } else {
     h << "<p>Training has not finished yet.</p>\n";
   }

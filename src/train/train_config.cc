@@ -12,10 +12,7 @@ namespace sparsemoe {
 namespace {
 
 nlohmann::json parse_file(const std::string& path, const std::string& what) {
-  const std::string text = read_file(path);
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) throw ConfigError(what + " '" + path + "': not valid JSON");
-  return j;
+  return parse_json(read_file(path), what + " '" + path + "'");
 }
 
 // "model" as a preset name or file path -> its JSON object.
@@ -66,9 +63,15 @@ void TrainConfig::validate() const {
   if (model.with_dense_inputs)
     bad("model.with_dense_inputs: training on text takes no dense inputs");
   if (model.output_range != 0) bad("model.output_range: must be 0 for masked-LM pretraining");
-  for (const auto* p : {&pretrain, &finetune}) {
+  for (const auto& [name, p] :
+       {std::pair{"pretrain", &pretrain}, std::pair{"finetune", &finetune}}) {
     if (p->optimizer.total_steps != 0 && p->optimizer.total_steps < p->steps)
-      bad("optimizer.total_steps: expected 0 (the phase's steps) or >= the phase's steps");
+      bad(std::string(name) +
+          ".optimizer.total_steps: expected 0 (the phase's steps) or >= the phase's steps");
+    const AdamWConfig o = optimizer_for(*p);  // total_steps 0 becomes the phase's steps
+    if (p->steps > 0 && o.warmup_steps > o.total_steps)
+      bad(std::string(name) + ".optimizer.warmup_steps: expected <= the phase's " +
+          std::to_string(o.total_steps) + " steps, got " + std::to_string(o.warmup_steps));
   }
 }
 

@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <sstream>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/io/file_io.h"
 #include "sparsemoe/train/checkpoint.h"
@@ -42,11 +44,9 @@ std::string duration_str(double s) {
 // config.json of a run, strictly parsed; also returns its text (for the hash).
 TrainConfig read_run_config(const std::string& path, std::string* text_out) {
   const std::string text = read_file(path);
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) throw IoError("'" + path + "': not valid JSON");
   if (text_out) *text_out = text;
   try {
-    return TrainConfig::from_json(upgrade_run_config(j));
+    return TrainConfig::from_json(upgrade_run_config(parse_json(text, "JSON")));
   } catch (const ConfigError& e) {
     throw IoError("'" + path + "': " + e.what());
   }
@@ -72,8 +72,12 @@ LoadedRun load_run(const std::string& run_dir) {
   LoadedRun r;
   r.config = read_run_config(file("config.json"), nullptr);
   r.tokenizer = read_run_tokenizer(file("tokenizer.model"), r.config);
-  const nlohmann::json labels =
-      nlohmann::json::parse(read_file(file("labels.json")), nullptr, false);
+  nlohmann::json labels;
+  try {
+    labels = parse_json(read_file(file("labels.json")), "JSON");
+  } catch (const ConfigError& e) {
+    throw IoError("'" + file("labels.json") + "': " + e.what());
+  }
   if (!labels.is_array() || labels.empty())
     throw IoError("'" + file("labels.json") + "': expected a non-empty JSON array of label names");
   for (const auto& l : labels) {
@@ -84,6 +88,37 @@ LoadedRun load_run(const std::string& run_dir) {
   r.step = load_checkpoint(file("checkpoint.safetensors"), *r.model, nullptr).step;
   return r;
 }
+
+double estimate_training_memory(const TrainConfig& c) {
+  const SparseMixerConfig& m = c.model;
+  const double B = static_cast<double>(c.batch_size),
+               L = static_cast<double>(m.max_sequence_length);
+  const double H = static_cast<double>(m.hidden_size), F = static_cast<double>(m.inner_dim);
+  const double V = static_cast<double>(std::max(m.vocab_size, c.tokenizer.vocab_size));
+  const double W = m.embedding_width > 0 ? static_cast<double>(m.embedding_width) : H;
+  // Weights, gradients and AdamW's two moments of the network and the masked-LM head.
+  double floats = 4 * (m.float_count() + H * W + 2 * W + V);
+  // Saved activations per layer: about a dozen [B, L, H] buffers and the FFN's [B, L, F] ones
+  // (k times for the MoE layers, whose capacity can dispatch each token k times).
+  const double k = static_cast<double>(m.moe.router.num_selected_experts);
+  for (int64_t l = 0; l < m.num_layers; ++l) {
+    floats += B * L * (16 * H + 4 * F * (m.is_moe_layer(l) ? std::max(k, 2.0) : 1.0));
+    if (m.is_attention_layer(l))
+      floats += 3 * B * static_cast<double>(m.num_attention_heads) * L * L;
+  }
+  floats += 2 * B * L * V;  // the masked-LM logits and their gradient (an upper bound)
+  return 4 * floats + 64.0 * 1024 * 1024;  // and the program itself
+}
+
+namespace {
+// Refuses a run whose estimated peak memory exceeds what is available; returns the line to log.
+std::string check_training_memory(const TrainConfig& c) {
+  const double need = estimate_training_memory(c);
+  check_available_memory(need, "training (an estimate of its peak memory)");
+  return fmt::format("memory: about {} estimated for training, {} available", format_bytes(need),
+                     format_bytes(available_memory_bytes()));
+}
+}  // namespace
 
 // The running means of one logging window.
 struct Trainer::Window {
@@ -123,33 +158,63 @@ std::string Trainer::path(const std::string& name) const {
 void Trainer::prepare(bool fresh) {
   window_ = std::make_unique<Window>();
   order_ = std::make_unique<Order>();
+  auto note = [&](const std::string& m) {
+    if (options_.log) *options_.log << m << "\n";
+  };
+  // Before any data is read or file written: the config, the memory, the directory, its lock.
+  std::string memory;
+  if (fresh) {
+    config_.validate();
+    memory = check_training_memory(config_);
+  }
+  std::error_code ec;
+  fs::create_directories(run_dir_, ec);
+  if (ec) throw IoError("--out '" + run_dir_ + "': cannot create the directory: " + ec.message());
+  try {
+    lock_ = std::make_unique<FileLock>(path(".lock"));
+  } catch (const LockedError& e) {
+    throw IoError("--out '" + run_dir_ + "' is in use by another `sparsemoe train`: " + e.what());
+  } catch (const IoError& e) {
+    throw IoError("--out '" + run_dir_ + "' is not writable: " + e.what());
+  }
+  if (const int n = remove_stale_temporaries(run_dir_))
+    note(fmt::format("removed {} temporary file(s) left by an interrupted write", n));
+  const bool has_checkpoint = fs::exists(path("checkpoint.safetensors"));
+  if (fresh && has_checkpoint)
+    throw InvalidArgument("--out '" + run_dir_ +
+                          "' already holds a run (checkpoint.safetensors): continue it with "
+                          "--resume, or choose another directory");
+  if (!has_checkpoint && fs::exists(path("config.json")))
+    note("the run in " + run_dir_ + " stopped before its first checkpoint: starting it again" +
+         (fresh ? " with the new config" : " from its config.json"));
+  if (!fresh) {
+    if (!fs::exists(path("config.json")))
+      throw IoError("--resume: '" + run_dir_ + "' holds no run (no config.json)");
+    config_ = read_run_config(path("config.json"), nullptr);
+    memory = check_training_memory(config_);
+    fresh = !has_checkpoint;
+  }
+  note(memory);
   Corpus corpus;
   if (fresh) {
-    if (fs::exists(path("config.json")))
-      throw InvalidArgument("--out '" + run_dir_ +
-                            "' already holds a run (config.json): continue it with --resume, "
-                            "or choose another directory");
-    fs::create_directories(run_dir_);
     corpus = load_corpus(config_.data);
     if (options_.tokenizer) {
       tokenizer_ = *options_.tokenizer;
     } else {
-      if (options_.log)
-        *options_.log << "tokenizer: training SentencePiece on " << corpus.name << "\n";
+      note("tokenizer: training SentencePiece on " + corpus.name);
       tokenizer_ =
           Tokenizer::train(tokenizer_training_text(config_.data, corpus), config_.tokenizer);
     }
     config_.model.vocab_size = tokenizer_.vocab_size();
     config_.validate();
-    const std::string text = config_.to_json().dump(2) + "\n";
-    write_file_atomic(path("config.json"), text);
+    // config.json last: with it, a killed run is recognised and started again.
     tokenizer_.save(path("tokenizer.model"));
     write_file_atomic(path("metrics.jsonl"), "");
     write_file_atomic(path("labels.json"), nlohmann::json(corpus.label_names).dump(1) + "\n");
+    const std::string text = config_.to_json().dump(2) + "\n";
+    write_file_atomic(path("config.json"), text);
     config_hash_ = hex(fnv1a64(text));
   } else {
-    if (!fs::exists(path("checkpoint.safetensors")))
-      throw IoError("--resume: '" + run_dir_ + "' holds no run (no checkpoint.safetensors)");
     std::string text;
     config_ = read_run_config(path("config.json"), &text);
     config_hash_ = hex(fnv1a64(text));
@@ -172,12 +237,16 @@ void Trainer::prepare(bool fresh) {
   enter_phase(in_pretrain(step_));
   const bool same_phase = (s.phase == "pretrain") == optimizer_pretrain_;
   load_checkpoint(path("checkpoint.safetensors"), *model_, same_phase ? optimizer_.get() : nullptr);
-  // Records written after the checkpoint are dropped: the resumed run writes them again.
+  // A finished run is left as it is. Otherwise records written after the checkpoint are dropped
+  // (the resumed run writes them again), and with them a line torn by a kill, and the test
+  // record of a run killed before its results.json.
+  if (step_ == config_.total_steps() && fs::exists(path("results.json"))) return;
   std::istringstream in(read_file(path("metrics.jsonl")));
   std::string line, kept;
   while (std::getline(in, line)) {
     const nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
-    if (!r.is_discarded() && r.value("step", int64_t{0}) <= step_) kept += line + "\n";
+    if (r.is_object() && r.value("step", int64_t{0}) <= step_ && r.value("split", "") != "test")
+      kept += line + "\n";
   }
   write_file_atomic(path("metrics.jsonl"), kept);
 }
@@ -197,13 +266,14 @@ void Trainer::save() {
   s.optimizer_step = optimizer_->steps_done();
   s.seed = config_.seed;
   s.config_hash = config_hash_;
+  sync_file(path("metrics.jsonl"));  // the records up to this step outlive the checkpoint
   save_checkpoint(path("checkpoint.safetensors"), *model_, optimizer_.get(), s);
 }
 
 void Trainer::write_record(const nlohmann::json& j) {
-  std::string text = read_file(path("metrics.jsonl"));
-  text += j.dump() + "\n";
-  write_file_atomic(path("metrics.jsonl"), text);
+  // One append per record (a kill can tear only the last line; resume repairs it), made durable
+  // before each checkpoint (save()).
+  append_file(path("metrics.jsonl"), j.dump() + "\n");
 }
 
 void Trainer::train_step() {
@@ -341,6 +411,11 @@ void Trainer::evaluate_dev() {
 
 TrainResult Trainer::run() {
   TrainResult result;
+  if (step_ == config_.total_steps() && fs::exists(path("results.json"))) {
+    result.outcome = TrainOutcome::kAlreadyFinished;
+    result.step = step_;
+    return result;
+  }
   const Clock::time_point start = Clock::now();
   const int64_t total = config_.total_steps(), first = step_;
   const int64_t Np = config_.pretrain.steps;

@@ -28,22 +28,69 @@
 
 namespace sparsemoe {
 
+// Parses JSON text strictly: a duplicate key in any object is an error (the JSON library would
+// keep the last silently), and errors read "what: invalid JSON at byte N: <reason>" without the
+// library's exception tags. Throws ConfigError.
+nlohmann::json parse_json(const std::string& text, const std::string& what);
+// The library's exception text without its "[json.exception.type_error.302] " tag.
+std::string json_error_text(const nlohmann::json::exception& e);
+
+// Reads j into out strictly (see JsonFields::read); `what` names the value in the ConfigError.
+void json_read(const nlohmann::json& j, bool& out, const std::string& what);
+void json_read(const nlohmann::json& j, std::string& out, const std::string& what);
+void json_read(const nlohmann::json& j, double& out, const std::string& what);
+void json_read(const nlohmann::json& j, nlohmann::json& out, const std::string& what);
+// Any integer type: integral values in [min, max] of the type.
+void json_read_integer(const nlohmann::json& j, long double lo, long double hi, int64_t* out_signed,
+                       uint64_t* out_unsigned, const std::string& what);
+template <class T>
+requires std::is_integral_v<T> &&
+    (!std::is_same_v<T, bool>)void json_read(const nlohmann::json& j, T& out,
+                                             const std::string& what) {
+  if constexpr (std::is_signed_v<T>) {
+    int64_t v = 0;
+    json_read_integer(j, static_cast<long double>(std::numeric_limits<T>::min()),
+                      static_cast<long double>(std::numeric_limits<T>::max()), &v, nullptr, what);
+    out = static_cast<T>(v);
+  } else {
+    uint64_t v = 0;
+    json_read_integer(j, 0, static_cast<long double>(std::numeric_limits<T>::max()), nullptr, &v,
+                      what);
+    out = static_cast<T>(v);
+  }
+}
+template <class T>
+void json_read(const nlohmann::json& j, std::vector<T>& out, const std::string& what) {
+  if (!j.is_array()) throw ConfigError(what + ": expected a list, got " + j.type_name());
+  std::vector<T> v(j.size());
+  for (size_t i = 0; i < j.size(); ++i) json_read(j[i], v[i], what + "[" + std::to_string(i) + "]");
+  out = std::move(v);
+}
+// Enums and other types with their own from_json.
+template <class T>
+requires std::is_enum_v<T>
+void json_read(const nlohmann::json& j, T& out, const std::string& what) {
+  if (!j.is_string()) throw ConfigError(what + ": expected a string, got " + j.type_name());
+  try {
+    out = j.template get<T>();
+  } catch (const ConfigError& e) {
+    throw ConfigError(what + ": " + e.what());
+  }
+}
+
 class JsonFields {
  public:
   // `where` names the config in messages, e.g. "MoeLayerConfig".
   JsonFields(const nlohmann::json& j, std::string where);
 
+  // Strict: an integer field takes only integral numbers within its type's range (1.5, -1 for
+  // an unsigned field and 2^64 are errors), a boolean only true/false, a string only a string.
   template <class T>
   void read(const std::string& key, T& out) {
     auto it = j_.find(key);
     if (it == j_.end()) return;
     seen_.insert(key);
-    try {
-      out = it->template get<T>();
-    } catch (const nlohmann::json::exception&) {
-      throw ConfigError(where_ + ": key '" + key + "' has the wrong type (" + it->type_name() +
-                        ")");
-    }
+    json_read(*it, out, where_ + ": " + key);
   }
   // The sub-object at `key`, or null when absent; marks it as read.
   const nlohmann::json* object(const std::string& key);

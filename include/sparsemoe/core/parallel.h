@@ -9,7 +9,8 @@
 namespace sparsemoe {
 
 // Sets the number of threads used by parallel_for (and by nothing else: GEMMs run
-// single-threaded inside work items). n <= 0 restores the OpenMP default.
+// single-threaded inside work items). n = 0 restores the OpenMP default; n < 0 or n > kMaxThreads
+// (core/limits.h) throws InvalidArgument naming "threads".
 void set_num_threads(int n);
 int num_threads();
 

@@ -104,6 +104,10 @@ struct SparseMixerConfig {
   void validate() const;
   bool is_moe_layer(int64_t l) const;
   bool is_attention_layer(int64_t l) const;
+  // Floats the network holds: parameters plus the DFT matrices of non-FFT mixing (an estimate in
+  // double, so that no product of hostile sizes can overflow). SparseMixer refuses, before
+  // allocating, a config whose weights and gradients do not fit the machine's memory.
+  double float_count() const;
 };
 
 // MoE losses and metrics of one forward: one entry per MoE layer (in layer order) and totals.

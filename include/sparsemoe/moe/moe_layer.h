@@ -44,10 +44,11 @@ struct MoeLayerConfig {
     v("eval_capacity_factor", eval_capacity_factor, "capacity factor in evaluation", at_least(0));
     v("examples_per_group", examples_per_group,
       "tokens per routing group T = int(L * examples_per_group)", above(0));
-    v("min_expert_capacity", min_expert_capacity, "C = max(capacity rule, this)", at_least(0));
+    v("min_expert_capacity", min_expert_capacity, "C = max(capacity rule, this)",
+      in_closed(0, kMaxExpertCapacity));
     v("dropless", dropless, "tokens_choose: no capacity limit, nothing dropped");
     v("expert_capacity_dim", expert_capacity_dim, "top2: lingvo's c_dim (0: from the factor)",
-      at_least(0));
+      in_closed(0, kMaxExpertCapacity));
     v("seed", seed, "initialisation, dropout and jitter streams");
   }
   void after_read(const nlohmann::json&) { router.num_experts = experts.num_experts; }

@@ -109,6 +109,10 @@ struct RouterConfig {
   void validate() const;                                   // includes the kind's own rules
 };
 
+// The largest expert capacity C: slots are 32-bit in a plan, and 2^31 - 4 is a multiple of 4 (so
+// lingvo's rounding up stays below 2^31). Larger capacities are refused, never wrapped.
+inline constexpr int64_t kMaxExpertCapacity = 2147483644;
+
 // The capacity settings a policy turns into C for T tokens per group.
 struct CapacityRule {
   double capacity_factor = 1.0;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "sparsemoe/data/tokenizer.h"
+#include "sparsemoe/io/file_io.h"
 #include "sparsemoe/train/adamw.h"
 #include "sparsemoe/train/task_model.h"
 #include "sparsemoe/train/train_config.h"
@@ -37,7 +38,8 @@ struct TrainOptions {
   const Tokenizer* tokenizer = nullptr;  // a new run uses this one instead of training its own
 };
 
-enum class TrainOutcome { kFinished, kStopped, kInterrupted };
+// kAlreadyFinished: --resume of a run that had finished; nothing was run or written.
+enum class TrainOutcome { kFinished, kStopped, kInterrupted, kAlreadyFinished };
 
 struct TrainResult {
   TrainOutcome outcome = TrainOutcome::kFinished;
@@ -60,13 +62,23 @@ struct LoadedRun {
 };
 LoadedRun load_run(const std::string& run_dir);
 
+// The peak memory of training with config (bytes, an estimate in double: weights, gradients and
+// the two AdamW moments, the saved activations of one batch, the masked-LM logits).
+double estimate_training_memory(const TrainConfig& config);
+
 class Trainer {
  public:
-  // A new run: creates run_dir (which must not already hold a run), trains the tokenizer and
-  // writes config.json, tokenizer.model and the step-0 checkpoint.
+  // A new run: creates run_dir (which must not already hold a checkpoint), trains the tokenizer
+  // and writes config.json, tokenizer.model and the step-0 checkpoint. A directory whose run
+  // never reached its first checkpoint (killed while preparing) is started again.
+  //
+  // Either way the run directory is locked (run_dir/.lock, flock) for the Trainer's lifetime: a
+  // second Trainer on it throws IoError naming the holder's pid. The lock, the config and an
+  // estimate of the run's peak memory are checked before any data is read or file written.
   Trainer(const TrainConfig& config, const std::string& run_dir, TrainOptions options);
   ~Trainer();
-  // Continues the run in run_dir from its checkpoint, with the run's own config.
+  // Continues the run in run_dir from its checkpoint, with the run's own config (a run without
+  // one starts again from its config.json).
   static std::unique_ptr<Trainer> resume(const std::string& run_dir, TrainOptions options);
 
   TrainResult run();
@@ -91,6 +103,7 @@ class Trainer {
 
   TrainConfig config_;
   std::string run_dir_;
+  std::unique_ptr<FileLock> lock_;  // held for the Trainer's lifetime
   TrainOptions options_;
   std::string config_hash_;
   Tokenizer tokenizer_;

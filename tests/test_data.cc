@@ -106,6 +106,10 @@ TEST(WordNet, MalformedRecordsNameTheFileAndLine) {
   EXPECT_NE(e.find("data.noun:3: the lexicographer file number must be 00..44, got '45'"),
             std::string::npos)
       << e;
+  e = error_for("00001741 99999999999999999999 n 01 thing 0 000 | gloss\n");  // once "stoll"
+  EXPECT_NE(e.find("data.noun:3: the lexicographer file number must be 00..44, got '9999"),
+            std::string::npos)
+      << e;
   e = error_for("1741 03 n 01 thing 0 000 | gloss\n");
   EXPECT_NE(e.find("the synset offset must be 8 digits, got '1741'"), std::string::npos) << e;
   e = error_for("00001741 03 n 01 thing 0 000 |    \n");

@@ -59,7 +59,23 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
   EXPECT_EQ(error_of(good), "no error");
   EXPECT_NE(error_of("abc").find("shorter than the 8-byte header length"), std::string::npos);
   EXPECT_NE(error_of(good.substr(0, 12)).find("runs past the end"), std::string::npos);
-  EXPECT_NE(error_of(raw("{not json", 0)).find("header is not JSON"), std::string::npos);
+  EXPECT_NE(error_of(raw("{not json", 0)).find("header: invalid JSON: parse error"),
+            std::string::npos);
+  // Hostile headers (issue 12): a duplicate name, a shape whose size overflows 64 bits (it would
+  // wrap to 0 bytes and match empty data_offsets), a fractional dimension.
+  EXPECT_NE(error_of(raw(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                         R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                         8))
+                .find("duplicate key 'a'"),
+            std::string::npos);
+  EXPECT_NE(error_of(raw(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],)"
+                         R"("data_offsets":[0,0]}})",
+                         0))
+                .find("has more elements than 64-bit sizes hold"),
+            std::string::npos);
+  EXPECT_NE(error_of(raw(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", 4))
+                .find("shape[0]: expected an integer, got 1.5"),
+            std::string::npos);
   EXPECT_NE(error_of(raw("[1]", 0)).find("not a JSON object"), std::string::npos);
   EXPECT_NE(error_of(raw(R"({"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4))
                 .find("dtype \"F16\"; expected \"F32\""),

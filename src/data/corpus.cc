@@ -122,7 +122,8 @@ void read_wordnet_file(const std::string& path, uint64_t pos, Corpus& corpus) {
       bad_line(path, number,
                "the synset offset must be 8 digits, got '" + std::string(offset) + "'");
     }
-    const int64_t label = all_digits(lexfile) ? std::stoll(std::string(lexfile)) : -1;
+    const int64_t label =
+        all_digits(lexfile) && lexfile.size() == 2 ? std::stoll(std::string(lexfile)) : -1;
     if (lexfile.size() != 2 || label < 0 || label >= num_labels) {
       bad_line(path, number,
                "the lexicographer file number must be 00..44, got '" + std::string(lexfile) + "'");

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "sparsemoe/core/config_io.h"
 #include "sparsemoe/io/file_io.h"
 
 namespace sparsemoe {
@@ -76,9 +77,9 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
               std::to_string(bytes.size()) + " bytes)");
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(n));
-  } catch (const json::exception& e) {
-    throw bad(std::string("header is not JSON (") + e.what() + ")");
+    header = parse_json(bytes.substr(8, n), "header");  // duplicate tensor names are errors too
+  } catch (const ConfigError& e) {
+    throw bad(e.what());
   }
   if (!header.is_object()) throw bad("header is not a JSON object");
   const uint64_t data_size = bytes.size() - 8 - n;
@@ -111,17 +112,21 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
     Shape shape;
     uint64_t begin = 0, end = 0;
     try {
-      shape = e["shape"].get<Shape>();
-      const auto off = e["data_offsets"].get<std::vector<uint64_t>>();
+      json_read(e["shape"], shape, "tensor '" + name + "': shape");
+      std::vector<uint64_t> off;
+      json_read(e["data_offsets"], off, "tensor '" + name + "': data_offsets");
       if (off.size() != 2) throw bad("tensor '" + name + "': data_offsets needs 2 entries");
       begin = off[0], end = off[1];
-    } catch (const json::exception&) {
-      throw bad("tensor '" + name + "': shape or data_offsets are not non-negative integers");
+    } catch (const ConfigError& err) {
+      throw bad(err.what());
     }
+    // Checked: a hostile shape must not wrap around to a small size.
     uint64_t numel = 1;
     for (int64_t d : shape) {
       if (d < 0) throw bad("tensor '" + name + "' has a negative dimension");
-      numel *= static_cast<uint64_t>(d);
+      if (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) || numel > (1ull << 61))
+        throw bad("tensor '" + name + "': shape " + shape_str(shape) +
+                  " has more elements than 64-bit sizes hold");
     }
     if (end < begin || end > data_size)
       throw bad("tensor '" + name + "': data_offsets [" + std::to_string(begin) + ", " +

@@ -1,6 +1,7 @@
 // Checkpoint save and load (see checkpoint.h).
 #include "sparsemoe/train/checkpoint.h"
 
+#include <limits>
 #include <map>
 #include <utility>
 #include <vector>
@@ -12,22 +13,25 @@ namespace sparsemoe {
 
 namespace {
 
-int64_t parse_int(const std::map<std::string, std::string>& meta, const std::string& key,
-                  const std::string& path) {
+// A metadata value as a non-negative integer up to max (a missing key is `fallback` when given).
+uint64_t parse_uint(const std::map<std::string, std::string>& meta, const std::string& key,
+                    const std::string& path, uint64_t max, const char* fallback = nullptr) {
   const auto it = meta.find(key);
-  if (it == meta.end())
+  if (it == meta.end() && !fallback)
     throw IoError("checkpoint '" + path + "': no '" + key + "' in its metadata");
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(it->second, &used);
-    if (used == it->second.size() && v >= 0) return v;
-  } catch (const std::exception&) {
+  const std::string text = it == meta.end() ? fallback : it->second;
+  uint64_t v = 0;
+  bool ok = !text.empty() && text.size() <= 20;
+  for (char c : text) {
+    ok = ok && c >= '0' && c <= '9' && !__builtin_mul_overflow(v, 10, &v) &&
+         !__builtin_add_overflow(v, static_cast<uint64_t>(c - '0'), &v);
   }
-  throw IoError("checkpoint '" + path + "': metadata '" + key +
-                "' must be a non-negative "
-                "integer, got '" +
-                it->second + "'");
+  if (!ok || v > max)
+    throw IoError("checkpoint '" + path + "': metadata '" + key + "' must be an integer in [0, " +
+                  std::to_string(max) + "], got '" + text + "'");
+  return v;
 }
+constexpr uint64_t kMaxStep = std::numeric_limits<int64_t>::max();
 
 CheckpointState state_from(const SafetensorsFile& f) {
   const auto fmt = f.metadata.find("format");
@@ -35,10 +39,10 @@ CheckpointState state_from(const SafetensorsFile& f) {
     throw IoError("'" + f.path + "' is not a sparsemoe checkpoint (metadata format must be '" +
                   kCheckpointFormat + "')");
   CheckpointState s;
-  s.step = parse_int(f.metadata, "step", f.path);
-  s.optimizer_step = parse_int(f.metadata, "optimizer_step", f.path);
-  s.seed =
-      static_cast<uint64_t>(std::stoull(f.metadata.count("seed") ? f.metadata.at("seed") : "0"));
+  s.step = static_cast<int64_t>(parse_uint(f.metadata, "step", f.path, kMaxStep));
+  s.optimizer_step =
+      static_cast<int64_t>(parse_uint(f.metadata, "optimizer_step", f.path, kMaxStep));
+  s.seed = parse_uint(f.metadata, "seed", f.path, std::numeric_limits<uint64_t>::max(), "0");
   const auto phase = f.metadata.find("phase");
   if (phase == f.metadata.end() || (phase->second != "pretrain" && phase->second != "finetune"))
     throw IoError("checkpoint '" + f.path + "': metadata 'phase' must be pretrain or finetune");

@@ -108,6 +108,21 @@ kill -9 "$pid"; wait "$pid" 2>/dev/null
 "$bin" train --resume --out "$tmp/busy" --stop-after 3 --quiet >/dev/null 2>&1 ||
   { echo "FAIL: resume after the lock holder was killed"; fail=1; }
 
+# ---- Ctrl-C while SentencePiece trains (it cannot be interrupted) exits at once with nothing kept
+/usr/bin/python3 -c '
+import random
+r = random.Random(5)
+w = ["w%d" % i for i in range(30000)]
+print("\n".join("l%d\t%s" % (i % 3, " ".join(r.choice(w) for _ in range(12))) for i in range(150000)))
+' >"$tmp/big.tsv"
+"$bin" train --config "$tmp/config.json" --set data.path="$tmp/big.tsv" \
+  --set tokenizer.vocab_size=8000 --out "$tmp/intr" --threads 1 2>"$tmp/intr.err" >/dev/null &
+pid=$!
+for ((t = 0; t < 600; t++)); do grep -q "tokenizer: training" "$tmp/intr.err" && break; sleep 0.05; done
+kill -INT "$pid"; wait "$pid"; status=$?
+[[ $status -eq 130 ]] && grep -q "interrupted while preparing the run; nothing to keep" "$tmp/intr.err" ||
+  { echo "FAIL: SIGINT during tokenizer training: status $status"; cat "$tmp/intr.err"; fail=1; }
+
 # ---- a run stopped before its first checkpoint is started again, by train or by --resume
 cp -r "$tmp/run" "$tmp/stuck"
 rm "$tmp/stuck/checkpoint.safetensors" "$tmp/stuck/results.json"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Crash consistency under SIGKILL (issue 12): a training that checkpoints and logs at every step is
+# killed with SIGKILL at 20 pseudo-random instants (a fixed seed, so the instants repeat) and
+# continued after each kill: `train --resume`, or `train --config` again when the kill came before
+# config.json existed. After every kill:
+#   * every file of the run directory loads (config.json, labels.json, the tokenizer and the
+#     checkpoint through `sparsemoe inspect`; metrics.jsonl parses except a torn last line);
+#   * nothing before the last checkpoint is lost: metrics.jsonl holds a training record for every
+#     step up to the checkpoint's;
+# and at the end the checkpoint is byte-identical to an uninterrupted run's, and so are the
+# training records (without their timing fields).
+set -u
+bin=$1
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/cli_lib.sh"
+args=(--set pretrain.steps=300 --set finetune.steps=300 --set checkpoint_every=1 --set log_every=1
+      --set eval_every=20 --threads 1 --quiet)
+
+start=$(date +%s%N)
+"$bin" train --config "$tmp/config.json" --out "$tmp/whole" "${args[@]}" >/dev/null 2>&1 ||
+  { echo "FAIL: the uninterrupted run"; exit 1; }
+whole_ms=$((($(date +%s%N) - start) / 1000000))
+
+check_run() {  # dir: every file loads; metrics cover every step up to the checkpoint
+  /usr/bin/python3 - "$1" "$bin" <<'PY'
+import json, os, subprocess, sys
+d, binary = sys.argv[1], sys.argv[2]
+def fail(m):
+    print("FAIL: " + m); sys.exit(1)
+names = os.listdir(d)
+for n in ("config.json", "labels.json"):
+    if n in names:
+        json.load(open(os.path.join(d, n)))
+if "checkpoint.safetensors" not in names:
+    sys.exit(0)  # killed before the first checkpoint: nothing to keep yet
+out = subprocess.run([binary, "inspect", d, "--json"], capture_output=True, text=True)
+if out.returncode != 0:
+    fail("inspect after a kill: " + out.stderr.strip())
+step = json.loads(out.stdout)["step"]
+lines = open(os.path.join(d, "metrics.jsonl"), "rb").read().split(b"\n")
+records = []
+for i, line in enumerate(lines):
+    if not line:
+        continue
+    try:
+        records.append(json.loads(line))
+    except ValueError:
+        if i != len(lines) - 1:  # only the last line may be torn (it has no newline yet)
+            fail("metrics.jsonl line %d does not parse" % (i + 1))
+logged = {r["step"] for r in records if r.get("event") == "train"}
+missing = [s for s in range(1, step + 1) if s not in logged]
+if missing:
+    fail("metrics.jsonl lost the records of steps %s before the checkpoint at %d" % (missing[:5], step))
+print(step)
+PY
+}
+
+RANDOM=20261129
+kills=0 torn=0 before_config=0
+run=$tmp/killed
+while ((kills < 20)); do
+  if [[ -f "$run/config.json" ]]; then
+    "$bin" train --resume --out "$run" --threads 1 --quiet >/dev/null 2>&1 &
+  else
+    ((kills > 0)) && before_config=$((before_config + 1))
+    "$bin" train --config "$tmp/config.json" --out "$run" "${args[@]}" >/dev/null 2>&1 &
+  fi
+  pid=$!
+  # An instant within the first twelfth of a whole run's time: 20 of them cannot finish it.
+  delay_ms=$((RANDOM % (whole_ms / 12 + 1)))
+  sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
+  if ! kill -9 "$pid" 2>/dev/null; then
+    wait "$pid"
+    echo "FAIL: the run finished before kill $((kills + 1))"; fail=1; break
+  fi
+  wait "$pid" 2>/dev/null
+  kills=$((kills + 1))
+  ls -a "$run" 2>/dev/null | grep -q '\.tmp' && torn=$((torn + 1))
+  step=$(check_run "$run") || { echo "$step"; fail=1; }
+  echo "kill $kills after ${delay_ms} ms: checkpoint at step ${step:-none}"
+done
+echo "$kills kills; $torn left a temporary file (killed inside an atomic write); $before_config before config.json"
+((torn > 0)) || { echo "FAIL: no kill landed inside a write; the test did not exercise it"; fail=1; }
+
+"$bin" train --resume --out "$run" --threads 1 --quiet >/dev/null 2>&1 ||
+  { echo "FAIL: the final resume"; fail=1; }
+cmp -s "$tmp/whole/checkpoint.safetensors" "$run/checkpoint.safetensors" ||
+  { echo "FAIL: the checkpoint after 20 kills differs from the uninterrupted run's"; fail=1; }
+/usr/bin/python3 - "$tmp/whole/metrics.jsonl" "$run/metrics.jsonl" <<'PY' || fail=1
+import json, sys
+def records(path):
+    out = []
+    for line in open(path):
+        r = json.loads(line)
+        for k in ("tokens_per_s", "seconds"):
+            r.pop(k, None)
+        out.append(r)
+    return out
+a, b = records(sys.argv[1]), records(sys.argv[2])
+if a != b:
+    print("FAIL: metrics.jsonl after the kills differs from the uninterrupted run's (%d vs %d records)"
+          % (len(a), len(b)))
+    sys.exit(1)
+PY
+exit $fail

@@ -9,11 +9,6 @@
 #     step up to the checkpoint's;
 # and at the end the checkpoint is byte-identical to an uninterrupted run's, and so are the
 # training records (without their timing fields).
-set -u
-bin=$1
-fail=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 source "$(dirname "$0")/cli_lib.sh"
 args=(--set pretrain.steps=300 --set finetune.steps=300 --set checkpoint_every=1 --set log_every=1
       --set eval_every=20 --threads 1 --quiet)

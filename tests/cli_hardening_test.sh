@@ -5,18 +5,13 @@
 # `predict` on invalid UTF-8 and on an 8 MB line, `report` outside a run, and resuming a finished
 # run. Each case would fail if its guarantee broke. Needs root (it mounts a small tmpfs and a
 # read-only one).
-set -u
-bin=$1
-fail=0
-tmp=$(mktemp -d)
+source "$(dirname "$0")/cli_lib.sh"
 mounts=()
 cleanup() {
   for m in "${mounts[@]}"; do umount "$m" 2>/dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-source "$(dirname "$0")/cli_lib.sh"
 quick=(--set pretrain.steps=20 --set finetune.steps=20 --set eval_every=0 --threads 1 --quiet)
 
 # ---- sizes that overflow or exceed the machine, and the thread count

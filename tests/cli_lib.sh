@@ -1,5 +1,11 @@
-# Shared by the command-line tests: a small synthetic label<TAB>text corpus and a tiny training
-# config on it. Source it with $tmp set; it writes $tmp/corpus.tsv and $tmp/config.json.
+# Shared by the command-line tests: source it with the sparsemoe binary as $1. It sets bin, fail=0
+# and a scratch directory tmp (removed on exit), and writes there a small synthetic
+# label<TAB>text corpus (corpus.tsv) and a tiny training config on it (config.json).
+set -u
+bin=$1
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 
 # 400 sentences: a label's own words mixed with shared fillers.
 words=("lion tiger wolf eagle shark horse" "hammer saw drill wrench chisel pliers"

@@ -5,12 +5,6 @@
 # baseline; `eval`, `predict` (text and --json) and `inspect` use the run; the HTML report renders
 # in headless Chromium with every chart drawn; bad arguments exit with status 2 and one line
 # naming the problem.
-set -u
-bin=$1
-fail=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
 source "$(dirname "$0")/cli_lib.sh"
 
 # The uninterrupted run.

@@ -20,7 +20,8 @@ done
 
 packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nlohmann-json3-dev
           libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3
-          libsentencepiece-dev wordnet-base chromium)
+          libsentencepiece-dev wordnet-base chromium time
+          clang libclang-rt-14-dev libomp-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
 if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
 
 missing=()

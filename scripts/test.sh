@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite: the release build; an install of it used by an
 # outside project (tests/consumer); the suite again with the OpenBLAS GEMM backend; the suite under
-# AddressSanitizer + UndefinedBehaviorSanitizer; then a clang-format check of every source file.
+# AddressSanitizer + UndefinedBehaviorSanitizer; every fuzzer (fuzz/, libFuzzer) on its regression
+# inputs and then for a minute each; then a clang-format check of every source file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,9 @@ scripts/setup.sh --sanitize
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure -j "$(nproc)")
+
+# The readers of outside input under libFuzzer (docs/reliability.md has the longer runs).
+scripts/fuzz.sh "${SPARSEMOE_FUZZ_SECONDS:-60}"
 
 if command -v clang-format >/dev/null; then
   files=$(git ls-files '*.h' '*.cc')

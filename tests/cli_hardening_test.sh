@@ -28,6 +28,12 @@ for req in '{"router":"tokens_choose","capacity":4611686018427387904,"logits":[[
 done
 [[ $(route '{"router":"tokens_choose","capacity_factor":1e300,"logits":[[[1,2,3,4]]]}' 2>&1) == \
    *"capacity_factor: 1e+300 gives an expert capacity of 2.5e+299"* ]] || { echo "FAIL: cf message"; fail=1; }
+# The route fuzzer's regression inputs: an answer or a named error, never a crash (the ASan build
+# runs this test too).
+for f in "$(dirname "$0")"/../fuzz/regressions/route/*; do
+  "$bin" route "$f" >/dev/null 2>&1; status=$?
+  ((status == 0 || status == 2)) || { echo "FAIL: route $f: status $status"; fail=1; }
+done
 # 20,000 tokens in one group: the dense answer would need gigabytes; refused, naming the limit.
 big=$(/usr/bin/python3 -c 'print("{\"router\":\"experts_choose\",\"logits\":[[" + ",".join(["[1,2]"] * 20000) + "]]}")')
 err=$(route "$big" 2>&1 >/dev/null); status=$?

@@ -4,8 +4,13 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 namespace sparsemoe::cli {
+
+// `sparsemoe route`'s answer (JSON text) to a request (JSON text); throws InvalidArgument naming
+// the problem. The route fuzzer calls it.
+std::string route_answer(const std::string& request);
 
 // Registers a subcommand; `run` is set to its action.
 void add_route_command(CLI::App& app, std::function<int()>& run);

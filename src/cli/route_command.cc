@@ -104,23 +104,9 @@ json nested(const std::vector<float>& v, int64_t G, int64_t T, int64_t E, int64_
   return out;
 }
 
-int run_route(const std::string& file) {
-  std::string text;
-  std::istream* in = &std::cin;
-  std::ifstream fin;
-  if (!file.empty() && file != "-") {
-    fin.open(file, std::ios::binary);
-    if (!fin || std::filesystem::is_directory(file))
-      throw InvalidArgument("cannot open '" + file + "' (expected a JSON file)");
-    in = &fin;
-  }
-  char buf[1 << 16];
-  while (in->read(buf, sizeof buf) || in->gcount() > 0) {
-    text.append(buf, static_cast<size_t>(in->gcount()));
-    if (text.size() > kMaxRequestBytes)
-      throw InvalidArgument("route: the request is larger than " +
-                            std::to_string(kMaxRequestBytes >> 20) + " MiB");
-  }
+}  // namespace
+
+std::string route_answer(const std::string& text) {
   json req;
   try {
     req = parse_json(text, "route request");
@@ -211,7 +197,29 @@ int run_route(const std::string& file) {
     out["metrics"]["over_capacity_1_ratio"] = r.over_capacity_1_ratio;
     out["metrics"]["over_capacity_2_ratio"] = r.over_capacity_2_ratio;
   }
-  std::cout << out.dump() << "\n";
+  return out.dump();
+}
+
+namespace {
+
+int run_route(const std::string& file) {
+  std::string text;
+  std::istream* in = &std::cin;
+  std::ifstream fin;
+  if (!file.empty() && file != "-") {
+    fin.open(file, std::ios::binary);
+    if (!fin || std::filesystem::is_directory(file))
+      throw InvalidArgument("cannot open '" + file + "' (expected a JSON file)");
+    in = &fin;
+  }
+  char buf[1 << 16];
+  while (in->read(buf, sizeof buf) || in->gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in->gcount()));
+    if (text.size() > kMaxRequestBytes)
+      throw InvalidArgument("route: the request is larger than " +
+                            std::to_string(kMaxRequestBytes >> 20) + " MiB");
+  }
+  std::cout << route_answer(text) << "\n";
   return 0;
 }
 

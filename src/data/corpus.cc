@@ -104,8 +104,10 @@ bool all_digits(std::string_view s) {
 
 // One data.<pos> file: "offset lex_filenum ss_type w_cnt words... | gloss". Lines that start
 // with spaces are the licence header.
-void read_wordnet_file(const std::string& path, uint64_t pos, Corpus& corpus) {
-  const std::string text = read_file(path);
+}  // namespace
+
+void parse_wordnet_data(std::string_view text, const std::string& path, uint64_t pos,
+                        Corpus& corpus) {
   const int64_t num_labels = static_cast<int64_t>(wordnet_lexnames().size());
   for_each_line(text, [&](std::string_view line, int64_t number) {
     if (line.empty() || line.front() == ' ') return;
@@ -134,8 +136,6 @@ void read_wordnet_file(const std::string& path, uint64_t pos, Corpus& corpus) {
   });
 }
 
-}  // namespace
-
 Corpus read_wordnet(const std::string& dir) {
   Corpus corpus;
   corpus.name = "wordnet:" + dir;
@@ -148,13 +148,16 @@ Corpus read_wordnet(const std::string& dir) {
                     "' does not exist. Install it with `apt-get install wordnet-base` (or run "
                     "scripts/setup.sh), or point data.path at a WordNet 3.0 dict directory");
     }
-    read_wordnet_file(path, pos, corpus);
+    parse_wordnet_data(read_file(path), path, pos, corpus);
   }
   return corpus;
 }
 
 Corpus read_labeled_text(const std::string& path) {
-  const std::string text = read_file(path);
+  return parse_labeled_text(read_file(path), path);
+}
+
+Corpus parse_labeled_text(std::string_view text, const std::string& path) {
   std::vector<std::pair<std::string, std::string>> rows;  // (label, text)
   for_each_line(text, [&](std::string_view line, int64_t number) {
     if (trim(line).empty()) return;
@@ -182,8 +185,9 @@ Corpus read_labeled_text(const std::string& path) {
   return corpus;
 }
 
-Corpus read_plain_text(const std::string& path) {
-  const std::string text = read_file(path);
+Corpus read_plain_text(const std::string& path) { return parse_plain_text(read_file(path), path); }
+
+Corpus parse_plain_text(std::string_view text, const std::string& path) {
   Corpus corpus;
   corpus.name = path;
   for_each_line(text, [&](std::string_view line, int64_t) {

@@ -41,6 +41,7 @@ void RoutingPlan::build_token_index() {
 
 void RoutingPlan::to_dense(float* dispatch, float* combine) const {
   const size_t n = static_cast<size_t>(G * T * E * C);
+  if (n == 0) return;  // C == 0: nothing to write (and the buffers may be null)
   std::memset(dispatch, 0, n * sizeof(float));
   std::memset(combine, 0, n * sizeof(float));
   for (int64_t e = 0; e < E; ++e)

@@ -33,7 +33,9 @@ uint64_t parse_uint(const std::map<std::string, std::string>& meta, const std::s
 }
 constexpr uint64_t kMaxStep = std::numeric_limits<int64_t>::max();
 
-CheckpointState state_from(const SafetensorsFile& f) {
+}  // namespace
+
+CheckpointState checkpoint_state(const SafetensorsFile& f) {
   const auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kCheckpointFormat)
     throw IoError("'" + f.path + "' is not a sparsemoe checkpoint (metadata format must be '" +
@@ -51,8 +53,6 @@ CheckpointState state_from(const SafetensorsFile& f) {
   if (hash != f.metadata.end()) s.config_hash = hash->second;
   return s;
 }
-
-}  // namespace
 
 void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* optimizer,
                      const CheckpointState& state) {
@@ -73,12 +73,16 @@ void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* opt
 }
 
 CheckpointState read_checkpoint_state(const std::string& path) {
-  return state_from(load_safetensors(path));
+  return checkpoint_state(load_safetensors(path));
 }
 
 CheckpointState load_checkpoint(const std::string& path, TaskModel& model, AdamW* optimizer) {
-  const SafetensorsFile f = load_safetensors(path);
-  const CheckpointState s = state_from(f);
+  return load_checkpoint(load_safetensors(path), model, optimizer);
+}
+
+CheckpointState load_checkpoint(const SafetensorsFile& f, TaskModel& model, AdamW* optimizer) {
+  const std::string& path = f.path;
+  const CheckpointState s = checkpoint_state(f);
   std::map<std::string, const Tensor*> by_name;
   std::vector<std::pair<std::string, Tensor>> opt_state;
   for (const auto& [name, t] : f.tensors) {

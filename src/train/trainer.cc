@@ -45,11 +45,7 @@ std::string duration_str(double s) {
 TrainConfig read_run_config(const std::string& path, std::string* text_out) {
   const std::string text = read_file(path);
   if (text_out) *text_out = text;
-  try {
-    return TrainConfig::from_json(upgrade_run_config(parse_json(text, "JSON")));
-  } catch (const ConfigError& e) {
-    throw IoError("'" + path + "': " + e.what());
-  }
+  return parse_run_config(text, path);
 }
 
 Tokenizer read_run_tokenizer(const std::string& path, const TrainConfig& c) {
@@ -62,6 +58,31 @@ Tokenizer read_run_tokenizer(const std::string& path, const TrainConfig& c) {
 
 }  // namespace
 
+TrainConfig parse_run_config(const std::string& text, const std::string& path) {
+  try {
+    return TrainConfig::from_json(upgrade_run_config(parse_json(text, "JSON")));
+  } catch (const ConfigError& e) {
+    throw IoError("'" + path + "': " + e.what());
+  }
+}
+
+std::vector<std::string> parse_run_labels(const std::string& text, const std::string& path) {
+  nlohmann::json labels;
+  try {
+    labels = parse_json(text, "JSON");
+  } catch (const ConfigError& e) {
+    throw IoError("'" + path + "': " + e.what());
+  }
+  if (!labels.is_array() || labels.empty())
+    throw IoError("'" + path + "': expected a non-empty JSON array of label names");
+  std::vector<std::string> out;
+  for (const auto& l : labels) {
+    if (!l.is_string()) throw IoError("'" + path + "': labels must be strings");
+    out.push_back(l.get<std::string>());
+  }
+  return out;
+}
+
 LoadedRun load_run(const std::string& run_dir) {
   const auto file = [&](const char* name) { return (fs::path(run_dir) / name).string(); };
   if (!fs::exists(file("config.json")))
@@ -72,18 +93,7 @@ LoadedRun load_run(const std::string& run_dir) {
   LoadedRun r;
   r.config = read_run_config(file("config.json"), nullptr);
   r.tokenizer = read_run_tokenizer(file("tokenizer.model"), r.config);
-  nlohmann::json labels;
-  try {
-    labels = parse_json(read_file(file("labels.json")), "JSON");
-  } catch (const ConfigError& e) {
-    throw IoError("'" + file("labels.json") + "': " + e.what());
-  }
-  if (!labels.is_array() || labels.empty())
-    throw IoError("'" + file("labels.json") + "': expected a non-empty JSON array of label names");
-  for (const auto& l : labels) {
-    if (!l.is_string()) throw IoError("'" + file("labels.json") + "': labels must be strings");
-    r.labels.push_back(l.get<std::string>());
-  }
+  r.labels = parse_run_labels(read_file(file("labels.json")), file("labels.json"));
   r.model = std::make_unique<TaskModel>(r.config, static_cast<int64_t>(r.labels.size()));
   r.step = load_checkpoint(file("checkpoint.safetensors"), *r.model, nullptr).step;
   return r;

@@ -52,4 +52,12 @@ Corpus read_labeled_text(const std::string& path);
 // One sentence per line (empty lines skipped), unlabelled, split by a hash of the text.
 Corpus read_plain_text(const std::string& path);
 
+// The parsers behind the readers, on text already in memory (`path` names it in errors); the
+// fuzzers call these. parse_wordnet_data appends one data.<pos> file's synsets to corpus
+// (pos: 0 noun, 1 verb, 2 adj, 3 adv).
+void parse_wordnet_data(std::string_view text, const std::string& path, uint64_t pos,
+                        Corpus& corpus);
+Corpus parse_labeled_text(std::string_view text, const std::string& path);
+Corpus parse_plain_text(std::string_view text, const std::string& path);
+
 }  // namespace sparsemoe

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "sparsemoe/io/safetensors.h"
 #include "sparsemoe/train/adamw.h"
 #include "sparsemoe/train/task_model.h"
 
@@ -30,5 +31,8 @@ void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* opt
 CheckpointState load_checkpoint(const std::string& path, TaskModel& model, AdamW* optimizer);
 // Just the metadata (validated), without building a model.
 CheckpointState read_checkpoint_state(const std::string& path);
+// The same two on a decoded file (the fuzzers call these; errors name f.path).
+CheckpointState checkpoint_state(const SafetensorsFile& f);
+CheckpointState load_checkpoint(const SafetensorsFile& f, TaskModel& model, AdamW* optimizer);
 
 }  // namespace sparsemoe

@@ -61,6 +61,10 @@ struct LoadedRun {
   int64_t step = 0;
 };
 LoadedRun load_run(const std::string& run_dir);
+// A run directory's config.json (strict, old formats upgraded) and labels.json, from their text;
+// errors are IoError naming path. load_run and the fuzzers use them.
+TrainConfig parse_run_config(const std::string& text, const std::string& path);
+std::vector<std::string> parse_run_labels(const std::string& text, const std::string& path);
 
 // The peak memory of training with config (bytes, an estimate in double: weights, gradients and
 // the two AdamW moments, the saved activations of one batch, the masked-LM logits).

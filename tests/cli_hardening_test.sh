@@ -42,6 +42,9 @@ err=$(route "$big" 2>&1 >/dev/null); status=$?
 err=$("$bin" bench moe --threads 100000 2>&1 >/dev/null); status=$?
 [[ $status -eq 2 && "$err" == "--threads: Value 100000 not in range 1 to 1024"* ]] ||
   { echo "FAIL: --threads 100000: status $status: $err"; fail=1; }
+err=$("$bin" train --config "$tmp/config.json" --out "$tmp/never" --threads 100000 2>&1 >/dev/null)
+[[ $? -eq 2 && "$err" == "--threads: Value 100000 not in range 1 to 1024"* ]] ||
+  { echo "FAIL: train --threads 100000: $err"; fail=1; }
 expect_error "inner_dim 4611686018427387904" bench model --preset fast_sparse_mixer \
   --set inner_dim=4611686018427387904
 expect_error "needed, more than this machine's memory" bench model --preset fast_sparse_mixer \

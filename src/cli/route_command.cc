@@ -22,8 +22,10 @@ namespace {
 
 using nlohmann::json;
 
-// The most values a dense [G, T, E, C] answer may hold (each printed twice, about 100 MB of JSON).
-constexpr int64_t kMaxRouteCells = int64_t{1} << 23;
+// The most values each dense [G, T, E, C] array of an answer may hold: about 4 MB of JSON for the
+// two; a larger answer is more than anyone reads, and a 65-byte request (capacity 2.8 million for
+// one token) took the fuzzer's 10 s limit at 2^23.
+constexpr int64_t kMaxRouteCells = int64_t{1} << 20;
 // The largest request read (about 2 million logits).
 constexpr size_t kMaxRequestBytes = size_t{64} << 20;
 

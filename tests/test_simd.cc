@@ -9,6 +9,7 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/ops/kernels.h"
+#include "sparsemoe/ops/probe.h"
 #include "sparsemoe/ops/simd.h"
 #include "test_util.h"
 
@@ -37,7 +38,7 @@ TEST(Simd, ReportsWhatRuns) {
   EXPECT_TRUE(simd_supported(SimdTarget::kBaseline));
   EXPECT_TRUE(simd_supported(simd_best_supported()));
   for (SimdTarget t : supported_levels()) {
-    set_simd_target(t);
+    sparsemoe::set_simd_target(t);
     EXPECT_EQ(simd_target(), t);
   }
   EXPECT_EQ(simd_target_name(SimdTarget::kAvx2), "avx2 (x86-64-v3)");
@@ -62,7 +63,7 @@ TEST(Simd, ActivationsBitwiseEqualAtEveryLevel) {
     activation_forward(act, h.data(), a0.data(), n);
     activation_backward(act, h.data(), da.data(), d0.data(), n);
     for (SimdTarget t : supported_levels()) {
-      set_simd_target(t);
+      sparsemoe::set_simd_target(t);
       Tensor a({n}), d({n});
       activation_forward(act, h.data(), a.data(), n);
       activation_backward(act, h.data(), da.data(), d.data(), n);
@@ -82,7 +83,7 @@ TEST(Simd, MoeLayerBitwiseEqualAtEveryLevel) {
   opt.training = true;
   opt.step = 3;
   auto run = [&](SimdTarget t, Tensor& y, Tensor& dx, std::vector<Tensor>& grads) {
-    set_simd_target(t);
+    sparsemoe::set_simd_target(t);
     MoeLayer moe(c);
     moe.forward(x, y, opt);
     moe.backward(dy, dx);
@@ -104,3 +105,19 @@ TEST(Simd, MoeLayerBitwiseEqualAtEveryLevel) {
 
 }  // namespace
 }  // namespace sparsemoe
+
+// The machine probes measure something plausible at every level the CPU has (their figures
+// themselves are not asserted: timings never are).
+TEST(Probe, FmaPeakAndReadBandwidthArePositiveAndFinite) {
+  using sparsemoe::SimdTarget;
+  const SimdTarget saved = sparsemoe::simd_target();
+  for (SimdTarget t : {SimdTarget::kBaseline, SimdTarget::kAvx2, SimdTarget::kAvx512}) {
+    if (!sparsemoe::simd_supported(t)) continue;
+    sparsemoe::set_simd_target(t);
+    const double g = sparsemoe::fma_peak_gflops(1);
+    EXPECT_TRUE(std::isfinite(g) && g > 0) << sparsemoe::simd_target_name(t) << ": " << g;
+  }
+  sparsemoe::set_simd_target(saved);
+  const double bw = sparsemoe::read_bandwidth_gbps(1);
+  EXPECT_TRUE(std::isfinite(bw) && bw > 0) << bw;
+}

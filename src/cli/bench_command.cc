@@ -19,6 +19,7 @@
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/ops/probe.h"
 
 namespace sparsemoe::cli {
 
@@ -111,7 +112,11 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
 
 int run_bench_moe(const BenchArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
-  const json env = bench_environment();
+  json env = bench_environment();
+  // The machine's own limits, measured now at the level and thread count that run (issue 13).
+  const double peak = fma_peak_gflops(num_threads());
+  env["fma_peak_gflops"] = peak;
+  env["read_bandwidth_gbps"] = read_bandwidth_gbps(num_threads());
   std::vector<std::pair<std::string, int64_t>> runs;
   if (a.router == "all" || a.router.empty()) {
     runs = {{"experts_choose", 1}, {"tokens_choose", 1}, {"tokens_choose", 2}};
@@ -125,21 +130,30 @@ int run_bench_moe(const BenchArgs& a) {
   if (!a.json_out)
     std::cout << "sparsemoe bench moe  H=" << a.hidden << " F=" << a.d_ff << " E=" << a.experts
               << " T=" << a.tokens_per_group << " batch=" << a.batch << " cf=" << a.capacity_factor
-              << "\nenvironment: " << env.dump() << "\n";
+              << "\nenvironment: " << env.dump() << "\nmachine: FMA peak " << static_cast<int>(peak)
+              << " GFLOP/s (" << env["simd"].get<std::string>() << ", " << num_threads()
+              << " threads), read bandwidth "
+              << static_cast<int>(env["read_bandwidth_gbps"].get<double>()) << " GB/s\n";
   for (const auto& [router, k] : runs) {
     json r = bench_one(a, router, k);
+    r["forward_percent_of_fma_peak"] = 100 * r["forward_gflops"].get<double>() / peak;
+    r["forward_backward_percent_of_fma_peak"] =
+        100 * r["forward_backward_gflops"].get<double>() / peak;
     results.push_back(r);
     if (!a.json_out) {
       char line[512];
       std::snprintf(
           line, sizeof line,
-          "%-15s k=%ld  fwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s | fwd+bwd %8.3f ms "
-          "%10.0f tok/s %6.1f GFLOP/s | library GEMM %6.1f GFLOP/s (fwd at %.0f%%)\n",
+          "%-15s k=%ld  fwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%% of peak) | fwd+bwd "
+          "%8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%%) | library GEMM %6.1f GFLOP/s (fwd at "
+          "%.0f%%)\n",
           router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
           r["forward_tokens_per_s"].get<double>(), r["forward_gflops"].get<double>(),
-          r["forward_backward_ms"].get<double>(), r["forward_backward_tokens_per_s"].get<double>(),
-          r["forward_backward_gflops"].get<double>(), r["library_gemm_gflops"].get<double>(),
-          100 * r["forward_vs_library"].get<double>());
+          r["forward_percent_of_fma_peak"].get<double>(), r["forward_backward_ms"].get<double>(),
+          r["forward_backward_tokens_per_s"].get<double>(),
+          r["forward_backward_gflops"].get<double>(),
+          r["forward_backward_percent_of_fma_peak"].get<double>(),
+          r["library_gemm_gflops"].get<double>(), 100 * r["forward_vs_library"].get<double>());
       std::cout << line << std::flush;
     }
   }

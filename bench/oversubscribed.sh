@@ -34,6 +34,6 @@ wait "$a" "$b"
 ta=$(tokens_per_s "$tmp/a")
 tb=$(tokens_per_s "$tmp/b")
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
-echo "cpu: $cpu, $(nproc) cores; $threads threads per run; OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)}"
+echo "cpu: $cpu, $(nproc) cores; $threads threads per run; OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-(unset)}"
 echo "solo: $solo tokens/s"
 echo "two at once: $ta and $tb tokens/s ($(/usr/bin/python3 -c "print('%.0f%% and %.0f%% of solo' % (100*$ta/$solo, 100*$tb/$solo))"))"

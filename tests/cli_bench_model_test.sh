@@ -45,4 +45,11 @@ out=$("$bin" bench cases --filter moe/top2_glu --min-time 0 --json) ||
 err=$("$bin" bench cases --filter no_such_case 2>&1 >/dev/null); status=$?
 [[ $status -eq 2 && "$err" == *"no case name contains 'no_such_case'"* ]] ||
   { echo "FAIL: bench cases --filter no_such_case gave status $status, stderr: $err"; fail=1; }
+# Idle OpenMP threads spin only briefly (GOMP_SPINCOUNT 1000) unless the user set a policy.
+shown=$(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_ENV=verbose "$bin" route /dev/null 2>&1)
+[[ "$(echo "$shown" | grep GOMP_SPINCOUNT | tail -1)" == *"'1000'"* ]] ||
+  { echo "FAIL: the tool's default GOMP_SPINCOUNT: $shown"; fail=1; }
+shown=$(env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=7 OMP_DISPLAY_ENV=verbose "$bin" route /dev/null 2>&1)
+[[ "$(echo "$shown" | grep GOMP_SPINCOUNT | tail -1)" == *"'7'"* ]] ||
+  { echo "FAIL: a user's GOMP_SPINCOUNT was not kept: $shown"; fail=1; }
 exit $fail

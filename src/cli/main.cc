@@ -1,13 +1,34 @@
 // sparsemoe: the command-line tool. `route` shows a routing decision, `bench` times layers and
 // networks, `train` trains a Sparse Mixer, `eval` / `predict` / `inspect` / `report` use a run.
 // Usage errors and bad input exit with status 2 and one line on stderr.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 
 #include "commands.h"
 #include "sparsemoe/ops/simd.h"
 
+namespace {
+
+// Idle OpenMP threads yield soon instead of spinning long (issue 13). libgomp's default has a
+// thread waiting at a barrier spin for about 300,000 iterations, so two threaded programs on the
+// same cores starve each other (measured: each kept 5-34% of its solo training throughput);
+// OMP_WAIT_POLICY=PASSIVE cost a solo training 30%. A spin of 1,000 iterations kept 50-68% each
+// while costing the tiny preset's solo training about 5% (docs/performance.md). libgomp reads the
+// setting when the program loads, so the tool sets it by running itself again once, unless the
+// user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT).
+void cooperative_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  ::setenv("GOMP_SPINCOUNT", "1000", 1);
+  ::execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  cooperative_openmp(argv);
   CLI::App app{"sparsemoe: sparsely-activated Mixture-of-Experts engine"};
   app.require_subcommand(1);
   std::function<int()> run;

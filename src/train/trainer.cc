@@ -200,7 +200,9 @@ void Trainer::prepare(bool fresh) {
   if (!fresh) {
     if (!fs::exists(path("config.json")))
       throw IoError("--resume: '" + run_dir_ + "' holds no run (no config.json)");
-    config_ = read_run_config(path("config.json"), nullptr);
+    std::string text;
+    config_ = read_run_config(path("config.json"), &text);
+    config_hash_ = hex(fnv1a64(text));
     memory = check_training_memory(config_);
     fresh = !has_checkpoint;
   }
@@ -224,10 +226,7 @@ void Trainer::prepare(bool fresh) {
     const std::string text = config_.to_json().dump(2) + "\n";
     write_file_atomic(path("config.json"), text);
     config_hash_ = hex(fnv1a64(text));
-  } else {
-    std::string text;
-    config_ = read_run_config(path("config.json"), &text);
-    config_hash_ = hex(fnv1a64(text));
+  } else {  // config_ and its hash were read above
     tokenizer_ = read_run_tokenizer(path("tokenizer.model"), config_);
     corpus = load_corpus(config_.data);
   }

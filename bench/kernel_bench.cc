@@ -10,6 +10,7 @@
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/moe/routing.h"
 #include "sparsemoe/ops/expert_ffn.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/kernels.h"
 
 namespace sm = sparsemoe;
@@ -25,6 +26,27 @@ static void BM_Gemm(benchmark::State& state) {
 BENCHMARK(BM_Gemm)
     ->ArgsProduct({{16, 64, 256, 1024}, {512}, {2048}})
     ->ArgsProduct({{16, 64, 256, 1024}, {2048}, {512}});
+
+// The engine's own kernel on the same shapes (the level in use: SPARSEMOE_SIMD selects it), with
+// B row-major (forward), B transposed (the backward's dX = dH . W^T) and A transposed (weight
+// gradients X^T . dH, M and K swapped).
+static void kernel_gemm_bench(benchmark::State& state, bool ta, bool tb) {
+  const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  sm::Tensor a({M, K}, 0.5f), b({K, N}, 0.25f), c({M, N});
+  const auto ar = ta ? sm::MatRef::transposed(a.data(), M) : sm::MatRef::rows(a.data(), K);
+  const auto br = tb ? sm::MatRef::transposed(b.data(), K) : sm::MatRef::rows(b.data(), N);
+  for (auto _ : state) sm::kernel_gemm(M, N, K, ar, br, c.data(), N, ta);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+static void BM_KernelGemm(benchmark::State& state) { kernel_gemm_bench(state, false, false); }
+static void BM_KernelGemmBt(benchmark::State& state) { kernel_gemm_bench(state, false, true); }
+static void BM_KernelGemmAt(benchmark::State& state) { kernel_gemm_bench(state, true, false); }
+BENCHMARK(BM_KernelGemm)
+    ->ArgsProduct({{1, 16, 64, 256, 1024}, {512}, {2048}})
+    ->ArgsProduct({{1, 16, 64, 256, 1024}, {2048}, {512}});
+BENCHMARK(BM_KernelGemmBt)->ArgsProduct({{1, 16, 256}, {512, 2048}, {512, 2048}});
+BENCHMARK(BM_KernelGemmAt)->ArgsProduct({{512}, {16, 256}, {512, 2048}});
 
 static std::vector<float> random_probs(int64_t n, int64_t E) {
   std::vector<float> p(n * E);

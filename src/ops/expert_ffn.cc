@@ -3,15 +3,16 @@
 
 #include <algorithm>
 
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 
 namespace sparsemoe {
 
 namespace {
 
-constexpr int64_t kRowTile = 256;
-constexpr int64_t kWeightTile = 128;  // rows of a weight gradient per work item
+// 512 rows: one A block of the GEMM kernel, so each weight panel is packed once per tile.
+constexpr int64_t kRowTile = 512;
+constexpr int64_t kWeightTile = 512;  // rows of a weight gradient per work item
 constexpr int64_t kMinItems = 16;
 
 struct RowTile {
@@ -58,7 +59,8 @@ void add_bias_grad(const int64_t* offsets, int64_t E, const float* m, int64_t co
   });
 }
 
-// Weight gradient dW[e] [K, N] += A[rows_e]^T [K, M_e] . B[rows_e] [M_e, N], tiled over K.
+// Weight gradient dW[e] [K, N] += A[rows_e]^T [K, M_e] . B[rows_e] [M_e, N], tiled over K; each
+// element sums its expert's rows in row order.
 void add_weight_grad(const int64_t* offsets, int64_t E, const float* A, int64_t K, const float* B,
                      int64_t N, float* dW) {
   const int64_t tiles = (K + kWeightTile - 1) / kWeightTile;
@@ -66,8 +68,8 @@ void add_weight_grad(const int64_t* offsets, int64_t E, const float* A, int64_t 
     const int64_t e = item / tiles, k0 = (item % tiles) * kWeightTile;
     const int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m == 0) return;
-    gemm(true, false, std::min(kWeightTile, K - k0), N, m, 1.f, A + r0 * K + k0, K, B + r0 * N, N,
-         1.f, dW + e * K * N + k0 * N, N);
+    kernel_gemm(std::min(kWeightTile, K - k0), N, m, MatRef::transposed(A + r0 * K + k0, K),
+                MatRef::rows(B + r0 * N, N), dW + e * K * N + k0 * N, N, true);
   });
 }
 
@@ -88,44 +90,51 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const int64_t rows = t.end - t.begin;
     const float* w1 = p.w1 + t.expert * H * F1;
-    gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, w1 + c0, F1, 0.f,
-         h + t.begin * F1 + c0, F1);
-    if (p.glu)  // the linear half: columns F + [c0, c1)
-      gemm(false, false, rows, c1 - c0, H, 1.f, xs + t.begin * H, H, w1 + F + c0, F1, 0.f,
-           h + t.begin * F1 + F + c0, F1);
-    for (int64_t r = t.begin; r < t.end; ++r) {
-      float* hr = h + r * F1;
-      float* ar = a + r * F;
-      if (p.b1) {
-        const float* b = p.b1 + t.expert * F1;
-        for (int64_t j = c0; j < c1; ++j) hr[j] += b[j];
-        for (int64_t j = c0; p.glu && j < c1; ++j) hr[F + j] += b[F + j];
+    const MatRef x = MatRef::rows(xs + t.begin * H, H);
+    if (p.glu)  // the linear half first (columns F + [c0, c1)): the epilogue below reads it
+      kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + F + c0, F1), h + t.begin * F1 + F + c0, F1,
+                  false);
+    // Bias, activation, GLU product and inner dropout on each finished block, still in L1.
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
+      const int64_t b0 = c0 + j0, b1 = b0 + nc;
+      for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
+        float* hr = h + r * F1;
+        float* ar = a + r * F;
+        if (p.b1) {
+          const float* b = p.b1 + t.expert * F1;
+          for (int64_t j = b0; j < b1; ++j) hr[j] += b[j];
+          for (int64_t j = b0; p.glu && j < b1; ++j) hr[F + j] += b[F + j];
+        }
+        activation_forward(p.activation, hr + b0, ar + b0, nc);
+        for (int64_t j = b0; p.glu && j < b1; ++j) ar[j] *= hr[F + j];
+        if (drop_in)
+          for (int64_t j = b0; j < b1; ++j)
+            ar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
+                        ? ar[j] * in_scale
+                        : 0.f;
       }
-      activation_forward(p.activation, hr + c0, ar + c0, c1 - c0);
-      for (int64_t j = c0; p.glu && j < c1; ++j) ar[j] *= hr[F + j];
-      if (drop_in)
-        for (int64_t j = c0; j < c1; ++j)
-          ar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
-                      ? ar[j] * in_scale
-                      : 0.f;
-    }
+    };
+    kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), h + t.begin * F1 + c0, F1, false,
+                &epilogue);
   });
   for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
-    const int64_t rows = t.end - t.begin;
-    gemm(false, false, rows, c1 - c0, F, 1.f, a + t.begin * F, F, p.w2 + t.expert * F * H + c0, H,
-         0.f, ys + t.begin * H + c0, H);
-    for (int64_t r = t.begin; r < t.end; ++r) {
-      float* yr = ys + r * H;
-      const float* b = p.b2 ? p.b2 + t.expert * H : nullptr;
-      for (int64_t j = c0; j < c1; ++j) {
-        float v = b ? yr[j] + b[j] : yr[j];
-        if (drop_out)
-          v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
-                  ? v * out_scale
-                  : 0.f;
-        yr[j] = v;
+    const float* b = p.b2 ? p.b2 + t.expert * H : nullptr;
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
+      for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
+        float* yr = ys + r * H;
+        for (int64_t j = c0 + j0; j < c0 + j0 + nc; ++j) {
+          float v = b ? yr[j] + b[j] : yr[j];
+          if (drop_out)
+            v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
+                    ? v * out_scale
+                    : 0.f;
+          yr[j] = v;
+        }
       }
-    }
+    };
+    kernel_gemm(t.end - t.begin, c1 - c0, F, MatRef::rows(a + t.begin * F, F),
+                MatRef::rows(p.w2 + t.expert * F * H + c0, H), ys + t.begin * H + c0, H, false,
+                &epilogue);
   });
 }
 
@@ -159,33 +168,40 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
   float* da = saved.da.data();
   const float* h = saved.h.data();
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
-    gemm(false, true, t.end - t.begin, c1 - c0, H, 1.f, g2 + t.begin * H, H,
-         p.w2 + t.expert * F * H + c0 * H, H, 0.f, da + t.begin * F1 + c0, F1);
-    for (int64_t r = t.begin; r < t.end; ++r) {
-      float* dar = da + r * F1;
-      const float* hr = h + r * F1;
-      if (drop_in)
-        for (int64_t j = c0; j < c1; ++j)
-          dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
-                       ? dar[j] * in_scale
-                       : 0.f;
-      if (p.glu) {  // a = act(h_act) * h_lin; act(h_act) is staged in the linear half's slot
-        activation_forward(p.activation, hr + c0, dar + F + c0, c1 - c0);
-        for (int64_t j = c0; j < c1; ++j) {
-          const float g = dar[j];
-          dar[F + j] *= g;
-          dar[j] = g * hr[F + j];
+    // Through inner dropout and the activation (and the GLU product) on each finished block.
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
+      const int64_t b0 = c0 + j0, b1 = b0 + nc;
+      for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
+        float* dar = da + r * F1;
+        const float* hr = h + r * F1;
+        if (drop_in)
+          for (int64_t j = b0; j < b1; ++j)
+            dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
+                         ? dar[j] * in_scale
+                         : 0.f;
+        if (p.glu) {  // a = act(h_act) * h_lin; act(h_act) is staged in the linear half's slot
+          activation_forward(p.activation, hr + b0, dar + F + b0, nc);
+          for (int64_t j = b0; j < b1; ++j) {
+            const float g = dar[j];
+            dar[F + j] *= g;
+            dar[j] = g * hr[F + j];
+          }
         }
+        activation_backward(p.activation, hr + b0, dar + b0, dar + b0, nc);
       }
-      activation_backward(p.activation, hr + c0, dar + c0, dar + c0, c1 - c0);
-    }
+    };
+    // W2[e] is [F, H]; its transpose [H, F] is read by strides.
+    kernel_gemm(t.end - t.begin, c1 - c0, H, MatRef::rows(g2 + t.begin * H, H),
+                MatRef::transposed(p.w2 + t.expert * F * H + c0 * H, H), da + t.begin * F1 + c0, F1,
+                false, &epilogue);
   });
   if (grads.b1) add_bias_grad(offsets, E, da, F1, grads.b1);
   if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F1, grads.w1);
   if (!dxs) return;
   for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
-    gemm(false, true, t.end - t.begin, c1 - c0, F1, 1.f, da + t.begin * F1, F1,
-         p.w1 + t.expert * H * F1 + c0 * F1, F1, 0.f, dxs + t.begin * H + c0, H);
+    kernel_gemm(t.end - t.begin, c1 - c0, F1, MatRef::rows(da + t.begin * F1, F1),
+                MatRef::transposed(p.w1 + t.expert * H * F1 + c0 * F1, F1), dxs + t.begin * H + c0,
+                H, false);
   });
 }
 

@@ -3,8 +3,9 @@
 // kernel is compiled three times (x86-64, x86-64-v3 = AVX2 + FMA, x86-64-v4 = AVX-512) and the
 // best level the CPU supports is used. SPARSEMOE_SIMD=baseline|avx2|avx512 in the environment, or
 // set_simd_target(), selects a lower one (tests, benchmarks). Floating-point contraction is off
-// everywhere (-ffp-contract=off), so every level gives bitwise identical results: the choice
-// changes speed, never numbers.
+// everywhere (-ffp-contract=off), so the elementwise kernels give bitwise identical results at
+// every level. The GEMM kernel (ops/gemm_kernel.h) needs FMA: AVX2 and AVX-512 give the same bits,
+// and the baseline level, which has no FMA, calls the BLAS library and rounds differently.
 #pragma once
 
 #include <string>

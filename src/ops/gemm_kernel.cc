@@ -1,0 +1,427 @@
+// The engine's GEMM micro-kernels and their blocking (see gemm_kernel.h). Loop order: rows in
+// blocks of kMc (A packed once per block into [k][MR] micro-panels, or read in place when it is a
+// transposed operand); columns in groups; k in chunks, inside the group, so the group's C block
+// stays in L2 between chunks; each chunk's B packed into [k][NR] panels (or read in place when
+// the rows are few) that every row block then uses. The micro-kernels keep an MR x NR tile of C in
+// registers (14 x 32: 28 of 32 zmm, at AVX-512; 6 x 16: 12 of 16 ymm, at AVX2) and run one FMA
+// chain per element over the chunk. The epilogue runs per row block of a finished group.
+#include "sparsemoe/ops/gemm_kernel.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "sparsemoe/core/gemm.h"
+#include "sparsemoe/ops/simd.h"
+
+namespace sparsemoe {
+
+namespace {
+
+// Blocking. Many rows: k chunks of kKc (an AVX-512 B micro-panel is kKc x 32 floats = 32 KiB)
+// and B packed kNcPanels panels at a time. Few rows (at most kFewRows: decode, a few tokens per
+// expert): B is streamed from memory and used once, so it is read in place, not packed, in chunks
+// of a few whole rows (kFewKc(m) rows, up to kFewCols wide): each chunk is one contiguous stretch
+// of memory, and the micro-kernels' prefetch of the next chunk keeps the stream going. Panel by
+// panel down all k instead, the reads are 128 bytes a weight row apart and run at a quarter of the
+// machine's read bandwidth. The shorter the chunk, the more often C is loaded and stored: 8 rows
+// when m <= 8, 32 up to kFewRows (measured on Zen 4, docs/performance.md).
+constexpr int64_t kKc = 256;
+constexpr int64_t kNcPanels = 8;
+constexpr int64_t kFewRows = 32;
+constexpr int64_t kFewCols = 4096;
+constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
+constexpr int64_t kMc = 512;  // rows per A block: 512 x kKc floats = 512 KiB
+
+// Rows of B ahead that the micro-kernels prefetch: B read in place is strided (a weight row
+// apart), which the hardware prefetchers do not follow, so memory latency would set the pace.
+constexpr int64_t kPrefetchRows = 64;
+
+constexpr int kMr512 = 14, kNr512 = 32;
+constexpr int kMr256 = 6, kNr256 = 16;
+
+// A micro-kernel: C[M, NR] (+)= A[M, kc] . Bp[kc, NR], M <= MR rows. A's M values for one k are
+// contiguous (a[i], i < M) and the next k's are acs floats on: packed panels and transposed
+// operands are both read this way.
+using MicroFn = void (*)(int64_t kc, const float* a, int64_t acs, const float* bp, int64_t bs,
+                         float* c, int64_t ldc, bool load);
+
+template <int M>
+__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, int64_t acs,
+                                                     const float* bp, int64_t bs, float* c,
+                                                     int64_t ldc, bool load) {
+  __m512 lo[M], hi[M];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    lo[i] = load ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+    hi[i] = load ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
+    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 16), _MM_HINT_T0);
+    const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      asm("vfmadd231ps %[a]%{1to16%}, %[b], %[c]" : [c] "+v"(lo[i]) : [b] "v"(b0), [a] "m"(a[i]));
+      asm("vfmadd231ps %[a]%{1to16%}, %[b], %[c]" : [c] "+v"(hi[i]) : [b] "v"(b1), [a] "m"(a[i]));
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    _mm512_storeu_ps(c + i * ldc, lo[i]);
+    _mm512_storeu_ps(c + i * ldc + 16, hi[i]);
+  }
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, int64_t acs,
+                                                    const float* bp, int64_t bs, float* c,
+                                                    int64_t ldc, bool load) {
+  __m256 lo[M], hi[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    lo[i] = load ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
+    hi[i] = load ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
+    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs), _MM_HINT_T0);
+    const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i);
+      lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+      hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    _mm256_storeu_ps(c + i * ldc, lo[i]);
+    _mm256_storeu_ps(c + i * ldc + 8, hi[i]);
+  }
+}
+
+template <template <int> class K, int... I>
+constexpr auto micro_table(std::integer_sequence<int, I...>) {
+  return std::array<MicroFn, sizeof...(I)>{K<I + 1>::fn...};
+}
+template <int M>
+struct Avx512 {
+  static constexpr MicroFn fn = micro_avx512<M>;
+};
+template <int M>
+struct Avx2 {
+  static constexpr MicroFn fn = micro_avx2<M>;
+};
+constexpr auto kMicro512 = micro_table<Avx512>(std::make_integer_sequence<int, kMr512>{});
+constexpr auto kMicro256 = micro_table<Avx2>(std::make_integer_sequence<int, kMr256>{});
+
+// The level's micro-kernels: micro[rows - 1] computes `rows` rows.
+using DriverFn = void (*)(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c,
+                          int64_t ldc, bool accumulate, const GemmEpilogue* epilogue);
+struct Level {
+  int64_t mr, nr;
+  DriverFn run;
+};
+
+// A per-thread scratch buffer, 64-byte aligned, grown on demand and never shrunk.
+struct Scratch {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], Free> data;
+  int64_t size = 0;
+  float* get(int64_t n) {
+    if (n > size) {
+      const auto bytes = static_cast<size_t>((n * 4 + 63) / 64 * 64);
+      data.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      if (!data) throw std::bad_alloc();
+      size = n;
+    }
+    return data.get();
+  }
+};
+
+// d[c * ld + r] = s[r * ls + c] for an 8 x 8 block: the transposing copy of the packing, 24
+// shuffles for 64 floats (AVX2 code, also used by the AVX-512 driver).
+__attribute__((target("avx2,fma"))) void transpose8x8(const float* s, int64_t ls, float* d,
+                                                      int64_t ld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(d + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(d + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// d[c * ld + r] = s[r * ls + c] for a 4 x 4 block (SSE, every level).
+inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
+  __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ls), r2 = _mm_loadu_ps(s + 2 * ls),
+         r3 = _mm_loadu_ps(s + 3 * ls);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(d, r0);
+  _mm_storeu_ps(d + ld, r1);
+  _mm_storeu_ps(d + 2 * ld, r2);
+  _mm_storeu_ps(d + 3 * ld, r3);
+}
+
+// A row-major A's rows [i0, i0 + mc) x columns [p0, p0 + kc) into micro-panels: panel q holds
+// rows [q*mr, q*mr + mr), laid out [kc][mr] (rows past mc are left unset: no kernel reads them).
+// Read in place instead, mr rows a power-of-two stride apart share one L1 set and evict each other.
+[[gnu::always_inline]] inline void pack_a(MatRef a, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                                          int64_t mr, float* out) {
+  const int64_t ld = a.row_stride, p8 = kc / 8 * 8, p4 = kc / 4 * 4;
+  if (a.col_stride != 1) {  // neither row-major nor transposed: element by element
+    for (int64_t q = 0; q * mr < mc; ++q)
+      for (int64_t r = 0; r < std::min(mr, mc - q * mr); ++r)
+        for (int64_t p = 0; p < kc; ++p)
+          out[q * mr * kc + p * mr + r] = a.data[(i0 + q * mr + r) * ld + (p0 + p) * a.col_stride];
+    return;
+  }
+  for (int64_t q = 0; q * mr < mc; ++q) {
+    const int64_t rows = std::min(mr, mc - q * mr);
+    float* panel = out + q * mr * kc;
+    const float* src = a.data + (i0 + q * mr) * ld + p0;
+    auto scalar = [&](int64_t r0, int64_t r1, int64_t from) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t p = from; p < kc; ++p) panel[p * mr + r] = src[r * ld + p];
+    };
+    int64_t i = 0;
+    for (; i + 8 <= rows; i += 8) {
+      for (int64_t p = 0; p < p8; p += 8)
+        transpose8x8(src + i * ld + p, ld, panel + p * mr + i, mr);
+      scalar(i, i + 8, p8);
+    }
+    for (; i + 4 <= rows; i += 4) {
+      for (int64_t p = 0; p < p4; p += 4)
+        transpose4x4(src + i * ld + p, ld, panel + p * mr + i, mr);
+      scalar(i, i + 4, p4);
+    }
+    scalar(i, rows, 0);
+  }
+}
+
+// B(p0 + p, j0 + j) for p < kc, j < nv into consecutive [kc][nr] panels (panel t holds columns
+// [t*nr, t*nr + nr)), zero past nv. A row-major B is read a whole row segment at a time: reading
+// one panel's 32 floats per row instead, at a stride of a weight row, runs at memory latency.
+[[gnu::always_inline]] inline void pack_b(MatRef b, int64_t p0, int64_t kc, int64_t j0, int64_t nv,
+                                          int64_t nr, float* out) {
+  const float* src = b.data + p0 * b.row_stride + j0 * b.col_stride;
+  const int64_t panels = (nv + nr - 1) / nr, pad = panels * nr - nv;
+  if (b.col_stride == 1) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* row = src + p * b.row_stride;
+      for (int64_t j = 0; j < nv; j += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * b.row_stride + j),
+                     _MM_HINT_T0);
+      for (int64_t t = 0; t < panels; ++t) {
+        float* dst = out + (t * kc + p) * nr;
+        const int64_t w = std::min(nr, nv - t * nr);
+        for (int64_t j = 0; j < w; ++j) dst[j] = row[t * nr + j];
+        for (int64_t j = w; j < nr; ++j) dst[j] = 0.f;
+      }
+    }
+    return;
+  }
+  if (pad > 0)
+    for (int64_t p = 0; p < kc; ++p)
+      std::fill(out + ((panels - 1) * kc + p) * nr + nr - pad,
+                out + ((panels - 1) * kc + p + 1) * nr, 0.f);
+  // A transposed B (W^T): 8 x 8 blocks through registers, the rest element by element.
+  const int64_t j8 = b.row_stride == 1 ? nv / 8 * 8 : 0, p8 = kc / 8 * 8;
+  for (int64_t j = 0; j < j8; j += 8) {
+    float* dst = out + (j / nr) * kc * nr + j % nr;
+    for (int64_t p = 0; p < p8; p += 8)
+      transpose8x8(src + j * b.col_stride + p, b.col_stride, dst + p * nr, nr);
+    for (int64_t jj = j; jj < j + 8; ++jj)
+      for (int64_t p = p8; p < kc; ++p) dst[p * nr + jj - j] = src[jj * b.col_stride + p];
+  }
+  for (int64_t j = j8; j < nv; ++j) {
+    float* dst = out + (j / nr) * kc * nr + j % nr;
+    for (int64_t p = 0; p < kc; ++p) dst[p * nr] = src[j * b.col_stride + p * b.row_stride];
+  }
+}
+
+// The B region the next pack reads, prefetched into L2 a few lines per micro-kernel call, so that
+// packing finds it in cache instead of waiting on memory: `segments` runs of `lines` cache lines,
+// `stride` floats apart.
+struct Ahead {
+  const float* base = nullptr;
+  int64_t segments = 0, lines = 0, stride = 0, seg = 0, line = 0;
+
+  void start(MatRef b, int64_t p0, int64_t kc, int64_t j0, int64_t nv) {
+    const bool rows = b.col_stride == 1;
+    if (!rows && b.row_stride != 1) return;  // neither layout: no prefetch
+    base = b.data + p0 * b.row_stride + j0 * b.col_stride;
+    segments = rows ? kc : nv;
+    lines = ((rows ? nv : kc) + 15) / 16;
+    stride = rows ? b.row_stride : b.col_stride;
+  }
+  int64_t total() const { return segments * lines; }
+  void issue(int64_t count) {
+    for (; count > 0 && seg < segments; --count) {
+      _mm_prefetch(reinterpret_cast<const char*>(base + seg * stride + line * 16), _MM_HINT_T1);
+      if (++line == lines) line = 0, ++seg;
+    }
+  }
+};
+
+template <int64_t mr, int64_t nr, const auto& micro>
+[[gnu::always_inline]] inline void native_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b,
+                                               float* c, int64_t ldc, bool accumulate,
+                                               const GemmEpilogue* epilogue) {
+  thread_local Scratch a_scratch, b_scratch, c_scratch;
+  const bool few = m <= kFewRows;
+  const int64_t kb = few ? kFewKc(m) : kKc;
+  const int64_t nc = few ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
+  // Few rows and a row-major B: full panels are read where they are.
+  const bool in_place = few && b.col_stride == 1;
+  float* tile = c_scratch.get(mr * nr);
+  // A transposed A (weight gradients: X^T) is read in place, its mr values per k being
+  // contiguous already; any other A is packed.
+  const bool pack_rows = a.row_stride != 1;
+  const int64_t chunks = (k + kb - 1) / kb;
+  float* bp = b_scratch.get(kb * nc);
+  for (int64_t i0 = 0; i0 < m; i0 += kMc) {
+    const int64_t mc = std::min(kMc, m - i0);
+    const int64_t blocks = (mc + mr - 1) / mr;
+    // All of the block's A, chunk by chunk (chunk t at t * blocks * mr * kb): packed once, then
+    // reused by every column group.
+    float* ap = pack_rows ? a_scratch.get(chunks * blocks * mr * kb) : nullptr;
+    for (int64_t p0 = 0; pack_rows && p0 < k; p0 += kb)
+      pack_a(a, i0, mc, p0, std::min(kb, k - p0), mr, ap + p0 / kb * blocks * mr * kb);
+    // Column groups outside k chunks: the group's C block stays in L2 from one chunk to the
+    // next instead of making a round trip to memory.
+    for (int64_t g0 = 0; g0 < n; g0 += nc) {
+      const int64_t gv = std::min(nc, n - g0);
+      const int64_t here = in_place ? gv / nr * nr : 0;  // a partial last panel is packed
+      for (int64_t p0 = 0; p0 < k; p0 += kb) {
+        const int64_t kc = std::min(kb, k - p0);
+        const bool load = accumulate || p0 > 0;
+        if (here < gv) pack_b(b, p0, kc, g0 + here, gv - here, nr, bp);
+        // Packed B comes from memory a chunk at a time: fetch the next chunk in this order (the
+        // group's next k chunk, else the next group's first) while this one computes.
+        Ahead ahead;
+        if (here == 0 && p0 + kb < k)
+          ahead.start(b, p0 + kb, std::min(kb, k - p0 - kb), g0, gv);
+        else if (here == 0 && g0 + nc < n)
+          ahead.start(b, 0, std::min(kb, k), g0 + nc, std::min(nc, n - g0 - nc));
+        const int64_t calls = (gv + nr - 1) / nr * blocks;
+        const int64_t per_call = (ahead.total() + calls - 1) / calls;
+        for (int64_t j0 = g0; j0 < g0 + gv; j0 += nr) {
+          const int64_t nv = std::min(nr, n - j0);
+          const bool direct = j0 - g0 < here;
+          const float* panel =
+              direct ? b.data + p0 * b.row_stride + j0 : bp + (j0 - g0 - here) * kc;
+          const int64_t bs = direct ? b.row_stride : nr;
+          for (int64_t q = 0; q < blocks; ++q) {
+            const int64_t r0 = i0 + q * mr, rows = std::min(mr, mc - q * mr);
+            const float* ab = pack_rows ? ap + p0 / kb * blocks * mr * kb + q * mr * kc
+                                        : a.data + r0 * a.row_stride + p0 * a.col_stride;
+            const int64_t acs = pack_rows ? mr : a.col_stride;
+            float* cb = c + r0 * ldc + j0;
+            ahead.issue(per_call);
+            if (nv == nr) {
+              micro[rows - 1](kc, ab, acs, panel, bs, cb, ldc, load);
+            } else {  // a partial last panel: through a full-width tile
+              for (int64_t i = 0; i < rows && load; ++i)
+                std::memcpy(tile + i * nr, cb + i * ldc, nv * 4);
+              micro[rows - 1](kc, ab, acs, panel, bs, tile, nr, load);
+              for (int64_t i = 0; i < rows; ++i) std::memcpy(cb + i * ldc, tile + i * nr, nv * 4);
+            }
+          }
+        }
+      }
+      // The group is final: its epilogue runs while the block is still in L2.
+      for (int64_t r0 = i0; epilogue && r0 < i0 + mc; r0 += mr)
+        (*epilogue)(r0, std::min(mr, i0 + mc - r0), g0, gv);
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void native_avx512(int64_t m, int64_t n, int64_t k, MatRef a,
+                                                      MatRef b, float* c, int64_t ldc,
+                                                      bool accumulate, const GemmEpilogue* epi) {
+  native_gemm<kMr512, kNr512, kMicro512>(m, n, k, a, b, c, ldc, accumulate, epi);
+}
+__attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64_t k, MatRef a,
+                                                     MatRef b, float* c, int64_t ldc,
+                                                     bool accumulate, const GemmEpilogue* epi) {
+  native_gemm<kMr256, kNr256, kMicro256>(m, n, k, a, b, c, ldc, accumulate, epi);
+}
+
+// The baseline level: the BLAS library on row-major or transposed operands.
+void library_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
+                  bool accumulate, const GemmEpilogue* epilogue) {
+  const bool ta = a.col_stride != 1, tb = b.col_stride != 1;
+  if ((ta && a.row_stride != 1) || (tb && b.row_stride != 1)) {
+    gemm_fma_reference(m, n, k, a, b, c, ldc, accumulate);
+  } else {
+    gemm(ta, tb, m, n, k, 1.f, a.data, ta ? a.col_stride : a.row_stride, b.data,
+         tb ? b.col_stride : b.row_stride, accumulate ? 1.f : 0.f, c, ldc);
+  }
+  if (!epilogue) return;
+  constexpr int64_t kBlock = 16;
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < n; c0 += 64)
+      (*epilogue)(r0, std::min(kBlock, m - r0), c0, std::min<int64_t>(64, n - c0));
+}
+
+const Level* current_level() {
+  static const Level avx512{kMr512, kNr512, native_avx512};
+  static const Level avx2{kMr256, kNr256, native_avx2};
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return &avx512;
+    case SimdTarget::kAvx2:
+      return &avx2;
+    case SimdTarget::kBaseline:
+      break;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
+                 bool accumulate, const GemmEpilogue* epilogue) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
+  } else if (const Level* lv = current_level()) {
+    return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue);
+  } else {
+    return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);
+  }
+  if (epilogue) (*epilogue)(0, m, 0, n);
+}
+
+void gemm_fma_reference(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
+                        bool accumulate) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = accumulate ? c[i * ldc + j] : 0.f;
+      for (int64_t p = 0; p < k; ++p)
+        acc = std::fma(a.data[i * a.row_stride + p * a.col_stride],
+                       b.data[p * b.row_stride + j * b.col_stride], acc);
+      c[i * ldc + j] = acc;
+    }
+}
+
+bool kernel_gemm_native() { return current_level() != nullptr; }
+
+}  // namespace sparsemoe

@@ -6,15 +6,14 @@
 #include <string>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
 
 namespace {
 
-constexpr int64_t kRows = 64;  // fixed row tiles: results do not depend on the thread count
 constexpr uint64_t kTransformTag = 1, kDropoutTag = 2, kDenseTag = 3;
 
 }  // namespace
@@ -92,13 +91,16 @@ void MaskedLmHead::forward(const Tensor& seq, const Tensor& positions, const Ten
   transform_.forward(gathered_, t_);
   norm_.forward(t_, n_);
   logits.resize({B, P, V_});
-  // logits = n . table^T + bias
-  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
-    float* out = logits.data() + r0 * V_;
-    gemm(false, true, rows, V_, W_, 1.f, n_.data() + r0 * W_, W_, table.data(), W_, 0.f, out, V_);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t v = 0; v < V_; ++v) out[r * V_ + v] += output_bias[v];
+  // logits = n . table^T + bias, the bias added in the GEMM's write-out.
+  offsets_ = {0, N};
+  for_tiles(row_tiles(offsets_.data(), 1), V_, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    float* out = logits.data() + t.begin * V_ + c0;
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t rows, int64_t j0, int64_t cols) {
+      for (int64_t r = r0; r < r0 + rows; ++r)
+        for (int64_t v = j0; v < j0 + cols; ++v) out[r * V_ + v] += output_bias[c0 + v];
+    };
+    kernel_gemm(t.end - t.begin, c1 - c0, W_, MatRef::rows(n_.data() + t.begin * W_, W_),
+                MatRef::transposed(table.data() + c0 * W_, W_), out, V_, false, &epilogue);
   });
 }
 
@@ -113,16 +115,11 @@ void MaskedLmHead::backward(const Tensor& dlogits, const Tensor& table, Tensor& 
   for (int64_t i = 0; i < N; ++i)
     for (int64_t v = 0; v < V_; ++v) output_bias_grad[v] += dlogits[i * V_ + v];
   // dtable += dlogits^T . n (tiles over vocabulary rows); dn = dlogits . table.
-  parallel_for((V_ + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t v0 = t * kRows, rows = std::min(kRows, V_ - v0);
-    gemm(true, false, rows, W_, N, 1.f, dlogits.data() + v0, V_, n_.data(), W_, 1.f,
-         dtable.data() + v0 * W_, W_);
-  });
+  add_weight_grad(offsets_.data(), 1, dlogits.data(), V_, n_.data(), W_, dtable.data());
   dn_.resize(n_.shape());
-  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
-    gemm(false, false, rows, W_, V_, 1.f, dlogits.data() + r0 * V_, V_, table.data(), W_, 0.f,
-         dn_.data() + r0 * W_, W_);
+  for_tiles(row_tiles(offsets_.data(), 1), W_, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    kernel_gemm(t.end - t.begin, c1 - c0, V_, MatRef::rows(dlogits.data() + t.begin * V_, V_),
+                MatRef::rows(table.data() + c0, W_), dn_.data() + t.begin * W_ + c0, W_, false);
   });
   norm_.backward(dn_, dt_);
   transform_.backward(dt_, &dg_);

@@ -5,16 +5,12 @@
 #include <string>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/init.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
-
-namespace {
-constexpr int64_t kRows = 128;  // row tile
-}
 
 Dense::Dense(int64_t in, int64_t out, Activation activation, bool use_bias, double init_stddev,
              uint64_t seed)
@@ -48,16 +44,19 @@ void Dense::forward(const Tensor& x, Tensor& y) {
   ys.back() = out_;
   y.resize(ys);
   h_.resize({N, out_});
-  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
-    float* h = h_.data() + r0 * out_;
-    gemm(false, false, rows, out_, in_, 1.f, x.data() + r0 * in_, in_, kernel.data(), out_, 0.f, h,
-         out_);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* hr = h + r * out_;
-      for (int64_t j = 0; bias.numel() && j < out_; ++j) hr[j] += bias[j];
-      activation_forward(act_, hr, y.data() + (r0 + r) * out_, out_);
-    }
+  offsets_ = {0, N};
+  // h = x . W on the GEMM kernel; bias and activation in its write-out, per finished block.
+  for_tiles(row_tiles(offsets_.data(), 1), out_, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t rows, int64_t j0, int64_t cols) {
+      for (int64_t r = t.begin + r0; r < t.begin + r0 + rows; ++r) {
+        float* hr = h_.data() + r * out_ + c0 + j0;
+        for (int64_t j = 0; bias.numel() && j < cols; ++j) hr[j] += bias[c0 + j0 + j];
+        activation_forward(act_, hr, y.data() + r * out_ + c0 + j0, cols);
+      }
+    };
+    kernel_gemm(t.end - t.begin, c1 - c0, in_, MatRef::rows(x.data() + t.begin * in_, in_),
+                MatRef::rows(kernel.data() + c0, out_), h_.data() + t.begin * out_ + c0, out_,
+                false, &epilogue);
   });
 }
 
@@ -72,22 +71,12 @@ void Dense::backward(const Tensor& dy, Tensor* dx) {
       activation_backward(act_, h_.data() + r * out_, dy.data() + r * out_, dh_.data() + r * out_,
                           out_);
   });
-  // kernel_grad += x^T dh (parallel over fixed row tiles of the kernel; each sums all N rows).
-  parallel_for((in_ + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t k0 = t * kRows, rows = std::min(kRows, in_ - k0);
-    gemm(true, false, rows, out_, N, 1.f, x_.data() + k0, in_, dh_.data(), out_, 1.f,
-         kernel_grad.data() + k0 * out_, out_);
-  });
-  if (bias.numel())
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t j = 0; j < out_; ++j) bias_grad[j] += dh_[r * out_ + j];
+  // kernel_grad += x^T dh, bias_grad += column sums of dh, dx = dh . W^T.
+  add_weight_grad(offsets_.data(), 1, x_.data(), in_, dh_.data(), out_, kernel_grad.data());
+  if (bias.numel()) add_bias_grad(offsets_.data(), 1, dh_.data(), out_, bias_grad.data());
   if (!dx) return;
   dx->resize(x_shape_);
-  parallel_for((N + kRows - 1) / kRows, [&](int64_t t) {
-    const int64_t r0 = t * kRows, rows = std::min(kRows, N - r0);
-    gemm(false, true, rows, in_, out_, 1.f, dh_.data() + r0 * out_, out_, kernel.data(), out_, 0.f,
-         dx->data() + r0 * in_, in_);
-  });
+  input_grad(offsets_.data(), 1, dh_.data(), out_, kernel.data(), in_, dx->data());
 }
 
 }  // namespace sparsemoe

@@ -46,10 +46,11 @@ class MaskedLmHead {
   int64_t H_, W_, V_;
   Dense transform_;
   LayerNorm norm_;
-  Shape seq_shape_;            // [B, L, H] of the last forward
-  std::vector<int64_t> rows_;  // [B*P] flat row b*L + p of each gathered position
-  Tensor gathered_, t_, n_;    // [B, P, H], [B, P, W], [B, P, W]
-  Tensor dn_, dt_, dg_;        // backward workspaces
+  Shape seq_shape_;               // [B, L, H] of the last forward
+  std::vector<int64_t> rows_;     // [B*P] flat row b*L + p of each gathered position
+  Tensor gathered_, t_, n_;       // [B, P, H], [B, P, W], [B, P, W]
+  Tensor dn_, dt_, dg_;           // backward workspaces
+  std::vector<int64_t> offsets_;  // {0, B*P}: one group of rows for the tiled GEMM
 };
 
 class ClassificationHead {

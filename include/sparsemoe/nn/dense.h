@@ -33,8 +33,9 @@ class Dense {
   Activation act_;
   Tensor x_;  // [N, in] the last forward's input (a copy)
   Shape x_shape_;
-  Tensor h_;   // [N, out] pre-activation
-  Tensor dh_;  // [N, out]
+  Tensor h_;                      // [N, out] pre-activation
+  Tensor dh_;                     // [N, out]
+  std::vector<int64_t> offsets_;  // {0, N}: one group of rows for the tiled GEMM
 };
 
 }  // namespace sparsemoe

@@ -1,0 +1,54 @@
+// The parallel layer over kernel_gemm (ops/gemm_kernel.h) shared by the expert FFN, the dense
+// layers and the heads: work split into tiles fixed by shape alone (row tiles of 512 within each
+// group of rows, columns split only when there are too few row tiles to occupy the threads), each
+// tile one single-threaded kernel call, so results are bitwise identical for any thread count.
+// Groups are experts (rows [offsets[g], offsets[g+1]) use expert g's weights); a dense layer is
+// one group.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sparsemoe/core/parallel.h"
+#include "sparsemoe/ops/gemm_kernel.h"
+
+namespace sparsemoe {
+
+struct RowTile {
+  int64_t group, begin, end;  // rows [begin, end) of group `group`
+};
+
+// 512 rows: one A block of the GEMM kernel, so each weight panel is packed once per tile.
+inline constexpr int64_t kRowTile = 512;
+
+std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups);
+
+// Number of column tiles for `cols` columns given `row_items` row tiles (shape-only rule).
+int64_t col_splits(int64_t row_items, int64_t cols);
+
+// Runs fn(tile, c0, c1) over every (row tile, column tile) pair, in parallel.
+template <class Fn>
+void for_tiles(const std::vector<RowTile>& tiles, int64_t cols, Fn&& fn) {
+  const int64_t n = static_cast<int64_t>(tiles.size());
+  const int64_t splits = col_splits(n, cols);
+  const int64_t width = (cols + splits - 1) / splits;
+  parallel_for(n * splits, [&](int64_t item) {
+    const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
+    if (c0 < c1) fn(tiles[item / splits], c0, c1);
+  });
+}
+
+// dW[g] [K, N] += A[rows_g]^T [K, M_g] . B[rows_g] [M_g, N] for each group, A [R, K] and B [R, N]
+// row-major; each element sums its group's rows in row order.
+void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
+                     const float* B, int64_t N, float* dW);
+
+// out[g] [cols] += the sum of m's rows of group g (m [R, cols]), in row order.
+void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols,
+                   float* out);
+
+// dx [R, K] = dh [R, N] . W[g]^T for each group, W [groups, K, N] row-major.
+void input_grad(const int64_t* offsets, int64_t groups, const float* dh, int64_t N, const float* w,
+                int64_t K, float* dx);
+
+}  // namespace sparsemoe

@@ -1,0 +1,64 @@
+// The shape-fixed tiling over kernel_gemm (see tiled_gemm.h).
+#include "sparsemoe/ops/tiled_gemm.h"
+
+#include <algorithm>
+
+namespace sparsemoe {
+
+namespace {
+constexpr int64_t kMinItems = 16;    // column splits until this many work items
+constexpr int64_t kWeightTile = 512;  // rows of a weight gradient per work item
+}  // namespace
+
+std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups) {
+  std::vector<RowTile> tiles;
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r = offsets[g]; r < offsets[g + 1]; r += kRowTile)
+      tiles.push_back({g, r, std::min(r + kRowTile, offsets[g + 1])});
+  return tiles;
+}
+
+int64_t col_splits(int64_t row_items, int64_t cols) {
+  int64_t s = 1;
+  while (row_items * s < kMinItems && cols / (s * 2) >= 128) s *= 2;
+  return s;
+}
+
+void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
+                     const float* B, int64_t N, float* dW) {
+  // Items: (group, K tile, column tile); columns split like for_tiles when there are few items.
+  const int64_t tiles = (K + kWeightTile - 1) / kWeightTile;
+  const int64_t splits = col_splits(groups * tiles, N), width = (N + splits - 1) / splits;
+  parallel_for(groups * tiles * splits, [&](int64_t item) {
+    const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * kWeightTile;
+    const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);
+    const int64_t r0 = offsets[g], m = offsets[g + 1] - r0;
+    if (m == 0 || c0 >= c1) return;
+    kernel_gemm(std::min(kWeightTile, K - k0), c1 - c0, m, MatRef::transposed(A + r0 * K + k0, K),
+                MatRef::rows(B + r0 * N + c0, N), dW + g * K * N + k0 * N + c0, N, true);
+  });
+}
+
+void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols,
+                   float* out) {
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (cols + kChunk - 1) / kChunk;
+  parallel_for(groups * chunks, [&](int64_t item) {
+    const int64_t g = item / chunks, c0 = (item % chunks) * kChunk;
+    const int64_t c1 = std::min(cols, c0 + kChunk);
+    float* o = out + g * cols;
+    for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r)
+      for (int64_t c = c0; c < c1; ++c) o[c] += m[r * cols + c];
+  });
+}
+
+void input_grad(const int64_t* offsets, int64_t groups, const float* dh, int64_t N, const float* w,
+                int64_t K, float* dx) {
+  for_tiles(row_tiles(offsets, groups), K, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    kernel_gemm(t.end - t.begin, c1 - c0, N, MatRef::rows(dh + t.begin * N, N),
+                MatRef::transposed(w + t.group * K * N + c0 * N, N), dx + t.begin * K + c0, K,
+                false);
+  });
+}
+
+}  // namespace sparsemoe

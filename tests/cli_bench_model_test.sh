@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of `sparsemoe bench model` on the tiny preset: the JSON report carries both
-# measurements, the parameter count and the speed-up against the baseline measured in the same
-# run; bad presets, overrides and modes exit with status 2 and one line naming the problem;
+# measurements with their GEMM rates (GFLOP/s, % of FMA peak, % of the library), the parameter
+# count and the speed-up against the baseline measured in the same run; bad presets, overrides and modes exit with status 2 and one line naming the problem;
 # SPARSEMOE_SIMD forces the vector kernels' level, which the report names.
 set -u
 bin=$1
@@ -11,7 +11,9 @@ fast=(--batch 1 --min-time 0 --min-runs 1)
 out=$("$bin" bench model --preset tiny,tiny --baseline tiny "${fast[@]}" --json) ||
   { echo "FAIL: exit status"; fail=1; }
 for want in '"preset": "tiny"' '"params": ' '"inference_tokens_per_s"' \
-            '"train_tokens_per_s"' '"train_speedup_vs_tiny"' '"sequence_length": 32' '"simd": '; do
+            '"train_tokens_per_s"' '"train_speedup_vs_tiny"' '"sequence_length": 32' '"simd": ' \
+            '"train_gflops"' '"inference_percent_of_fma_peak"' '"train_percent_of_library_gemm"' \
+            '"library_gemm_gflops"' '"fma_peak_gflops"'; do
   [[ "$out" == *"$want"* ]] || { echo "FAIL: output lacks $want"; fail=1; }
 done
 out=$("$bin" bench model --preset tiny --set max_sequence_length=16 --set mixing_mechanism=hartley \

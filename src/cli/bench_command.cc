@@ -94,8 +94,12 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
         }
       },
       a.min_time);
+  // The bytes of expert weights one forward must read: every expert that received a row.
+  const int64_t used = std::count_if(rows.begin(), rows.end(), [](int64_t r) { return r > 0; });
   return {{"router", router},
           {"dropless", c.dropless},
+          {"experts_used", used},
+          {"expert_weight_bytes", used * 2 * H * a.d_ff * 4},
           {"k", k},
           {"tokens", N},
           {"rows", R},
@@ -139,21 +143,29 @@ int run_bench_moe(const BenchArgs& a) {
     r["forward_percent_of_fma_peak"] = 100 * r["forward_gflops"].get<double>() / peak;
     r["forward_backward_percent_of_fma_peak"] =
         100 * r["forward_backward_gflops"].get<double>() / peak;
+    // Roofline of the few-token case: the time to read those weights once at the measured read
+    // bandwidth, and how far the forward is from it (1.0 = at the roofline).
+    r["read_roofline_ms"] = r["expert_weight_bytes"].get<double>() /
+                            (env["read_bandwidth_gbps"].get<double>() * 1e9) * 1e3;
+    r["forward_vs_read_roofline"] =
+        r["forward_ms"].get<double>() / r["read_roofline_ms"].get<double>();
     results.push_back(r);
     if (!a.json_out) {
-      char line[512];
+      char line[640];
       std::snprintf(
           line, sizeof line,
           "%-15s k=%ld  fwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%% of peak) | fwd+bwd "
           "%8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%%) | library GEMM %6.1f GFLOP/s (fwd at "
-          "%.0f%%)\n",
+          "%.0f%%) | weights %.1f MB, read roofline %.3f ms (fwd at %.2fx)\n",
           router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
           r["forward_tokens_per_s"].get<double>(), r["forward_gflops"].get<double>(),
           r["forward_percent_of_fma_peak"].get<double>(), r["forward_backward_ms"].get<double>(),
           r["forward_backward_tokens_per_s"].get<double>(),
           r["forward_backward_gflops"].get<double>(),
           r["forward_backward_percent_of_fma_peak"].get<double>(),
-          r["library_gemm_gflops"].get<double>(), 100 * r["forward_vs_library"].get<double>());
+          r["library_gemm_gflops"].get<double>(), 100 * r["forward_vs_library"].get<double>(),
+          r["expert_weight_bytes"].get<double>() / 1e6, r["read_roofline_ms"].get<double>(),
+          r["forward_vs_read_roofline"].get<double>());
       std::cout << line << std::flush;
     }
   }

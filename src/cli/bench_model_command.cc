@@ -3,7 +3,10 @@
 // (training-mode forward, masked-LM head on 15% of the positions and a 2-class head on the
 // pooled output, both losses, full backward; the optimizer update is not included). Reports
 // tokens/s for each and the speed of every preset relative to a baseline preset measured in the
-// same run (the paper compares Sparse Mixer with BERT-Base).
+// same run (the paper compares Sparse Mixer with BERT-Base). Next to each time: the GFLOP/s of
+// the GEMM work the step did (counted by the GEMM primitives), its percentage of the machine's FMA
+// peak (measured by ops/probe.h) and of the rate the BLAS library reaches with its own threading
+// on the network's largest dense shape ([B*L, H] x [H, 4H]), and the instruction set that ran.
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -16,11 +19,13 @@
 #include "commands.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
+#include "sparsemoe/ops/probe.h"
 
 namespace sparsemoe::cli {
 
@@ -81,34 +86,51 @@ json bench_preset(const ModelBenchArgs& a, const std::string& name) {
             {"batch", B},
             {"sequence_length", L},
             {"tokens", B * L}};
+  // GEMM work of one call of fn, in GFLOP.
+  auto gemm_gflop = [](auto&& fn) {
+    const uint64_t before = gemm_flops();
+    fn();
+    return static_cast<double>(gemm_flops() - before) / 1e9;
+  };
+  {  // the library's own rate on the network's largest dense shape
+    Tensor ga({B * L, H}, 0.5f), gb({H, 4 * H}, 0.25f), gc({B * L, 4 * H});
+    const double t = time_it(
+        [&] {
+          gemm_library_threaded(false, false, B * L, 4 * H, H, ga.data(), gb.data(), gc.data());
+        },
+        0.2, 3);
+    r["library_gemm_gflops"] = 2.0 * B * L * 4 * H * H / t / 1e9;
+  }
   if (a.mode != "train") {
-    const double t = time_it([&] { net.forward(in, {false, 0}); }, a.min_time, a.min_runs);
+    auto infer = [&] { net.forward(in, {false, 0}); };
+    const double t = time_it(infer, a.min_time, a.min_runs);
     r["inference_ms"] = t * 1e3;
     r["inference_tokens_per_s"] = B * L / t;
+    r["inference_gflops"] = gemm_gflop(infer) / t;
   }
   if (a.mode != "infer") {
     Tensor mlm_logits, nsp_logits, dmlm, dnsp, dseq({B, L, H}), dpooled;
     uint64_t step = 0;
     double loss = 0;
-    const double t = time_it(
-        [&] {
-          ForwardOptions opt{true, ++step};
-          zero_grads(params);
-          const SparseMixerMetrics met = net.forward(in, opt);
-          mlm.forward(net.sequence_output(), positions, net.embeddings().word, mlm_logits);
-          nsp.forward(net.pooled_output(), nsp_logits, opt);
-          loss = softmax_cross_entropy(mlm_logits, mlm_labels, nullptr, &dmlm) +
-                 softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
-          dseq.resize(net.sequence_output().shape());
-          dseq.zero();
-          mlm.backward(dmlm, net.embeddings().word, dseq, net.embeddings().word_grad);
-          nsp.backward(dnsp, dpooled);
-          net.backward(&dseq, &dpooled);
-        },
-        a.min_time, a.min_runs);
+    auto train_step = [&] {
+      ForwardOptions opt{true, ++step};
+      zero_grads(params);
+      const SparseMixerMetrics met = net.forward(in, opt);
+      mlm.forward(net.sequence_output(), positions, net.embeddings().word, mlm_logits);
+      nsp.forward(net.pooled_output(), nsp_logits, opt);
+      loss = softmax_cross_entropy(mlm_logits, mlm_labels, nullptr, &dmlm) +
+             softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
+      dseq.resize(net.sequence_output().shape());
+      dseq.zero();
+      mlm.backward(dmlm, net.embeddings().word, dseq, net.embeddings().word_grad);
+      nsp.backward(dnsp, dpooled);
+      net.backward(&dseq, &dpooled);
+    };
+    const double t = time_it(train_step, a.min_time, a.min_runs);
     check_arg(std::isfinite(loss), "bench model: non-finite loss");
     r["train_step_ms"] = t * 1e3;
     r["train_tokens_per_s"] = B * L / t;
+    r["train_gflops"] = gemm_gflop(train_step) / t;
   }
   return r;
 }
@@ -117,26 +139,41 @@ int run_bench_model(const ModelBenchArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   check_arg(a.mode == "train" || a.mode == "infer" || a.mode == "both",
             "--mode: expected train, infer or both, got '" + a.mode + "'");
-  const json env = bench_environment();
+  json env = bench_environment();
+  const double peak = fma_peak_gflops(num_threads());
+  env["fma_peak_gflops"] = peak;
   const std::vector<std::string> names = split(a.presets, ',');
   check_arg(!names.empty(), "--preset: expected at least one preset name or config file");
   if (!a.json_out)
     std::cout << "sparsemoe bench model  batch=" << a.batch << " mode=" << a.mode
-              << "\nenvironment: " << env.dump() << "\n";
+              << "\nenvironment: " << env.dump() << "\nmachine: FMA peak " << static_cast<int>(peak)
+              << " GFLOP/s (" << env["simd"].get<std::string>() << ", " << num_threads()
+              << " threads)\n";
   json results = json::array();
   for (const auto& name : names) {
     json r = bench_preset(a, name);
+    for (const std::string k : {"inference", "train"})
+      if (r.contains(k + "_gflops")) {
+        r[k + "_percent_of_fma_peak"] = 100 * r[k + "_gflops"].get<double>() / peak;
+        r[k + "_percent_of_library_gemm"] =
+            100 * r[k + "_gflops"].get<double>() / r["library_gemm_gflops"].get<double>();
+      }
     results.push_back(r);
     if (!a.json_out) {
       std::cout << name << ": " << r["params"].get<int64_t>() << " params, " << a.batch << " x "
                 << r["sequence_length"].get<int64_t>() << " tokens";
-      if (r.contains("inference_tokens_per_s"))
-        std::cout << " | inference " << r["inference_ms"].get<double>() << " ms, "
-                  << std::llround(r["inference_tokens_per_s"].get<double>()) << " tok/s";
-      if (r.contains("train_tokens_per_s"))
-        std::cout << " | train step " << r["train_step_ms"].get<double>() << " ms, "
-                  << std::llround(r["train_tokens_per_s"].get<double>()) << " tok/s";
-      std::cout << std::endl;
+      for (const std::string k : {"inference", "train"}) {
+        if (!r.contains(k + "_gflops")) continue;
+        std::cout << " | " << (k == "train" ? "train step " : "inference ")
+                  << r[k == "train" ? "train_step_ms" : "inference_ms"].get<double>() << " ms, "
+                  << std::llround(r[k + "_tokens_per_s"].get<double>()) << " tok/s, "
+                  << std::llround(r[k + "_gflops"].get<double>()) << " GFLOP/s ("
+                  << std::llround(r[k + "_percent_of_fma_peak"].get<double>()) << "% of peak, "
+                  << std::llround(r[k + "_percent_of_library_gemm"].get<double>())
+                  << "% of library GEMM)";
+      }
+      std::cout << " | library GEMM " << std::llround(r["library_gemm_gflops"].get<double>())
+                << " GFLOP/s" << std::endl;
     }
   }
   // Speed relative to the baseline preset, when it was measured.

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "sparsemoe/core/parallel.h"
 
@@ -34,11 +35,22 @@ void blas_call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
 #endif
 }
 
+std::atomic<uint64_t> g_flops{0};
+
 }  // namespace
+
+void count_gemm_flops(int64_t m, int64_t n, int64_t k) {
+  g_flops.fetch_add(
+      2 * static_cast<uint64_t>(m) * static_cast<uint64_t>(n) * static_cast<uint64_t>(k),
+      std::memory_order_relaxed);
+}
+
+uint64_t gemm_flops() { return g_flops.load(std::memory_order_relaxed); }
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
+  count_gemm_flops(m, n, k);
   if (k <= 0) {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];

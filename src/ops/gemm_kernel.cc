@@ -403,6 +403,7 @@ void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, 
   if (k <= 0) {
     for (int64_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
   } else if (const Level* lv = current_level()) {
+    count_gemm_flops(m, n, k);
     return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue);
   } else {
     return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);

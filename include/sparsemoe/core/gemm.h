@@ -28,6 +28,12 @@ void gemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 void gemm_library_threaded(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                            const float* a, const float* b, float* c);
 
+// The running total of floating-point operations (2*m*n*k per product) done by gemm() and by
+// the engine's GEMM kernel (ops/gemm_kernel.h), for the benchmarks' GFLOP/s. Relaxed atomic adds:
+// counting never orders anything.
+void count_gemm_flops(int64_t m, int64_t n, int64_t k);
+uint64_t gemm_flops();
+
 // "onednn" or "openblas".
 std::string blas_backend();
 

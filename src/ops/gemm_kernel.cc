@@ -105,6 +105,58 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
   }
 }
 
+// Few-row kernels over four adjacent panels read in place: C[M, 4*NR]. One row over one panel
+// has only two FMA chains in flight, so FMA latency, not memory, would set the pace of a
+// single token's GEMV; four panels give eight. Same chains, same order: same bits.
+template <int M>
+__attribute__((target("avx512f"))) void wide_avx512(int64_t kc, const float* a, int64_t acs,
+                                                    const float* bp, int64_t bs, float* c,
+                                                    int64_t ldc, bool load) {
+  __m512 acc[M][8];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v)
+      acc[i][v] = load ? _mm512_loadu_ps(c + i * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v)
+      _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 16 * v), _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) {
+      const __m512 b = _mm512_loadu_ps(bp + 16 * v);
+      for (int i = 0; i < M; ++i) acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), b, acc[i][v]);
+    }
+  }
+  for (int i = 0; i < M; ++i)
+    for (int v = 0; v < 8; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void wide_avx2(int64_t kc, const float* a, int64_t acs,
+                                                   const float* bp, int64_t bs, float* c,
+                                                   int64_t ldc, bool load) {
+  __m256 acc[M][8];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v)
+      acc[i][v] = load ? _mm256_loadu_ps(c + i * ldc + 8 * v) : _mm256_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; v += 2)
+      _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 8 * v), _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) {
+      const __m256 b = _mm256_loadu_ps(bp + 8 * v);
+      for (int i = 0; i < M; ++i)
+        acc[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i), b, acc[i][v]);
+    }
+  }
+  for (int i = 0; i < M; ++i)
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(c + i * ldc + 8 * v, acc[i][v]);
+}
+
 template <template <int> class K, int... I>
 constexpr auto micro_table(std::integer_sequence<int, I...>) {
   return std::array<MicroFn, sizeof...(I)>{K<I + 1>::fn...};
@@ -119,6 +171,18 @@ struct Avx2 {
 };
 constexpr auto kMicro512 = micro_table<Avx512>(std::make_integer_sequence<int, kMr512>{});
 constexpr auto kMicro256 = micro_table<Avx2>(std::make_integer_sequence<int, kMr256>{});
+// Rows the wide kernels take: 2 x 8 zmm or 1 x 8 ymm accumulators.
+constexpr int kWide512 = 2, kWide256 = 1;
+template <int M>
+struct Wide512 {
+  static constexpr MicroFn fn = wide_avx512<M>;
+};
+template <int M>
+struct Wide256 {
+  static constexpr MicroFn fn = wide_avx2<M>;
+};
+constexpr auto kWideFns512 = micro_table<Wide512>(std::make_integer_sequence<int, kWide512>{});
+constexpr auto kWideFns256 = micro_table<Wide256>(std::make_integer_sequence<int, kWide256>{});
 
 // The level's micro-kernels: micro[rows - 1] computes `rows` rows.
 using DriverFn = void (*)(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c,
@@ -280,16 +344,17 @@ struct Ahead {
   }
 };
 
-template <int64_t mr, int64_t nr, const auto& micro>
+template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
 [[gnu::always_inline]] inline void native_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b,
                                                float* c, int64_t ldc, bool accumulate,
                                                const GemmEpilogue* epilogue) {
   thread_local Scratch a_scratch, b_scratch, c_scratch;
-  const bool few = m <= kFewRows;
-  const int64_t kb = few ? kFewKc(m) : kKc;
-  const int64_t nc = few ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
-  // Few rows and a row-major B: full panels are read where they are.
-  const bool in_place = few && b.col_stride == 1;
+  // Few rows and a row-major B: full panels are read where they are, a few whole rows at a time.
+  // A transposed B (W^T) is packed in the usual chunks even then: short chunks would read each
+  // weight row a few floats at a time.
+  const bool in_place = m <= kFewRows && b.col_stride == 1;
+  const int64_t kb = in_place ? kFewKc(m) : kKc;
+  const int64_t nc = in_place ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
   float* tile = c_scratch.get(mr * nr);
   // A transposed A (weight gradients: X^T) is read in place, its mr values per k being
   // contiguous already; any other A is packed.
@@ -325,6 +390,14 @@ template <int64_t mr, int64_t nr, const auto& micro>
         for (int64_t j0 = g0; j0 < g0 + gv; j0 += nr) {
           const int64_t nv = std::min(nr, n - j0);
           const bool direct = j0 - g0 < here;
+          if (direct && mc <= static_cast<int64_t>(wide.size()) && j0 + 4 * nr <= g0 + here) {
+            const float* ab = pack_rows ? ap + p0 / kb * blocks * mr * kb
+                                        : a.data + i0 * a.row_stride + p0 * a.col_stride;
+            wide[mc - 1](kc, ab, pack_rows ? mr : a.col_stride, b.data + p0 * b.row_stride + j0,
+                         b.row_stride, c + i0 * ldc + j0, ldc, load);
+            j0 += 3 * nr;  // four panels done
+            continue;
+          }
           const float* panel =
               direct ? b.data + p0 * b.row_stride + j0 : bp + (j0 - g0 - here) * kc;
           const int64_t bs = direct ? b.row_stride : nr;
@@ -356,12 +429,12 @@ template <int64_t mr, int64_t nr, const auto& micro>
 __attribute__((target("avx512f"))) void native_avx512(int64_t m, int64_t n, int64_t k, MatRef a,
                                                       MatRef b, float* c, int64_t ldc,
                                                       bool accumulate, const GemmEpilogue* epi) {
-  native_gemm<kMr512, kNr512, kMicro512>(m, n, k, a, b, c, ldc, accumulate, epi);
+  native_gemm<kMr512, kNr512, kMicro512, kWideFns512>(m, n, k, a, b, c, ldc, accumulate, epi);
 }
 __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64_t k, MatRef a,
                                                      MatRef b, float* c, int64_t ldc,
                                                      bool accumulate, const GemmEpilogue* epi) {
-  native_gemm<kMr256, kNr256, kMicro256>(m, n, k, a, b, c, ldc, accumulate, epi);
+  native_gemm<kMr256, kNr256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate, epi);
 }
 
 // The baseline level: the BLAS library on row-major or transposed operands.

@@ -65,6 +65,10 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
     _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 16), _MM_HINT_T0);
     const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+    // c += a[i] * b with a[i] broadcast from memory inside the FMA ({1to16}). From intrinsics
+    // GCC broadcasts into a register first, one more instruction per two FMAs; the folded form
+    // measured faster on Zen 4 (expert FFN forward 72 -> 79 GFLOP/s, one noisy run, 12 rows) and
+    // leaves the registers for 14 rows of C.
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
       asm("vfmadd231ps %[a]%{1to16%}, %[b], %[c]" : [c] "+v"(lo[i]) : [b] "v"(b0), [a] "m"(a[i]));

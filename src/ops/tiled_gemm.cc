@@ -6,7 +6,7 @@
 namespace sparsemoe {
 
 namespace {
-constexpr int64_t kMinItems = 16;    // column splits until this many work items
+constexpr int64_t kMinItems = 16;     // column splits until this many work items
 constexpr int64_t kWeightTile = 512;  // rows of a weight gradient per work item
 }  // namespace
 

@@ -441,6 +441,53 @@ __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64
   native_gemm<kMr256, kNr256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate, epi);
 }
 
+// One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .
+// W^T, W [n, k] row-major (b.col_stride apart). Packing W^T first would write and reread every
+// weight; here 8 x 8 blocks of W are transposed in registers and used at once, each output's FMA
+// chain still running over k in order (same bits). Rows of W are read front to back, 32 at a
+// time: 32 sequential streams, four independent chains.
+__attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t k, const float* a,
+                                                              const float* w, int64_t ld, float* c,
+                                                              bool accumulate) {
+  const int64_t k8 = k / 8 * 8;
+  int64_t j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8) {
+    __m256 acc = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
+    const float* rows = w + j0 * ld;
+    for (int64_t p = 0; p < k8; p += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + i * ld + p);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      // Column q of the block (W[j0..j0+8, p+q]) is lane-permuted from r[q % 4] / r[q % 4 + 4].
+      for (int q = 0; q < 8; ++q) {
+        const __m256 col = _mm256_permute2f128_ps(r[q % 4], r[q % 4 + 4], q < 4 ? 0x20 : 0x31);
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p + q), col, acc);
+      }
+    }
+    for (int64_t p = k8; p < k; ++p) {
+      const __m256 col =
+          _mm256_set_ps(rows[7 * ld + p], rows[6 * ld + p], rows[5 * ld + p], rows[4 * ld + p],
+                        rows[3 * ld + p], rows[2 * ld + p], rows[ld + p], rows[p]);
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p), col, acc);
+    }
+    _mm256_storeu_ps(c + j0, acc);
+  }
+  for (; j0 < n; ++j0) {
+    float acc = accumulate ? c[j0] : 0.f;
+    for (int64_t p = 0; p < k; ++p) acc = std::fma(a[p], w[j0 * ld + p], acc);
+    c[j0] = acc;
+  }
+}
+
 // The baseline level: the BLAS library on row-major or transposed operands.
 void library_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
                   bool accumulate, const GemmEpilogue* epilogue) {
@@ -481,7 +528,9 @@ void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, 
     for (int64_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
   } else if (const Level* lv = current_level()) {
     count_gemm_flops(m, n, k);
-    return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue);
+    if (m > 1 || b.row_stride != 1 || a.col_stride != 1)
+      return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue);
+    row_times_transposed(n, k, a.data, b.data, b.col_stride, c, accumulate);
   } else {
     return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);
   }

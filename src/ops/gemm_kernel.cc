@@ -214,12 +214,10 @@ struct Scratch {
   }
 };
 
-// d[c * ld + r] = s[r * ls + c] for an 8 x 8 block: the transposing copy of the packing, 24
-// shuffles for 64 floats (AVX2 code, also used by the AVX-512 driver).
-__attribute__((target("avx2,fma"))) void transpose8x8(const float* s, int64_t ls, float* d,
-                                                      int64_t ld) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ls);
+// In registers: rows r[0..7] of an 8 x 8 block become its columns (r[c] = column c), in 24
+// shuffles (AVX2 code, also used by the AVX-512 driver).
+[[gnu::always_inline]] __attribute__((target("avx2,fma"))) inline void transpose_rows(__m256 r[8]) {
+  __m256 t[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -231,9 +229,19 @@ __attribute__((target("avx2,fma"))) void transpose8x8(const float* s, int64_t ls
     r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
   for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(d + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(d + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
   }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+
+// d[c * ld + r] = s[r * ls + c] for an 8 x 8 block: the transposing copy of the packing.
+__attribute__((target("avx2,fma"))) void transpose8x8(const float* s, int64_t ls, float* d,
+                                                      int64_t ld) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ls);
+  transpose_rows(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(d + i * ld, r[i]);
 }
 
 // d[c * ld + r] = s[r * ls + c] for a 4 x 4 block (SSE, every level).
@@ -444,8 +452,8 @@ __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64
 // One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .
 // W^T, W [n, k] row-major (b.col_stride apart). Packing W^T first would write and reread every
 // weight; here 8 x 8 blocks of W are transposed in registers and used at once, each output's FMA
-// chain still running over k in order (same bits). Rows of W are read front to back, 32 at a
-// time: 32 sequential streams, four independent chains.
+// chain still running over k in order (same bits). Rows of W are read front to back, eight at a
+// time (eight sequential streams); memory, not the single chain of eight lanes, sets the pace.
 __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t k, const float* a,
                                                               const float* w, int64_t ld, float* c,
                                                               bool accumulate) {
@@ -455,23 +463,10 @@ __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t
     __m256 acc = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
     const float* rows = w + j0 * ld;
     for (int64_t p = 0; p < k8; p += 8) {
-      __m256 r[8], t[8];
+      __m256 r[8];
       for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + i * ld + p);
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-      }
-      for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-      }
-      // Column q of the block (W[j0..j0+8, p+q]) is lane-permuted from r[q % 4] / r[q % 4 + 4].
-      for (int q = 0; q < 8; ++q) {
-        const __m256 col = _mm256_permute2f128_ps(r[q % 4], r[q % 4 + 4], q < 4 ? 0x20 : 0x31);
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p + q), col, acc);
-      }
+      transpose_rows(r);  // r[q] = W[j0..j0+8, p+q]
+      for (int q = 0; q < 8; ++q) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p + q), r[q], acc);
     }
     for (int64_t p = k8; p < k; ++p) {
       const __m256 col =

@@ -36,7 +36,11 @@ constexpr int64_t kNcPanels = 8;
 constexpr int64_t kFewRows = 32;
 constexpr int64_t kFewCols = 4096;
 constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
-constexpr int64_t kMc = 512;  // rows per A block: 512 x kKc floats = 512 KiB
+constexpr int64_t kMc = 512;  // rows per A block: 512 x kKc floats = 512 KiB per k chunk
+// A packed row block holds all of k, so that every column group reuses it. Its size per thread is
+// bounded (4 MiB): with a long k (the MLM head's dX = dLogits . Table sums over the vocabulary)
+// the block has fewer rows instead, and B is packed once per block more.
+constexpr int64_t kPackedAFloats = int64_t{1} << 20;
 
 // Rows of B ahead that the micro-kernels prefetch: B read in place is strided (a weight row
 // apart), which the hardware prefetchers do not follow, so memory latency would set the pace.
@@ -373,8 +377,10 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
   const bool pack_rows = a.row_stride != 1;
   const int64_t chunks = (k + kb - 1) / kb;
   float* bp = b_scratch.get(kb * nc);
-  for (int64_t i0 = 0; i0 < m; i0 += kMc) {
-    const int64_t mc = std::min(kMc, m - i0);
+  const int64_t row_block =
+      pack_rows ? std::clamp(kPackedAFloats / (chunks * kb) / mr * mr, mr, kMc) : kMc;
+  for (int64_t i0 = 0; i0 < m; i0 += row_block) {
+    const int64_t mc = std::min(row_block, m - i0);
     const int64_t blocks = (mc + mr - 1) / mr;
     // All of the block's A, chunk by chunk (chunk t at t * blocks * mr * kb): packed once, then
     // reused by every column group.

@@ -73,6 +73,74 @@ TEST(Simd, ActivationsBitwiseEqualAtEveryLevel) {
   }
 }
 
+// Attention's softmax: the same bits at every level, for row lengths with and without a vector
+// tail, with a mask (and a fully masked row) and a leading dimension wider than the rows; and
+// within rounding of the libm reference softmax_rows.
+TEST(Simd, ScaledSoftmaxBitwiseEqualAtEveryLevelAndNearTheReference) {
+  SimdGuard guard;
+  const float scale = 0.125f, masked = -1e9f;
+  for (int64_t n : {1, 15, 16, 37, 512}) {
+    const int64_t rows = 5, ld = n + 3;
+    const Tensor x = random_tensor({rows * ld}, 5, -60.f, 60.f);
+    Tensor mask = random_tensor({rows * ld}, 6, 0.f, 1.f);
+    for (int64_t i = 0; i < rows * ld; ++i) mask[i] = mask[i] < 0.3f ? 0.f : 1.f;
+    for (int64_t j = 0; j < n; ++j) mask[2 * ld + j] = 0.f;  // a fully masked row
+    for (const Tensor* m : std::vector<const Tensor*>{nullptr, &mask}) {
+      Tensor want = x;  // the reference: scale, mask, libm softmax
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = 0; j < n; ++j) {
+          float& v = want[r * ld + j];
+          v = m && (*m)[r * ld + j] == 0.f ? masked : scale * v;
+        }
+        softmax_rows(want.data() + r * ld, 1, n);
+      }
+      set_simd_target(SimdTarget::kBaseline);
+      Tensor y0 = x;
+      softmax_rows_scaled(y0.data(), rows, n, ld, scale, m ? m->data() : nullptr, ld, masked);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < n; ++j)
+          EXPECT_NEAR(y0[r * ld + j], want[r * ld + j], 2e-6f + 1e-5f * want[r * ld + j])
+              << "n=" << n << " row " << r << " col " << j;
+      for (SimdTarget t : supported_levels()) {
+        sparsemoe::set_simd_target(t);
+        Tensor y = x;
+        softmax_rows_scaled(y.data(), rows, n, ld, scale, m ? m->data() : nullptr, ld, masked);
+        EXPECT_TRUE(bitwise_equal(y, y0)) << "n=" << n << " " << simd_target_name(t);
+      }
+    }
+  }
+}
+
+// Attention's dropout and softmax backward: dropout_span is dropout_keep's rule exactly, and both
+// give the same bits at every level.
+TEST(Simd, DropoutSpanAndSoftmaxBackwardBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  const int64_t n = 301;
+  const Tensor in = random_tensor({n}, 7), dpd = random_tensor({n}, 8);
+  Tensor p = random_tensor({n}, 9, 0.f, 1.f), mask({n}, 1.f);
+  for (int64_t j = 0; j < n; j += 7) mask[j] = 0.f;
+  const uint64_t key = 1234, index0 = (uint64_t{1} << 33) + 5;
+  const float rate = 0.3f;
+  Tensor want({n});
+  for (int64_t i = 0; i < n; ++i)
+    want[i] = dropout_keep(key, index0 + static_cast<uint64_t>(i), rate)
+                  ? in[i] * dropout_scale(rate)
+                  : 0.f;
+  set_simd_target(SimdTarget::kBaseline);
+  Tensor pd({n}), ds0 = dpd;
+  dropout_span(key, index0, rate, p.data(), pd.data(), n);
+  softmax_backward_row(p.data(), pd.data(), ds0.data(), n, 0.5f, mask.data());
+  for (SimdTarget t : supported_levels()) {
+    sparsemoe::set_simd_target(t);
+    Tensor out({n}), ds = dpd;
+    dropout_span(key, index0, rate, in.data(), out.data(), n);
+    EXPECT_TRUE(bitwise_equal(out, want)) << simd_target_name(t);
+    softmax_backward_row(p.data(), pd.data(), ds.data(), n, 0.5f, mask.data());
+    EXPECT_TRUE(bitwise_equal(ds, ds0)) << simd_target_name(t);
+  }
+  for (int64_t j = 0; j < n; j += 7) EXPECT_EQ(ds0[j], 0.f);
+}
+
 // The FMA levels share one GEMM kernel contract (ops/gemm_kernel.h), so AVX2 and AVX-512 give the
 // same bits; the baseline level (no FMA) uses the BLAS library and agrees to rounding.
 TEST(Simd, MoeLayerBitwiseEqualAtEveryFmaLevel) {

@@ -1079,6 +1079,22 @@ std::vector<Case> build() {
     k.options = {true, 1};
     k.dout_seed = 7;
     k.gradient = GradientCheck::kNone;
+    all.push_back(k);
+    // Long enough (L = 300) that the forward's score blocks (65536 / L rows) and the backward's
+    // (32768 / L rows) split the queries: 2 and 3 blocks, with padding and dropout.
+    k.name = "nn/attention/blocks";
+    k.make = [] {
+      auto s = std::make_unique<LayerSubject<SelfAttention>>(random_input({1, 300, 4}, 9), 4, 2,
+                                                             0.1, 0.5, 10);
+      Tensor pad({1, 300}, 1.f);
+      for (int64_t l = 280; l < 300; ++l) pad[l] = 0.f;
+      s->mask = attention_mask_from_padding(pad);
+      return s;
+    };
+    k.options = {true, 3};
+    k.dout_seed = 11;
+    k.gradient = GradientCheck::kElements;
+    k.fd_step = 1e-2f;
     all.push_back(std::move(k));
   }
   return all;

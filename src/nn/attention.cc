@@ -1,13 +1,15 @@
 // Multi-head self-attention forward/backward (see attention.h).
 #include "sparsemoe/nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
@@ -54,6 +56,34 @@ Tensor attention_mask_from_padding(const Tensor& input_mask) {
   return m;
 }
 
+namespace {
+
+// Query rows per score block: the block [rows, L] stays in L2 (forward one block of 256 KiB; the
+// backward three blocks of 128 KiB each: P, dropped P, and dP).
+int64_t query_block(int64_t L, int64_t floats) {
+  return std::max<int64_t>(1, std::min(L, std::max<int64_t>(8, floats / std::max<int64_t>(L, 1))));
+}
+constexpr int64_t kForwardFloats = 64 * 1024, kBackwardFloats = 32 * 1024;
+
+// A per-thread scratch buffer, grown on demand.
+float* scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+}  // namespace
+
+// The probabilities of query rows [i0, i0 + rows) of head bh: p [rows, L] = softmax(scale * Q
+// K^T), masked keys at kMaskedScore. The forward and the backward both call it, so the backward's
+// recomputed P is bitwise the forward's.
+void SelfAttention::scores(int64_t bh, int64_t i0, int64_t rows, float* p) const {
+  const int64_t L = L_, D = H_, dh = dh_, b = bh / heads_, h = bh % heads_;
+  kernel_gemm(rows, L, dh, MatRef::rows(q_out_.data() + (b * L + i0) * D + h * dh, D),
+              MatRef::transposed(k_out_.data() + b * L * D + h * dh, D), p, L, false);
+  const float* m = mask_.numel() ? mask_.data() + (b * L + i0) * L : nullptr;
+  softmax_rows_scaled(p, rows, L, L, 1.f / std::sqrt(static_cast<float>(dh)), m, L, kMaskedScore);
+}
+
 void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
                             const ForwardOptions& opt) {
   check_arg(x.rank() == 3 && x.dim(2) == H_,
@@ -69,28 +99,25 @@ void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
   q_.forward(x, q_out_);
   k_.forward(x, k_out_);
   v_.forward(x, v_out_);
-  probs_.resize({B, nh, L, L});
-  dprobs_.resize({B, nh, L, L});
   ctx_.resize({B, L, D});
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropTag, opt.step);
-  const float scale = 1.f / std::sqrt(static_cast<float>(dh));
-  const float rate = static_cast<float>(dropout_), keep_scale = dropout_scale(rate);
-  parallel_for(B * nh, [&](int64_t bh) {
-    const int64_t b = bh / nh, h = bh % nh;
-    float* p = probs_.data() + bh * L * L;
-    gemm(false, true, L, L, dh, scale, q_out_.data() + b * L * D + h * dh, D,
-         k_out_.data() + b * L * D + h * dh, D, 0.f, p, L);
-    if (mask)
-      for (int64_t i = 0; i < L * L; ++i)
-        if ((*mask)[b * L * L + i] == 0.f) p[i] = kMaskedScore;
-    softmax_rows(p, L, L);
-    float* pd = dprobs_.data() + bh * L * L;
-    for (int64_t i = 0; i < L * L; ++i)
-      pd[i] =
-          drop_ ? (dropout_keep(drop_key_, bh * L * L + i, rate) ? p[i] * keep_scale : 0.f) : p[i];
-    gemm(false, false, L, dh, L, 1.f, pd, L, v_out_.data() + b * L * D + h * dh, D, 0.f,
-         ctx_.data() + b * L * D + h * dh, D);
+  const float rate = static_cast<float>(dropout_);
+  // Flash-attention style: each task takes a block of query rows of one head; its scores live in
+  // a cache-sized buffer from QK^T through the softmax and dropout to PV, and [B, heads, L, L]
+  // is never stored. The backward recomputes the blocks it needs.
+  const int64_t rq = query_block(L, kForwardFloats), nq = (L + rq - 1) / rq;
+  parallel_for(B * nh * nq, [&](int64_t t) {
+    thread_local std::vector<float> buf;
+    const int64_t bh = t / nq, b = bh / nh, h = bh % nh, i0 = t % nq * rq;
+    const int64_t rows = std::min(rq, L - i0);
+    float* p = scratch(buf, rows * L);  // [rows, L]
+    scores(bh, i0, rows, p);
+    if (drop_)
+      dropout_span(drop_key_, static_cast<uint64_t>((bh * L + i0) * L), rate, p, p, rows * L);
+    kernel_gemm(rows, dh, L, MatRef::rows(p, L),
+                MatRef::rows(v_out_.data() + b * L * D + h * dh, D),
+                ctx_.data() + (b * L + i0) * D + h * dh, D, false);
   });
   o_.forward(ctx_, y);
 }
@@ -103,37 +130,42 @@ void SelfAttention::backward(const Tensor& dy, Tensor& dx) {
   dq_.resize({B, L, D});
   dk_.resize({B, L, D});
   dv_.resize({B, L, D});
-  dscores_.resize({B, nh, L, L});
   const float scale = 1.f / std::sqrt(static_cast<float>(dh));
-  const float rate = static_cast<float>(dropout_), keep_scale = dropout_scale(rate);
+  const float rate = static_cast<float>(dropout_);
+  const int64_t rq = query_block(L, kBackwardFloats);
+  // One task per head: its query blocks run in order, so dK and dV, which sum over all query
+  // rows, are each one FMA chain over the rows 0..L-1 whatever the block size.
   parallel_for(B * nh, [&](int64_t bh) {
-    const int64_t b = bh / nh, h = bh % nh;
-    const float* p = probs_.data() + bh * L * L;
-    const float* pd = dprobs_.data() + bh * L * L;
-    const float* dc = dctx_.data() + b * L * D + h * dh;
-    // dV = Pd^T dctx; dPd = dctx V^T; dP = dPd through dropout; dS = P * (dP - rowsum(dP * P)).
-    gemm(true, false, L, dh, L, 1.f, pd, L, dc, D, 0.f, dv_.data() + b * L * D + h * dh, D);
-    float* ds = dscores_.data() + bh * L * L;
-    gemm(false, true, L, L, dh, 1.f, dc, D, v_out_.data() + b * L * D + h * dh, D, 0.f, ds, L);
-    for (int64_t i = 0; i < L; ++i) {
-      float* row = ds + i * L;
-      if (drop_)
-        for (int64_t j = 0; j < L; ++j)
-          row[j] =
-              dropout_keep(drop_key_, bh * L * L + i * L + j, rate) ? row[j] * keep_scale : 0.f;
-      double dot = 0;
-      for (int64_t j = 0; j < L; ++j) dot += static_cast<double>(row[j]) * p[i * L + j];
-      for (int64_t j = 0; j < L; ++j) row[j] = p[i * L + j] * (row[j] - static_cast<float>(dot));
-      // A masked score is a constant, not a function of Q and K (this matters for a fully
-      // masked row, whose uniform probabilities would otherwise pass a gradient).
-      for (int64_t j = 0; mask_.numel() && j < L; ++j)
-        if (mask_[b * L * L + i * L + j] == 0.f) row[j] = 0.f;
+    thread_local std::vector<float> buf;
+    const int64_t b = bh / nh, h = bh % nh, off = b * L * D + h * dh;
+    float* p = scratch(buf, 3 * rq * L);  // P [rq, L]
+    float* pd = p + rq * L;               // P after dropout [rq, L] (what multiplied V)
+    float* ds = pd + rq * L;              // dPd, then dScores [rq, L]
+    for (int64_t i0 = 0; i0 < L; i0 += rq) {
+      const int64_t rows = std::min(rq, L - i0), roff = off + i0 * D;
+      scores(bh, i0, rows, p);
+      const float* used = p;
+      if (drop_) {
+        dropout_span(drop_key_, static_cast<uint64_t>((bh * L + i0) * L), rate, p, pd, rows * L);
+        used = pd;
+      }
+      // dV += Pd^T dctx; dPd = dctx V^T.
+      kernel_gemm(L, dh, rows, MatRef::transposed(used, L), MatRef::rows(dctx_.data() + roff, D),
+                  dv_.data() + off, D, i0 > 0);
+      kernel_gemm(rows, L, dh, MatRef::rows(dctx_.data() + roff, D),
+                  MatRef::transposed(v_out_.data() + off, D), ds, L, false);
+      // dS = P * (dP - rowsum(dP * P)) for dP = dPd through the dropout, times the score scale;
+      // a masked score is a constant, not a function of Q and K (this matters for a fully masked
+      // row, whose uniform probabilities would otherwise pass a gradient).
+      for (int64_t i = 0; i < rows; ++i)
+        softmax_backward_row(p + i * L, used + i * L, ds + i * L, L, scale,
+                             mask_.numel() ? mask_.data() + (b * L + i0 + i) * L : nullptr);
+      // scores = scale * Q K^T: dQ = dS' K and dK += dS'^T Q, dS' holding the scale.
+      kernel_gemm(rows, dh, L, MatRef::rows(ds, L), MatRef::rows(k_out_.data() + off, D),
+                  dq_.data() + roff, D, false);
+      kernel_gemm(L, dh, rows, MatRef::transposed(ds, L), MatRef::rows(q_out_.data() + roff, D),
+                  dk_.data() + off, D, i0 > 0);
     }
-    // scores = scale * Q K^T: dQ = scale * dS K, dK = scale * dS^T Q.
-    gemm(false, false, L, dh, L, scale, ds, L, k_out_.data() + b * L * D + h * dh, D, 0.f,
-         dq_.data() + b * L * D + h * dh, D);
-    gemm(true, false, L, dh, L, scale, ds, L, q_out_.data() + b * L * D + h * dh, D, 0.f,
-         dk_.data() + b * L * D + h * dh, D);
   });
   q_.backward(dq_, &dx);
   k_.backward(dk_, &tmp_);

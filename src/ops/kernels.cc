@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/rng.h"
 #include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe {
@@ -165,18 +166,120 @@ namespace {
   }
 }
 
+// exp(x) for x <= 0 that is 0 below float's normal range, as libm's is (to within denormals): a
+// masked key's probability is then exactly 0. fast_exp clamps there instead.
+[[gnu::always_inline]] inline float softmax_exp(float x) { return x < -87.3f ? 0.f : fast_exp(x); }
+
+// Softmax of scale * x over each row, masked scores set to `masked`. The maximum is exact in any
+// order; the sum runs in 16 fixed lanes (element j goes to lane j % 16, each lane summed in order)
+// that are then added pairwise, so vectorising at any width gives the same bits.
+[[gnu::always_inline]] inline void softmax_body(float* x, int64_t rows, int64_t n, int64_t ld,
+                                                float scale, const float* mask, int64_t mask_ld,
+                                                float masked) {
+  constexpr int kLanes = 16;
+  const int64_t full = n / kLanes * kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* __restrict row = x + r * ld;
+    if (mask) {
+      const float* __restrict mrow = mask + r * mask_ld;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) row[j] = mrow[j] == 0.f ? masked : scale * row[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) row[j] = scale * row[j];
+    }
+    float mx[kLanes];
+    for (int l = 0; l < kLanes; ++l) mx[l] = row[0];
+    for (int64_t j = 0; j < full; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) mx[l] = row[j + l] > mx[l] ? row[j + l] : mx[l];
+    float m = row[0];
+    for (int l = 0; l < kLanes; ++l) m = mx[l] > m ? mx[l] : m;
+    for (int64_t j = full; j < n; ++j) m = row[j] > m ? row[j] : m;
+    float acc[kLanes] = {};
+    for (int64_t j = 0; j < full; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        const float e = softmax_exp(row[j + l] - m);
+        row[j + l] = e;
+        acc[l] += e;
+      }
+    for (int64_t j = full; j < n; ++j) {
+      const float e = softmax_exp(row[j] - m);
+      row[j] = e;
+      acc[j - full] += e;
+    }
+    for (int w = kLanes / 2; w >= 1; w /= 2)
+      for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+    const float inv = 1.f / acc[0];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  }
+}
+
+// out[i] = in[i] * keep_scale where element index0 + i of the dropout stream is kept, else 0;
+// integer hashing and one multiply, so every level gives the same bits (dropout_keep's rule).
+[[gnu::always_inline]] inline void dropout_body(uint64_t key, uint64_t index0, float rate,
+                                                float keep_scale, const float* in, float* out,
+                                                int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t h = mix64(key ^ mix64(index0 + static_cast<uint64_t>(i)));
+    const float u = static_cast<float>(static_cast<int32_t>(h >> 40)) * (1.0f / 16777216.0f);
+    out[i] = u >= rate ? in[i] * keep_scale : 0.f;
+  }
+}
+
+// The softmax backward of one row, in place: ds = scale * (pd * ds - p * dot) with dot = sum of
+// pd * ds, i.e. P * (dP - rowsum(dP * P)) for dP = dPd through the dropout mask (pd = P after
+// dropout carries the mask and its scale; pd = p without dropout). dot sums exact double products
+// in 16 fixed lanes; masked entries (mask 0) get 0.
+[[gnu::always_inline]] inline void softmax_backward_body(const float* __restrict p,
+                                                         const float* __restrict pd,
+                                                         float* __restrict ds, int64_t n,
+                                                         float scale,
+                                                         const float* __restrict mask) {
+  constexpr int kLanes = 16;
+  const int64_t full = n / kLanes * kLanes;
+  double acc[kLanes] = {};
+  for (int64_t j = 0; j < full; j += kLanes)
+    for (int l = 0; l < kLanes; ++l)
+      acc[l] += static_cast<double>(pd[j + l]) * static_cast<double>(ds[j + l]);
+  for (int64_t j = full; j < n; ++j)
+    acc[j - full] += static_cast<double>(pd[j]) * static_cast<double>(ds[j]);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  const float dot = static_cast<float>(acc[0]);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) ds[j] = scale * (pd[j] * ds[j] - p[j] * dot);
+  if (mask) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) ds[j] = mask[j] == 0.f ? 0.f : ds[j];
+  }
+}
+
 // The three compilations of each body.
 #define SPARSEMOE_LEVELS(X)                          \
   X(baseline, )                                      \
   X(avx2, __attribute__((target("arch=x86-64-v3")))) \
   X(avx512, __attribute__((target("arch=x86-64-v4"))))
-#define SPARSEMOE_DEFINE_LEVEL(name, attr)                                              \
-  attr void forward_##name(Activation act, const float* h, float* a, int64_t n) {       \
-    forward_body(act, h, a, n);                                                         \
-  }                                                                                     \
-  attr void backward_##name(Activation act, const float* h, const float* da, float* dh, \
-                            int64_t n) {                                                \
-    backward_body(act, h, da, dh, n);                                                   \
+#define SPARSEMOE_DEFINE_LEVEL(name, attr)                                                 \
+  attr void forward_##name(Activation act, const float* h, float* a, int64_t n) {          \
+    forward_body(act, h, a, n);                                                            \
+  }                                                                                        \
+  attr void backward_##name(Activation act, const float* h, const float* da, float* dh,    \
+                            int64_t n) {                                                   \
+    backward_body(act, h, da, dh, n);                                                      \
+  }                                                                                        \
+  attr void softmax_##name(float* x, int64_t rows, int64_t n, int64_t ld, float scale,     \
+                           const float* mask, int64_t mask_ld, float masked) {             \
+    softmax_body(x, rows, n, ld, scale, mask, mask_ld, masked);                            \
+  }                                                                                        \
+  attr void dropout_##name(uint64_t key, uint64_t index0, float rate, float keep_scale,    \
+                           const float* in, float* out, int64_t n) {                       \
+    dropout_body(key, index0, rate, keep_scale, in, out, n);                               \
+  }                                                                                        \
+  attr void softmax_backward_##name(const float* p, const float* pd, float* ds, int64_t n, \
+                                    float scale, const float* mask) {                      \
+    softmax_backward_body(p, pd, ds, n, scale, mask);                                      \
   }
 SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
 #undef SPARSEMOE_DEFINE_LEVEL
@@ -206,6 +309,47 @@ void activation_backward(Activation act, const float* h, const float* da, float*
       break;
   }
   backward_baseline(act, h, da, dh, n);
+}
+
+void softmax_rows_scaled(float* x, int64_t rows, int64_t n, int64_t ld, float scale,
+                         const float* mask, int64_t mask_ld, float masked) {
+  if (n <= 0) return;
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return softmax_avx512(x, rows, n, ld, scale, mask, mask_ld, masked);
+    case SimdTarget::kAvx2:
+      return softmax_avx2(x, rows, n, ld, scale, mask, mask_ld, masked);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  softmax_baseline(x, rows, n, ld, scale, mask, mask_ld, masked);
+}
+
+void dropout_span(uint64_t key, uint64_t index0, float rate, const float* in, float* out,
+                  int64_t n) {
+  const float keep_scale = dropout_scale(rate);
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return dropout_avx512(key, index0, rate, keep_scale, in, out, n);
+    case SimdTarget::kAvx2:
+      return dropout_avx2(key, index0, rate, keep_scale, in, out, n);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  dropout_baseline(key, index0, rate, keep_scale, in, out, n);
+}
+
+void softmax_backward_row(const float* p, const float* pd, float* ds, int64_t n, float scale,
+                          const float* mask) {
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return softmax_backward_avx512(p, pd, ds, n, scale, mask);
+    case SimdTarget::kAvx2:
+      return softmax_backward_avx2(p, pd, ds, n, scale, mask);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  softmax_backward_baseline(p, pd, ds, n, scale, mask);
 }
 
 void softmax_rows(float* x, int64_t rows, int64_t n) {

@@ -113,8 +113,7 @@ double estimate_training_memory(const TrainConfig& c) {
   const double k = static_cast<double>(m.moe.router.num_selected_experts);
   for (int64_t l = 0; l < m.num_layers; ++l) {
     floats += B * L * (16 * H + 4 * F * (m.is_moe_layer(l) ? std::max(k, 2.0) : 1.0));
-    if (m.is_attention_layer(l))
-      floats += 3 * B * static_cast<double>(m.num_attention_heads) * L * L;
+    // Attention keeps no [B, heads, L, L] scores (nn/attention.h): its blocks are per thread.
   }
   floats += 2 * B * L * V;  // the masked-LM logits and their gradient (an upper bound)
   return 4 * floats + 64.0 * 1024 * 1024;  // and the program itself

@@ -2,7 +2,9 @@
 // attention layers: Q, K, V = Dense(x) with bias ([H, heads*dh] kernels), scores = Q K^T /
 // sqrt(dh) with masked positions pushed to -1e9 (so they get probability 0; a row with no
 // visible key becomes uniform, as in Keras), softmax, dropout on the probabilities, context = P V,
-// output = Dense(context) back to H. Forward keeps Q, K, V and the probabilities for backward.
+// output = Dense(context) back to H. The scores are computed a block of query rows at a time and
+// never stored whole (flash-attention style): forward keeps Q, K, V, and the backward recomputes
+// each block's probabilities (bitwise the forward's) instead of reading [B, heads, L, L] back.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +29,9 @@ class SelfAttention {
   std::vector<ParamRef> params();
 
  private:
+  // p [rows, L] = the probabilities of query rows [i0, i0 + rows) of head bh (b * heads + h).
+  void scores(int64_t bh, int64_t i0, int64_t rows, float* p) const;
+
   int64_t H_, heads_, dh_;
   double dropout_;
   uint64_t seed_;
@@ -36,11 +41,8 @@ class SelfAttention {
   bool drop_ = false;
   uint64_t drop_key_ = 0;
   Tensor q_out_, k_out_, v_out_;  // [B, L, heads*dh]
-  Tensor probs_;                  // [B, heads, L, L] softmax
-  Tensor dprobs_;                 // [B, heads, L, L] after dropout (what multiplies V)
   Tensor ctx_;                    // [B, L, heads*dh]
   Tensor mask_;                   // [B, L, L] copy of the mask (empty: none)
-  Tensor dscores_;                // [B, heads, L, L] backward workspace
   Tensor dctx_, dq_, dk_, dv_, tmp_;
 };
 

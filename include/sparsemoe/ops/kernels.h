@@ -32,6 +32,18 @@ void activation_backward(Activation act, const float* h, const float* da, float*
 
 // In-place softmax over each of `rows` rows of length `n` (float32, max-subtracted).
 void softmax_rows(float* x, int64_t rows, int64_t n);
+// The vectorised softmax attention uses: each of `rows` rows (leading dimension ld) becomes
+// softmax(scale * x), except that where mask (same shape, leading dimension mask_ld; null: none)
+// is 0 the score is `masked` before the softmax. exp is the activations' polynomial and the sum
+// runs in 16 fixed lanes, so every SIMD level gives the same bits; softmax_rows is its reference.
+void softmax_rows_scaled(float* x, int64_t rows, int64_t n, int64_t ld, float scale,
+                         const float* mask, int64_t mask_ld, float masked);
+// Its backward for one row of length n, in place: ds (dPd on entry, the gradient that reached
+// the dropped probabilities) becomes scale * P * (dP - rowsum(dP * P)) with dP = dPd through the
+// dropout mask, computed as scale * (pd * ds - p * dot), dot = sum(pd * ds), where pd is P after
+// dropout (pd = p without it); zero where mask (nullable) is 0. Same bits at every level.
+void softmax_backward_row(const float* p, const float* pd, float* ds, int64_t n, float scale,
+                          const float* mask);
 // logsumexp of one row.
 float logsumexp(const float* x, int64_t n);
 
@@ -39,6 +51,10 @@ float logsumexp(const float* x, int64_t n);
 // are scaled by 1/(1-rate). rate must lie in [0, 1).
 inline bool dropout_keep(uint64_t key, uint64_t index, float rate);
 float dropout_scale(float rate);
+// out[i] = dropout of in[i] at element index0 + i of stream key (dropout_keep, times
+// dropout_scale(rate)), vectorised; in == out is allowed. Same bits at every level.
+void dropout_span(uint64_t key, uint64_t index0, float rate, const float* in, float* out,
+                  int64_t n);
 
 }  // namespace sparsemoe
 

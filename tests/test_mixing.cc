@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <complex>
+#include <vector>
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/nn/mixing.h"
@@ -24,6 +25,69 @@ TEST(Mixing, LinearAllOnesGivesTwelve) {  // TFM-MIX1
   for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(y[i], 12.f, 1e-6);
 }
 
+// Linear mixing over a sequence longer than a GEMM row tile (512 + 8 rows) against plain loops in
+// double: the forward, dx and both weight gradients (summed over the batch).
+TEST(Mixing, LinearAcrossRowTilesMatchesPlainLoops) {
+  const int64_t B = 2, L = 520, H = 3;
+  MixingLayer m(MixingMechanism::kLinear, L, H, false, 0.05, 8);
+  const Tensor x = random_tensor({B, L, H}, 3), dy = random_tensor({B, L, H}, 4);
+  Tensor y, dx;
+  m.seq_kernel_grad.zero();
+  m.hidden_kernel_grad.zero();
+  m.forward(x, y);
+  m.backward(dy, dx);
+  const Tensor &ws = m.seq_kernel, &wh = m.hidden_kernel;
+  std::vector<double> t(B * L * H), dt(B * L * H);
+  Tensor y_want({B, L, H}), dx_want({B, L, H}), dws({L, L}), dwh({H, H});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t c = 0; c < H; ++c) {
+        double v = 0;
+        for (int64_t j = 0; j < H; ++j) v += double(x[(b * L + i) * H + j]) * wh[j * H + c];
+        t[(b * L + i) * H + c] = v;
+      }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t c = 0; c < H; ++c) {
+        double v = 0, d = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          v += double(ws[i * L + l]) * t[(b * L + l) * H + c];
+          d += double(ws[l * L + i]) * dy[(b * L + l) * H + c];
+        }
+        y_want[(b * L + i) * H + c] = static_cast<float>(v);
+        dt[(b * L + i) * H + c] = d;
+      }
+  for (int64_t r = 0; r < B * L; ++r)
+    for (int64_t j = 0; j < H; ++j) {
+      double v = 0;
+      for (int64_t c = 0; c < H; ++c) v += dt[r * H + c] * wh[j * H + c];
+      dx_want[r * H + j] = static_cast<float>(v);
+    }
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t l = 0; l < L; ++l) {
+      double v = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t c = 0; c < H; ++c)
+          v += double(dy[(b * L + i) * H + c]) * t[(b * L + l) * H + c];
+      dws[i * L + l] = static_cast<float>(v);
+    }
+  for (int64_t j = 0; j < H; ++j)
+    for (int64_t c = 0; c < H; ++c) {
+      double v = 0;
+      for (int64_t r = 0; r < B * L; ++r) v += double(x[r * H + j]) * dt[r * H + c];
+      dwh[j * H + c] = static_cast<float>(v);
+    }
+  EXPECT_LT(test::normalized_error(y, y_want), 1e-5);
+  EXPECT_LT(test::normalized_error(dx, dx_want), 1e-5);
+  EXPECT_LT(test::normalized_error(m.seq_kernel_grad, dws), 1e-5);
+  EXPECT_LT(test::normalized_error(m.hidden_kernel_grad, dwh), 1e-5);
+  // Rows past the first tile are where a wrong tile offset would show.
+  double worst = 0;
+  for (int64_t i = 512 * H; i < L * H; ++i)
+    worst = std::max(worst, double(std::abs(y[i] - y_want[i])));
+  EXPECT_LT(worst, 1e-4);
+}
+
 // y = Re(F) (Fourier) or Re(F) - Im(F) (Hartley), F = the unnormalised 2-D DFT, in double.
 Tensor direct_dft(const Tensor& x, bool hartley) {
   const int64_t B = x.dim(0), L = x.dim(1), H = x.dim(2);
@@ -41,9 +105,10 @@ Tensor direct_dft(const Tensor& x, bool hartley) {
   return y;
 }
 
+// The last shape spans two row tiles of the GEMM layer (512 + 8 rows per sequence).
 TEST(Mixing, DftMatrixAndFftPathsAgreeWithTheDft) {
   for (auto mech : {MixingMechanism::kFourier, MixingMechanism::kHartley})
-    for (Shape s : {Shape{3, 4, 8}, Shape{1, 8, 4}, Shape{2, 6, 5}}) {
+    for (Shape s : {Shape{3, 4, 8}, Shape{1, 8, 4}, Shape{2, 6, 5}, Shape{2, 520, 3}}) {
       const Tensor x = random_tensor(s, 3, -2.f, 2.f);
       const Tensor want = direct_dft(x, mech == MixingMechanism::kHartley);
       for (bool fft : {false, true}) {

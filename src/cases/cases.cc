@@ -767,6 +767,14 @@ std::vector<Case> build() {
                      m.forward(Tensor({2, 6, 4}), y);
                    },
                    "InvalidArgument", "expected shape [B, L=5, H=4] (the mixing length is fixed)"}};
+      all.push_back(k);
+      // A sequence longer than a row tile (512 + 8 rows): the tiled products and dW_seq's tiles.
+      if (mech != MixingMechanism::kLinear) continue;
+      k.name = "nn/mixing/linear_tiles";
+      k.make = [=] {
+        return std::make_unique<LayerSubject<MixingLayer>>(random_input({2, 520, 3}, 3), mech, 520,
+                                                           3, false, 0.05, 8);
+      };
       all.push_back(std::move(k));
     }
 

@@ -8,10 +8,11 @@
 #include <memory>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/init.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/gemm_kernel.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
 
@@ -88,24 +89,43 @@ void MixingLayer::transform(const float* x, float* y, int64_t B) {
     });
     return;
   }
+  // On the GEMM kernel, in tiles fixed by shape: p = X C_H and q = +-X S_H over all B * L rows
+  // (q negated for Fourier, so that y_b = C_L p_b + S_L q_b in both cases), then per sequence.
   p_.resize({B, L, H});
   q_.resize({B, L, H});
-  parallel_for(B, [&](int64_t b) {
-    const float* xb = x + b * L * H;
-    float* yb = y + b * L * H;
-    float* p = p_.data() + b * L * H;
-    float* q = q_.data() + b * L * H;
-    gemm(false, false, L, H, H, 1.f, xb, H, cos_h_.data(), H, 0.f, p, H);  // X C_H
-    gemm(false, false, L, H, H, 1.f, xb, H, sin_h_.data(), H, 0.f, q, H);  // X S_H
-    if (hartley)
-      for (int64_t i = 0; i < L * H; ++i) {
-        const float a = p[i], c = q[i];
-        p[i] = a + c;
-        q[i] = a - c;
+  float *p = p_.data(), *q = q_.data();
+  for_tiles(all_rows(B), H, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    const int64_t rows = t.end - t.begin, at = t.begin * H + c0;
+    kernel_gemm(rows, c1 - c0, H, MatRef::rows(x + t.begin * H, H),
+                MatRef::rows(cos_h_.data() + c0, H), p + at, H, false);
+    kernel_gemm(rows, c1 - c0, H, MatRef::rows(x + t.begin * H, H),
+                MatRef::rows(sin_h_.data() + c0, H), q + at, H, false);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < c1 - c0; ++c) {
+        const float a = p[at + r * H + c], s = q[at + r * H + c];
+        if (hartley) p[at + r * H + c] = a + s;
+        q[at + r * H + c] = hartley ? a - s : -s;
       }
-    gemm(false, false, L, H, L, 1.f, cos_l_.data(), L, p, H, 0.f, yb, H);
-    gemm(false, false, L, H, L, hartley ? 1.f : -1.f, sin_l_.data(), L, q, H, 1.f, yb, H);
   });
+  for_tiles(sequence_rows(B), H, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    const int64_t b = t.group, i0 = t.begin - b * L, rows = t.end - t.begin;
+    float* out = y + t.begin * H + c0;
+    kernel_gemm(rows, c1 - c0, L, MatRef::rows(cos_l_.data() + i0 * L, L),
+                MatRef::rows(p + b * L * H + c0, H), out, H, false);
+    kernel_gemm(rows, c1 - c0, L, MatRef::rows(sin_l_.data() + i0 * L, L),
+                MatRef::rows(q + b * L * H + c0, H), out, H, true);
+  });
+}
+
+// Row tiles over all B * L rows (one group), and over each sequence's L rows (group b).
+std::vector<RowTile> MixingLayer::all_rows(int64_t B) const {
+  const int64_t offsets[2] = {0, B * L_};
+  return row_tiles(offsets, 1);
+}
+std::vector<RowTile> MixingLayer::sequence_rows(int64_t B) const {
+  std::vector<int64_t> offsets(static_cast<size_t>(B + 1));
+  for (int64_t b = 0; b <= B; ++b) offsets[static_cast<size_t>(b)] = b * L_;
+  return row_tiles(offsets.data(), B);
 }
 
 void MixingLayer::forward(const Tensor& x, Tensor& y) {
@@ -121,11 +141,15 @@ void MixingLayer::forward(const Tensor& x, Tensor& y) {
   std::copy_n(x.data(), x.numel(), x_.data());
   // y_b = W_seq . (x_b . W_hid); t = x . W_hid is saved for backward.
   t_.resize(x.shape());
-  parallel_for(B, [&](int64_t b) {
-    gemm(false, false, L, H, H, 1.f, x.data() + b * L * H, H, hidden_kernel.data(), H, 0.f,
-         t_.data() + b * L * H, H);
-    gemm(false, false, L, H, L, 1.f, seq_kernel.data(), L, t_.data() + b * L * H, H, 0.f,
-         y.data() + b * L * H, H);
+  float* t = t_.data();
+  for_tiles(all_rows(B), H, [&](const RowTile& r, int64_t c0, int64_t c1) {
+    kernel_gemm(r.end - r.begin, c1 - c0, H, MatRef::rows(x.data() + r.begin * H, H),
+                MatRef::rows(hidden_kernel.data() + c0, H), t + r.begin * H + c0, H, false);
+  });
+  for_tiles(sequence_rows(B), H, [&](const RowTile& r, int64_t c0, int64_t c1) {
+    const int64_t b = r.group, i0 = r.begin - b * L;
+    kernel_gemm(r.end - r.begin, c1 - c0, L, MatRef::rows(seq_kernel.data() + i0 * L, L),
+                MatRef::rows(t + b * L * H + c0, H), y.data() + r.begin * H + c0, H, false);
   });
 }
 
@@ -138,19 +162,26 @@ void MixingLayer::backward(const Tensor& dy, Tensor& dx) {
     transform(dy.data(), dx.data(), B);
     return;
   }
-  // dt_b = W_seq^T dy_b; dW_seq += dy_b t_b^T; dx_b = dt_b W_hid^T; dW_hid += x^T dt.
+  // dt_b = W_seq^T dy_b; dW_seq += dy_b t_b^T; dx = dt W_hid^T; dW_hid += x^T dt.
   dt_.resize(dy.shape());
   float* dt = dt_.data();
-  parallel_for(B, [&](int64_t b) {
-    gemm(true, false, L, H, L, 1.f, seq_kernel.data(), L, dy.data() + b * L * H, H, 0.f,
-         dt + b * L * H, H);
-    gemm(false, true, L, H, H, 1.f, dt + b * L * H, H, hidden_kernel.data(), H, 0.f,
-         dx.data() + b * L * H, H);
+  for_tiles(sequence_rows(B), H, [&](const RowTile& r, int64_t c0, int64_t c1) {
+    const int64_t b = r.group, i0 = r.begin - b * L;
+    kernel_gemm(r.end - r.begin, c1 - c0, L, MatRef::transposed(seq_kernel.data() + i0, L),
+                MatRef::rows(dy.data() + b * L * H + c0, H), dt + r.begin * H + c0, H, false);
   });
-  for (int64_t b = 0; b < B; ++b)  // fixed order: deterministic sum over the batch
-    gemm(false, true, L, L, H, 1.f, dy.data() + b * L * H, H, t_.data() + b * L * H, H, 1.f,
-         seq_kernel_grad.data(), L);
-  gemm(true, false, H, H, B * L, 1.f, x_.data(), H, dt, H, 1.f, hidden_kernel_grad.data(), H);
+  const int64_t whole[2] = {0, B * L};
+  input_grad(whole, 1, dt, H, hidden_kernel.data(), H, dx.data());
+  // The sum over the batch in a fixed order: each element of dW_seq is one FMA chain over
+  // (b, h), sequence after sequence.
+  const std::vector<RowTile> seq_rows = sequence_rows(1);
+  for (int64_t b = 0; b < B; ++b)
+    for_tiles(seq_rows, L, [&](const RowTile& r, int64_t c0, int64_t c1) {
+      kernel_gemm(r.end - r.begin, c1 - c0, H, MatRef::rows(dy.data() + (b * L + r.begin) * H, H),
+                  MatRef::transposed(t_.data() + b * L * H + c0 * H, H),
+                  seq_kernel_grad.data() + r.begin * L + c0, L, true);
+    });
+  add_weight_grad(whole, 1, x_.data(), H, dt, H, hidden_kernel_grad.data());
 }
 
 }  // namespace sparsemoe

@@ -14,6 +14,7 @@
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
 
@@ -45,6 +46,8 @@ class MixingLayer {
 
  private:
   void transform(const float* x, float* y, int64_t B);  // FOURIER / HARTLEY, self-adjoint
+  std::vector<RowTile> all_rows(int64_t B) const;       // tiles of the B * L rows
+  std::vector<RowTile> sequence_rows(int64_t B) const;  // tiles of each sequence (group b)
   void check_input(const Tensor& x, const char* name) const;
 
   MixingMechanism mechanism_;

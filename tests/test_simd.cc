@@ -3,6 +3,8 @@
 // forward and backward in training (dropout on); bad names are errors naming the argument.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "moe_fixtures.h"
@@ -139,6 +141,28 @@ TEST(Simd, DropoutSpanAndSoftmaxBackwardBitwiseEqualAtEveryLevel) {
     EXPECT_TRUE(bitwise_equal(ds, ds0)) << simd_target_name(t);
   }
   for (int64_t j = 0; j < n; j += 7) EXPECT_EQ(ds0[j], 0.f);
+}
+
+// The cross-entropy row: logsumexp and the scaled softmax, the same bits at every level and within
+// rounding of the libm logsumexp.
+TEST(Simd, LogsumexpAndSoftmaxBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  for (int64_t n : {1, 17, 2000}) {
+    const Tensor z = random_tensor({n}, 11, -30.f, 30.f);
+    set_simd_target(SimdTarget::kBaseline);
+    Tensor d0({n});
+    const float lse0 = logsumexp_and_softmax(z.data(), n, 0.25f, d0.data());
+    EXPECT_NEAR(lse0, logsumexp(z.data(), n), 1e-5f * std::max(1.f, std::abs(lse0))) << n;
+    double total = 0;
+    for (int64_t j = 0; j < n; ++j) total += d0[j];
+    EXPECT_NEAR(total, 0.25, 1e-6) << n;
+    for (SimdTarget t : supported_levels()) {
+      sparsemoe::set_simd_target(t);
+      Tensor d({n});
+      EXPECT_EQ(logsumexp_and_softmax(z.data(), n, 0.25f, d.data()), lse0) << simd_target_name(t);
+      EXPECT_TRUE(bitwise_equal(d, d0)) << "n=" << n << " " << simd_target_name(t);
+    }
+  }
 }
 
 // The FMA levels share one GEMM kernel contract (ops/gemm_kernel.h), so AVX2 and AVX-512 give the

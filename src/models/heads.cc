@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/kernels.h"
 #include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
@@ -34,18 +36,23 @@ double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& l
   }
   if (dlogits) dlogits->resize(logits.shape());
   const double inv = wsum > 0 ? 1.0 / wsum : 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    const float* z = logits.data() + i * C;
-    const double w = weights ? weights[i] : 1.0;
-    const float lse = logsumexp(z, C);
-    loss += w * (lse - z[labels[i]]);
-    hits += w * (std::max_element(z, z + C) - z == labels[i]);
-    if (dlogits) {
-      float* d = dlogits->data() + i * C;
+  // Rows in parallel, their losses summed afterwards in row order (any thread count, same bits).
+  std::vector<double> row_loss(static_cast<size_t>(N)), row_hit(static_cast<size_t>(N));
+  parallel_for_range(N, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* z = logits.data() + i * C;
+      const double w = weights ? weights[i] : 1.0;
       const float s = static_cast<float>(w * inv);
-      for (int64_t c = 0; c < C; ++c) d[c] = s * std::exp(z[c] - lse);
-      d[labels[i]] -= s;
+      float* d = dlogits ? dlogits->data() + i * C : nullptr;
+      const float lse = logsumexp_and_softmax(z, C, s, d);
+      if (d) d[labels[i]] -= s;
+      row_loss[static_cast<size_t>(i)] = w * (lse - z[labels[i]]);
+      row_hit[static_cast<size_t>(i)] = w * (std::max_element(z, z + C) - z == labels[i]);
     }
+  });
+  for (int64_t i = 0; i < N; ++i) {
+    loss += row_loss[static_cast<size_t>(i)];
+    hits += row_hit[static_cast<size_t>(i)];
   }
   if (correct) *correct += hits;
   return loss * inv;
@@ -145,19 +152,17 @@ void ClassificationHead::forward(const Tensor& pooled, Tensor& logits, const For
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropoutTag, opt.step);
   if (!drop_) return dense_.forward(pooled, logits);
-  const float rate = static_cast<float>(dropout_), scale = dropout_scale(rate);
+  const float rate = static_cast<float>(dropout_);
   dropped_.resize(pooled.shape());
-  for (int64_t i = 0; i < pooled.numel(); ++i)
-    dropped_[i] = dropout_keep(drop_key_, i, rate) ? pooled[i] * scale : 0.f;
+  dropout_span(drop_key_, 0, rate, pooled.data(), dropped_.data(), pooled.numel());
   dense_.forward(dropped_, logits);
 }
 
 void ClassificationHead::backward(const Tensor& dlogits, Tensor& dpooled) {
   dense_.backward(dlogits, &dpooled);
   if (!drop_) return;
-  const float rate = static_cast<float>(dropout_), scale = dropout_scale(rate);
-  for (int64_t i = 0; i < dpooled.numel(); ++i)
-    dpooled[i] = dropout_keep(drop_key_, i, rate) ? dpooled[i] * scale : 0.f;
+  const float rate = static_cast<float>(dropout_);
+  dropout_span(drop_key_, 0, rate, dpooled.data(), dpooled.data(), dpooled.numel());
 }
 
 }  // namespace sparsemoe

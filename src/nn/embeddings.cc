@@ -90,10 +90,9 @@ void Embeddings::forward(const Tensor& ids, const Tensor& type_ids, const Tensor
   drop_key_ = derive_key(config_.seed, kDropoutTag, opt.step);
   const Tensor* pre = &normed_;
   if (drop_) {
-    const float rate = static_cast<float>(config_.dropout), scale = dropout_scale(rate);
+    const float rate = static_cast<float>(config_.dropout);
     dropped_.resize(normed_.shape());
-    for (int64_t i = 0; i < normed_.numel(); ++i)
-      dropped_[i] = dropout_keep(drop_key_, i, rate) ? normed_[i] * scale : 0.f;
+    dropout_span(drop_key_, 0, rate, normed_.data(), dropped_.data(), normed_.numel());
     pre = &dropped_;
   }
   if (projection_) {
@@ -113,10 +112,9 @@ void Embeddings::backward(const Tensor& dout, Tensor* ddense) {
     g = &grad_;
   }
   if (drop_) {
-    const float rate = static_cast<float>(config_.dropout), scale = dropout_scale(rate);
+    const float rate = static_cast<float>(config_.dropout);
     grad2_.resize(g->shape());
-    for (int64_t i = 0; i < g->numel(); ++i)
-      grad2_[i] = dropout_keep(drop_key_, i, rate) ? (*g)[i] * scale : 0.f;
+    dropout_span(drop_key_, 0, rate, g->data(), grad2_.data(), g->numel());
     g = &grad2_;
   }
   norm_.backward(*g, dsum_);

@@ -17,8 +17,6 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   const auto tiles = row_tiles(offsets, p.E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
   const bool drop_out = drop.enabled && p.output_dropout > 0;
-  const float in_scale = dropout_scale(p.inner_dropout),
-              out_scale = dropout_scale(p.output_dropout);
   float* h = saved.h.data();
   float* a = saved.a.data();
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
@@ -42,10 +40,8 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
         activation_forward(p.activation, hr + b0, ar + b0, nc);
         for (int64_t j = b0; p.glu && j < b1; ++j) ar[j] *= hr[F + j];
         if (drop_in)
-          for (int64_t j = b0; j < b1; ++j)
-            ar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
-                        ? ar[j] * in_scale
-                        : 0.f;
+          dropout_span(drop.inner_key, static_cast<uint64_t>(drop.row_id[r] * F + b0),
+                       p.inner_dropout, ar + b0, ar + b0, nc);
       }
     };
     kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), h + t.begin * F1 + c0, F1, false,
@@ -55,15 +51,12 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
     const float* b = p.b2 ? p.b2 + t.group * H : nullptr;
     const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
       for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
-        float* yr = ys + r * H;
-        for (int64_t j = c0 + j0; j < c0 + j0 + nc; ++j) {
-          float v = b ? yr[j] + b[j] : yr[j];
-          if (drop_out)
-            v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
-                    ? v * out_scale
-                    : 0.f;
-          yr[j] = v;
-        }
+        float* yr = ys + r * H + c0 + j0;
+        if (b)
+          for (int64_t j = 0; j < nc; ++j) yr[j] += b[c0 + j0 + j];
+        if (drop_out)
+          dropout_span(drop.output_key, static_cast<uint64_t>(drop.row_id[r] * H + c0 + j0),
+                       p.output_dropout, yr, yr, nc);
       }
     };
     kernel_gemm(t.end - t.begin, c1 - c0, F, MatRef::rows(a + t.begin * F, F),
@@ -78,21 +71,16 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
   const auto tiles = row_tiles(offsets, E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
   const bool drop_out = drop.enabled && p.output_dropout > 0;
-  const float in_scale = dropout_scale(p.inner_dropout),
-              out_scale = dropout_scale(p.output_dropout);
   // g2 = d(a.W2 + b2): the output gradient through the output dropout.
   saved.g2.resize({R, H});
   float* g2 = saved.g2.data();
   parallel_for_range(R, 256, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r)
-      for (int64_t j = 0; j < H; ++j) {
-        float v = dys[r * H + j];
-        if (drop_out)
-          v = dropout_keep(drop.output_key, drop.row_id[r] * H + j, p.output_dropout)
-                  ? v * out_scale
-                  : 0.f;
-        g2[r * H + j] = v;
-      }
+      if (drop_out)
+        dropout_span(drop.output_key, static_cast<uint64_t>(drop.row_id[r] * H), p.output_dropout,
+                     dys + r * H, g2 + r * H, H);
+      else
+        std::copy_n(dys + r * H, H, g2 + r * H);
   });
   if (grads.b2) add_bias_grad(offsets, E, g2, H, grads.b2);
   if (grads.w2) add_weight_grad(offsets, E, saved.a.data(), F, g2, H, grads.w2);
@@ -109,10 +97,8 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
         float* dar = da + r * F1;
         const float* hr = h + r * F1;
         if (drop_in)
-          for (int64_t j = b0; j < b1; ++j)
-            dar[j] = dropout_keep(drop.inner_key, drop.row_id[r] * F + j, p.inner_dropout)
-                         ? dar[j] * in_scale
-                         : 0.f;
+          dropout_span(drop.inner_key, static_cast<uint64_t>(drop.row_id[r] * F + b0),
+                       p.inner_dropout, dar + b0, dar + b0, nc);
         if (p.glu) {  // a = act(h_act) * h_lin; act(h_act) is staged in the linear half's slot
           activation_forward(p.activation, hr + b0, dar + F + b0, nc);
           for (int64_t j = b0; j < b1; ++j) {

@@ -256,6 +256,28 @@ namespace {
   }
 }
 
+// logsumexp of z [n] (its maximum plus the log of exp sums in 16 fixed double lanes) and, when d
+// is not null, d[c] = s * exp(z[c] - lse): a cross-entropy row and its gradient.
+[[gnu::always_inline]] inline float lse_body(const float* __restrict z, int64_t n, float s,
+                                             float* __restrict d) {
+  constexpr int kLanes = 16;
+  const int64_t full = n / kLanes * kLanes;
+  float m = z[0];
+  for (int64_t j = 0; j < n; ++j) m = z[j] > m ? z[j] : m;
+  double acc[kLanes] = {};
+  for (int64_t j = 0; j < full; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(softmax_exp(z[j + l] - m));
+  for (int64_t j = full; j < n; ++j) acc[j - full] += static_cast<double>(softmax_exp(z[j] - m));
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  const float lse = m + static_cast<float>(std::log(acc[0]));
+  if (d) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) d[j] = s * softmax_exp(z[j] - lse);
+  }
+  return lse;
+}
+
 // The three compilations of each body.
 #define SPARSEMOE_LEVELS(X)                          \
   X(baseline, )                                      \
@@ -280,6 +302,9 @@ namespace {
   attr void softmax_backward_##name(const float* p, const float* pd, float* ds, int64_t n, \
                                     float scale, const float* mask) {                      \
     softmax_backward_body(p, pd, ds, n, scale, mask);                                      \
+  }                                                                                        \
+  attr float lse_##name(const float* z, int64_t n, float s, float* d) {                    \
+    return lse_body(z, n, s, d);                                                           \
   }
 SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
 #undef SPARSEMOE_DEFINE_LEVEL
@@ -350,6 +375,19 @@ void softmax_backward_row(const float* p, const float* pd, float* ds, int64_t n,
       break;
   }
   softmax_backward_baseline(p, pd, ds, n, scale, mask);
+}
+
+float logsumexp_and_softmax(const float* z, int64_t n, float s, float* d) {
+  if (n <= 0) return -INFINITY;
+  switch (simd_target()) {
+    case SimdTarget::kAvx512:
+      return lse_avx512(z, n, s, d);
+    case SimdTarget::kAvx2:
+      return lse_avx2(z, n, s, d);
+    case SimdTarget::kBaseline:
+      break;
+  }
+  return lse_baseline(z, n, s, d);
 }
 
 void softmax_rows(float* x, int64_t rows, int64_t n) {

@@ -44,6 +44,9 @@ void softmax_rows_scaled(float* x, int64_t rows, int64_t n, int64_t ld, float sc
 // dropout (pd = p without it); zero where mask (nullable) is 0. Same bits at every level.
 void softmax_backward_row(const float* p, const float* pd, float* ds, int64_t n, float scale,
                           const float* mask);
+// Vectorised logsumexp of z [n] (exp sums in 16 fixed double lanes: the same bits at every level)
+// and, when d is not null, d[c] = s * softmax(z)[c]: a cross-entropy row and its gradient.
+float logsumexp_and_softmax(const float* z, int64_t n, float s, float* d);
 // logsumexp of one row.
 float logsumexp(const float* x, int64_t n);
 

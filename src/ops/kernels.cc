@@ -312,82 +312,52 @@ SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
 
 }  // namespace
 
-void activation_forward(Activation act, const float* h, float* a, int64_t n) {
+namespace {
+// The compilation of a kernel for the level in use.
+template <class Fn>
+Fn* at_level(Fn* baseline, Fn* avx2, Fn* avx512) {
   switch (simd_target()) {
     case SimdTarget::kAvx512:
-      return forward_avx512(act, h, a, n);
+      return avx512;
     case SimdTarget::kAvx2:
-      return forward_avx2(act, h, a, n);
+      return avx2;
     case SimdTarget::kBaseline:
       break;
   }
-  forward_baseline(act, h, a, n);
+  return baseline;
+}
+}  // namespace
+
+void activation_forward(Activation act, const float* h, float* a, int64_t n) {
+  at_level(forward_baseline, forward_avx2, forward_avx512)(act, h, a, n);
 }
 
 void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n) {
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return backward_avx512(act, h, da, dh, n);
-    case SimdTarget::kAvx2:
-      return backward_avx2(act, h, da, dh, n);
-    case SimdTarget::kBaseline:
-      break;
-  }
-  backward_baseline(act, h, da, dh, n);
+  at_level(backward_baseline, backward_avx2, backward_avx512)(act, h, da, dh, n);
 }
 
 void softmax_rows_scaled(float* x, int64_t rows, int64_t n, int64_t ld, float scale,
                          const float* mask, int64_t mask_ld, float masked) {
-  if (n <= 0) return;
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return softmax_avx512(x, rows, n, ld, scale, mask, mask_ld, masked);
-    case SimdTarget::kAvx2:
-      return softmax_avx2(x, rows, n, ld, scale, mask, mask_ld, masked);
-    case SimdTarget::kBaseline:
-      break;
-  }
-  softmax_baseline(x, rows, n, ld, scale, mask, mask_ld, masked);
+  if (n > 0)
+    at_level(softmax_baseline, softmax_avx2, softmax_avx512)(x, rows, n, ld, scale, mask, mask_ld,
+                                                             masked);
 }
 
 void dropout_span(uint64_t key, uint64_t index0, float rate, const float* in, float* out,
                   int64_t n) {
-  const float keep_scale = dropout_scale(rate);
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return dropout_avx512(key, index0, rate, keep_scale, in, out, n);
-    case SimdTarget::kAvx2:
-      return dropout_avx2(key, index0, rate, keep_scale, in, out, n);
-    case SimdTarget::kBaseline:
-      break;
-  }
-  dropout_baseline(key, index0, rate, keep_scale, in, out, n);
+  at_level(dropout_baseline, dropout_avx2, dropout_avx512)(key, index0, rate, dropout_scale(rate),
+                                                           in, out, n);
 }
 
 void softmax_backward_row(const float* p, const float* pd, float* ds, int64_t n, float scale,
                           const float* mask) {
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return softmax_backward_avx512(p, pd, ds, n, scale, mask);
-    case SimdTarget::kAvx2:
-      return softmax_backward_avx2(p, pd, ds, n, scale, mask);
-    case SimdTarget::kBaseline:
-      break;
-  }
-  softmax_backward_baseline(p, pd, ds, n, scale, mask);
+  at_level(softmax_backward_baseline, softmax_backward_avx2, softmax_backward_avx512)(p, pd, ds, n,
+                                                                                      scale, mask);
 }
 
 float logsumexp_and_softmax(const float* z, int64_t n, float s, float* d) {
   if (n <= 0) return -INFINITY;
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return lse_avx512(z, n, s, d);
-    case SimdTarget::kAvx2:
-      return lse_avx2(z, n, s, d);
-    case SimdTarget::kBaseline:
-      break;
-  }
-  return lse_baseline(z, n, s, d);
+  return at_level(lse_baseline, lse_avx2, lse_avx512)(z, n, s, d);
 }
 
 void softmax_rows(float* x, int64_t rows, int64_t n) {

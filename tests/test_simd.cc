@@ -11,6 +11,7 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/ops/kernels.h"
+#include "sparsemoe/ops/layer_norm.h"
 #include "sparsemoe/ops/probe.h"
 #include "sparsemoe/ops/simd.h"
 #include "test_util.h"
@@ -161,6 +162,33 @@ TEST(Simd, LogsumexpAndSoftmaxBitwiseEqualAtEveryLevel) {
       Tensor d({n});
       EXPECT_EQ(logsumexp_and_softmax(z.data(), n, 0.25f, d.data()), lse0) << simd_target_name(t);
       EXPECT_TRUE(bitwise_equal(d, d0)) << "n=" << n << " " << simd_target_name(t);
+    }
+  }
+}
+
+// Layer norm forward and backward: the same bits at every level (widths with and without a tail).
+TEST(Simd, LayerNormBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  for (int64_t H : {5, 64, 77}) {
+    const int64_t N = 9;
+    const Tensor x = random_tensor({N * H}, 12, -3.f, 5.f), dy = random_tensor({N * H}, 13);
+    const Tensor gamma = random_tensor({H}, 14), beta = random_tensor({H}, 15);
+    auto run = [&](SimdTarget t) {
+      sparsemoe::set_simd_target(t);
+      std::vector<Tensor> out{Tensor({N * H}), Tensor({N * H}), Tensor({N}),
+                              Tensor({N * H}), Tensor({H}),     Tensor({H})};
+      layer_norm_forward(x.data(), N, H, gamma.data(), beta.data(), 1e-12, out[0].data(),
+                         out[1].data(), out[2].data());
+      layer_norm_backward(dy.data(), out[1].data(), out[2].data(), gamma.data(), N, H,
+                          out[3].data(), out[4].data(), out[5].data());
+      return out;
+    };
+    const auto want = run(SimdTarget::kBaseline);
+    for (SimdTarget t : supported_levels()) {
+      const auto got = run(t);
+      for (size_t i = 0; i < got.size(); ++i)
+        EXPECT_TRUE(bitwise_equal(got[i], want[i]))
+            << "H=" << H << " output " << i << " " << simd_target_name(t);
     }
   }
 }

@@ -10,9 +10,9 @@
 #include <bit>
 #include <cmath>
 
+#include "levels.h"
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
-#include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe {
 
@@ -278,11 +278,7 @@ namespace {
   return lse;
 }
 
-// The three compilations of each body.
-#define SPARSEMOE_LEVELS(X)                          \
-  X(baseline, )                                      \
-  X(avx2, __attribute__((target("arch=x86-64-v3")))) \
-  X(avx512, __attribute__((target("arch=x86-64-v4"))))
+// The three compilations of each body (levels.h).
 #define SPARSEMOE_DEFINE_LEVEL(name, attr)                                                 \
   attr void forward_##name(Activation act, const float* h, float* a, int64_t n) {          \
     forward_body(act, h, a, n);                                                            \
@@ -308,24 +304,7 @@ namespace {
   }
 SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
 #undef SPARSEMOE_DEFINE_LEVEL
-#undef SPARSEMOE_LEVELS
 
-}  // namespace
-
-namespace {
-// The compilation of a kernel for the level in use.
-template <class Fn>
-Fn* at_level(Fn* baseline, Fn* avx2, Fn* avx512) {
-  switch (simd_target()) {
-    case SimdTarget::kAvx512:
-      return avx512;
-    case SimdTarget::kAvx2:
-      return avx2;
-    case SimdTarget::kBaseline:
-      break;
-  }
-  return baseline;
-}
 }  // namespace
 
 void activation_forward(Activation act, const float* h, float* a, int64_t n) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
@@ -13,7 +14,21 @@ namespace sparsemoe {
 
 namespace {
 constexpr int64_t kChunk = 1 << 14;  // fixed reduction chunks: thread-count independent sums
+
+// Every parameter's chunks as one list, so that a step opens one parallel region, not one per
+// parameter (a small network has dozens of parameters and a step of a few milliseconds).
+struct Chunk {
+  size_t param;
+  int64_t begin, end;
+};
+std::vector<Chunk> chunks_of(const std::vector<ParamRef>& params) {
+  std::vector<Chunk> out;
+  for (size_t k = 0; k < params.size(); ++k)
+    for (int64_t b = 0, n = params[k].grad->numel(); b < n; b += kChunk)
+      out.push_back({k, b, std::min(n, b + kChunk)});
+  return out;
 }
+}  // namespace
 
 AdamWConfig AdamWConfig::from_json(const nlohmann::json& j) {
   AdamWConfig c;
@@ -38,19 +53,17 @@ double learning_rate_at(const AdamWConfig& c, int64_t step) {
 }
 
 double global_grad_norm(const std::vector<ParamRef>& params) {
+  const std::vector<Chunk> chunks = chunks_of(params);
+  std::vector<double> part(chunks.size());
+  parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    const Chunk& ch = chunks[static_cast<size_t>(c)];
+    const float* g = params[ch.param].grad->data();
+    double s = 0;
+    for (int64_t i = ch.begin; i < ch.end; ++i) s += static_cast<double>(g[i]) * g[i];
+    part[static_cast<size_t>(c)] = s;
+  });
   double total = 0;
-  for (const auto& p : params) {
-    const int64_t n = p.grad->numel(), chunks = (n + kChunk - 1) / kChunk;
-    std::vector<double> part(chunks);
-    const float* g = p.grad->data();
-    parallel_for(chunks, [&](int64_t c) {
-      double s = 0;
-      for (int64_t i = c * kChunk, e = std::min(n, i + kChunk); i < e; ++i)
-        s += static_cast<double>(g[i]) * g[i];
-      part[c] = s;
-    });
-    for (double s : part) total += s;
-  }
+  for (double s : part) total += s;  // in parameter and chunk order
   return std::sqrt(total);
 }
 
@@ -83,23 +96,28 @@ double AdamW::step(const std::vector<ParamRef>& params) {
   const float eps = static_cast<float>(config_.epsilon), fb1 = static_cast<float>(b1),
               fb2 = static_cast<float>(b2), ob1 = static_cast<float>(1 - b1),
               ob2 = static_cast<float>(1 - b2), fclip = static_cast<float>(clip);
+  std::vector<float> keep(params.size());
   for (size_t k = 0; k < params.size(); ++k) {
     check_arg(params[k].name == names_[k], "AdamW::step: parameter " + std::to_string(k) + " is '" +
                                                params[k].name + "', expected '" + names_[k] + "'");
+    keep[k] = decay_[k] ? static_cast<float>(1 - lr * config_.weight_decay) : 1.f;
+  }
+  const std::vector<Chunk> chunks = chunks_of(params);
+  parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    const Chunk& ch = chunks[static_cast<size_t>(c)];
+    const size_t k = ch.param;
     float* w = params[k].value->data();
     const float* g = params[k].grad->data();
     float* m = m_[k].data();
     float* v = v_[k].data();
-    const float keep = decay_[k] ? static_cast<float>(1 - lr * config_.weight_decay) : 1.f;
-    parallel_for_range(params[k].value->numel(), kChunk, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const float gi = g[i] * fclip;
-        m[i] = fb1 * m[i] + ob1 * gi;
-        v[i] = fb2 * v[i] + ob2 * gi * gi;
-        w[i] = w[i] * keep - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
-      }
-    });
-  }
+    const float kp = keep[k];
+    for (int64_t i = ch.begin; i < ch.end; ++i) {
+      const float gi = g[i] * fclip;
+      m[i] = fb1 * m[i] + ob1 * gi;
+      v[i] = fb2 * v[i] + ob2 * gi * gi;
+      w[i] = w[i] * kp - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
+    }
+  });
   return norm;
 }
 

@@ -1,7 +1,7 @@
 // Layer normalisation over rows of a raw buffer, the kernel under nn/layer_norm.h:
 // y = (x - mean) / sqrt(var + eps) * gamma + beta, with the biased variance as Keras computes it.
-// Means and variances are summed in double in row order; rows are independent, so the bits do not
-// depend on the thread count.
+// Means and variances are double sums in 16 fixed lanes, vectorised at every SIMD level with the
+// same bits; rows are independent, so the bits do not depend on the thread count either.
 #pragma once
 
 #include <cstdint>

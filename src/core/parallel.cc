@@ -1,6 +1,7 @@
-// OpenMP implementation of parallel_for. A parallel region is always opened when more than one
-// thread is configured, so GEMM libraries called inside see omp_in_parallel() and stay
-// single-threaded; that keeps every item's arithmetic identical whatever the thread count.
+// OpenMP implementation of parallel_for. With one thread, one item, or inside a parallel region
+// the items run on the calling thread; otherwise a region is opened. GEMMs stay single-threaded
+// either way (core/gemm.h forces the library to one thread outside a region), so every item's
+// arithmetic is the same whatever the thread count.
 #include "sparsemoe/core/parallel.h"
 
 #include <omp.h>
@@ -30,7 +31,9 @@ int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   const int nt = num_threads();
-  if (nt <= 1 || omp_in_parallel()) {
+  // One item gains nothing from a parallel region: the other threads would only wait at its
+  // barrier.
+  if (nt <= 1 || n == 1 || omp_in_parallel()) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }

@@ -52,23 +52,30 @@ struct TrainArgs {
   bool compare_dense = false;
 };
 
-// Seconds per training step of `base` in one phase, measured over a few steps in a scratch run.
+// Seconds per training step of `base` in one phase, measured in scratch runs: the time of
+// kWarm + kSteps steps less that of kWarm steps, so that the first steps' allocations and page
+// faults do not count, over enough steps (a few seconds for the main job) that a pause of a noisy
+// machine moves the estimate less (30 steps gave -20% to +25% on a 2-vCPU VM).
 double seconds_per_step(const TrainConfig& base, bool pretrain, const Tokenizer& tok,
                         const std::string& dir) {
-  constexpr int64_t kSteps = 30;
-  TrainConfig c = base;
-  c.pretrain.steps = pretrain ? 1000000 : 0;
-  c.finetune.steps = pretrain ? 0 : 1000000;
-  c.eval_every = 0;
-  c.checkpoint_every = 0;
-  TrainOptions o;
-  o.tokenizer = &tok;
-  o.stop_after_step = kSteps;
-  o.stop_signal = &g_signal;
-  const TrainResult r = Trainer(c, dir, o).run();
-  std::filesystem::remove_all(dir);
-  if (r.outcome == TrainOutcome::kInterrupted) throw InvalidArgument("interrupted");
-  return r.step_seconds[pretrain ? 0 : 1] / static_cast<double>(r.step);
+  constexpr int64_t kWarm = 20, kSteps = 200;
+  auto timed = [&](int64_t steps) {
+    TrainConfig c = base;
+    c.pretrain.steps = pretrain ? 1000000 : 0;
+    c.finetune.steps = pretrain ? 0 : 1000000;
+    c.eval_every = 0;
+    c.checkpoint_every = 0;
+    TrainOptions o;
+    o.tokenizer = &tok;
+    o.stop_after_step = steps;
+    o.stop_signal = &g_signal;
+    const TrainResult r = Trainer(c, dir, o).run();
+    std::filesystem::remove_all(dir);
+    if (r.outcome == TrainOutcome::kInterrupted) throw InvalidArgument("interrupted");
+    return r.step_seconds[pretrain ? 0 : 1];
+  };
+  const double warm = timed(kWarm), all = timed(kWarm + kSteps);
+  return all > warm ? (all - warm) / kSteps : all / (kWarm + kSteps);
 }
 
 // The baseline of the main job: the same network with dense feed-forward blocks where the MoE

@@ -170,14 +170,11 @@ namespace {
 // masked key's probability is then exactly 0. fast_exp clamps there instead.
 [[gnu::always_inline]] inline float softmax_exp(float x) { return x < -87.3f ? 0.f : fast_exp(x); }
 
-// Softmax of scale * x over each row, masked scores set to `masked`. The maximum is exact in any
-// order; the sum runs in 16 fixed lanes (element j goes to lane j % 16, each lane summed in order)
-// that are then added pairwise, so vectorising at any width gives the same bits.
+// Softmax of scale * x over each row, masked scores set to `masked`; the maximum and the sum in
+// fixed lanes (levels.h), so vectorising at any width gives the same bits.
 [[gnu::always_inline]] inline void softmax_body(float* x, int64_t rows, int64_t n, int64_t ld,
                                                 float scale, const float* mask, int64_t mask_ld,
                                                 float masked) {
-  constexpr int kLanes = 16;
-  const int64_t full = n / kLanes * kLanes;
   for (int64_t r = 0; r < rows; ++r) {
     float* __restrict row = x + r * ld;
     if (mask) {
@@ -188,28 +185,10 @@ namespace {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) row[j] = scale * row[j];
     }
-    float mx[kLanes];
-    for (int l = 0; l < kLanes; ++l) mx[l] = row[0];
-    for (int64_t j = 0; j < full; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) mx[l] = row[j + l] > mx[l] ? row[j + l] : mx[l];
-    float m = row[0];
-    for (int l = 0; l < kLanes; ++l) m = mx[l] > m ? mx[l] : m;
-    for (int64_t j = full; j < n; ++j) m = row[j] > m ? row[j] : m;
-    float acc[kLanes] = {};
-    for (int64_t j = 0; j < full; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) {
-        const float e = softmax_exp(row[j + l] - m);
-        row[j + l] = e;
-        acc[l] += e;
-      }
-    for (int64_t j = full; j < n; ++j) {
-      const float e = softmax_exp(row[j] - m);
-      row[j] = e;
-      acc[j - full] += e;
-    }
-    for (int w = kLanes / 2; w >= 1; w /= 2)
-      for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-    const float inv = 1.f / acc[0];
+    const float m = lane_max(row, n);
+    const float sum =
+        lane_sum<float>(n, [&](int64_t j) { return row[j] = softmax_exp(row[j] - m); });
+    const float inv = 1.f / sum;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) row[j] *= inv;
   }
@@ -237,17 +216,8 @@ namespace {
                                                          float* __restrict ds, int64_t n,
                                                          float scale,
                                                          const float* __restrict mask) {
-  constexpr int kLanes = 16;
-  const int64_t full = n / kLanes * kLanes;
-  double acc[kLanes] = {};
-  for (int64_t j = 0; j < full; j += kLanes)
-    for (int l = 0; l < kLanes; ++l)
-      acc[l] += static_cast<double>(pd[j + l]) * static_cast<double>(ds[j + l]);
-  for (int64_t j = full; j < n; ++j)
-    acc[j - full] += static_cast<double>(pd[j]) * static_cast<double>(ds[j]);
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  const float dot = static_cast<float>(acc[0]);
+  const float dot = static_cast<float>(lane_sum<double>(
+      n, [&](int64_t j) { return static_cast<double>(pd[j]) * static_cast<double>(ds[j]); }));
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) ds[j] = scale * (pd[j] * ds[j] - p[j] * dot);
   if (mask) {
@@ -260,17 +230,10 @@ namespace {
 // is not null, d[c] = s * exp(z[c] - lse): a cross-entropy row and its gradient.
 [[gnu::always_inline]] inline float lse_body(const float* __restrict z, int64_t n, float s,
                                              float* __restrict d) {
-  constexpr int kLanes = 16;
-  const int64_t full = n / kLanes * kLanes;
-  float m = z[0];
-  for (int64_t j = 0; j < n; ++j) m = z[j] > m ? z[j] : m;
-  double acc[kLanes] = {};
-  for (int64_t j = 0; j < full; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(softmax_exp(z[j + l] - m));
-  for (int64_t j = full; j < n; ++j) acc[j - full] += static_cast<double>(softmax_exp(z[j] - m));
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  const float lse = m + static_cast<float>(std::log(acc[0]));
+  const float m = lane_max(z, n);
+  const double sum =
+      lane_sum<double>(n, [&](int64_t j) { return static_cast<double>(softmax_exp(z[j] - m)); });
+  const float lse = m + static_cast<float>(std::log(sum));
   if (d) {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) d[j] = s * softmax_exp(z[j] - lse);

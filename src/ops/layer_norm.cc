@@ -12,21 +12,6 @@ namespace sparsemoe {
 
 namespace {
 
-constexpr int kLanes = 16;
-
-// The sum of f(h) over h < H in kLanes fixed lanes (h goes to lane h % kLanes), added pairwise.
-template <class F>
-[[gnu::always_inline]] inline double lane_sum(int64_t H, F f) {
-  const int64_t full = H / kLanes * kLanes;
-  double acc[kLanes] = {};
-  for (int64_t h = 0; h < full; h += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += f(h + l);
-  for (int64_t h = full; h < H; ++h) acc[h - full] += f(h);
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  return acc[0];
-}
-
 [[gnu::always_inline]] inline void forward_rows(const float* __restrict x, int64_t rows, int64_t H,
                                                 const float* __restrict gamma,
                                                 const float* __restrict beta, double eps,
@@ -34,12 +19,13 @@ template <class F>
                                                 float* __restrict rstd) {
   for (int64_t n = 0; n < rows; ++n) {
     const float* xr = x + n * H;
-    const double mean = lane_sum(H, [&](int64_t h) { return static_cast<double>(xr[h]); }) / H;
-    const double var = lane_sum(H,
-                                [&](int64_t h) {
-                                  const double d = xr[h] - mean;
-                                  return d * d;
-                                }) /
+    const double mean =
+        lane_sum<double>(H, [&](int64_t h) { return static_cast<double>(xr[h]); }) / H;
+    const double var = lane_sum<double>(H,
+                                        [&](int64_t h) {
+                                          const double d = xr[h] - mean;
+                                          return d * d;
+                                        }) /
                        H;
     const float rs = static_cast<float>(1.0 / std::sqrt(var + eps));
     rstd[n] = rs;
@@ -62,9 +48,11 @@ template <class F>
     const float* g = dy + n * H;
     const float* xh = xhat + n * H;
     const double m1 =
-        lane_sum(H, [&](int64_t h) { return static_cast<double>(g[h]) * gamma[h]; }) / H;
+        lane_sum<double>(H, [&](int64_t h) { return static_cast<double>(g[h]) * gamma[h]; }) / H;
     const double m2 =
-        lane_sum(H, [&](int64_t h) { return static_cast<double>(g[h]) * gamma[h] * xh[h]; }) / H;
+        lane_sum<double>(H,
+                         [&](int64_t h) { return static_cast<double>(g[h]) * gamma[h] * xh[h]; }) /
+        H;
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h)
       dx[n * H + h] = static_cast<float>(rstd[n] * (g[h] * gamma[h] - m1 - xh[h] * m2));

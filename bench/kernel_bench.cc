@@ -45,6 +45,30 @@ static void BM_KernelGemmAt(benchmark::State& state) { kernel_gemm_bench(state, 
 BENCHMARK(BM_KernelGemm)
     ->ArgsProduct({{1, 16, 64, 256, 1024}, {512}, {2048}})
     ->ArgsProduct({{1, 16, 64, 256, 1024}, {2048}, {512}});
+// Row-major B packed once beforehand (PackedWeights, as inference runs), against packing per call
+// (BM_KernelGemm), on expert shapes and BERT-Base's dense ones at one 512-row tile.
+static void BM_KernelGemmPacked(benchmark::State& state) {
+  const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  sm::Tensor a({M, K}, 0.5f), b({K, N}, 0.25f), c({M, N});
+  sm::PackedWeights packed;
+  packed.pack(1, K, N, b.data(), 0);
+  const float* panels = packed.panels(0, 0, K);
+  for (auto _ : state)
+    sm::kernel_gemm(M, N, K, sm::MatRef::rows(a.data(), K), sm::MatRef::rows(b.data(), N), c.data(),
+                    N, false, nullptr, panels);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_KernelGemmPacked)
+    ->ArgsProduct({{64, 256, 512}, {512}, {2048}})
+    ->ArgsProduct({{64, 256, 512}, {2048}, {512}})
+    ->ArgsProduct({{512}, {768}, {3072}})
+    ->ArgsProduct({{512}, {3072}, {768}});
+BENCHMARK(BM_KernelGemm)
+    ->ArgsProduct({{512}, {512}, {2048}})
+    ->ArgsProduct({{512}, {2048}, {512}})
+    ->ArgsProduct({{512}, {768}, {3072}})
+    ->ArgsProduct({{512}, {3072}, {768}});
 BENCHMARK(BM_KernelGemmBt)->ArgsProduct({{1, 16, 256}, {512, 2048}, {512, 2048}});
 BENCHMARK(BM_KernelGemmAt)->ArgsProduct({{512}, {16, 256}, {512, 2048}});
 

@@ -81,6 +81,63 @@ TEST(GemmKernel, Avx512EqualsFmaReferenceBitwise) {
   check_level(SimdTarget::kAvx512);
 }
 
+// Weights packed once (PackedWeights) give the same bits as packing per call: for a stack of two
+// matrices, from the first column and from a later panel boundary, at every native level.
+void check_packed(SimdTarget level) {
+  SimdGuard guard;
+  set_simd_target(level);
+  const int64_t nr = level == SimdTarget::kAvx512 ? 32 : 16;
+  uint64_t seed = 100;
+  for (const auto& s : kShapes) {
+    SCOPED_TRACE(testing::Message() << "m=" << s.m << " n=" << s.n << " k=" << s.k);
+    const Tensor w = random_tensor({2 * s.k * s.n}, seed++), a = random_tensor({s.m * s.k}, seed++);
+    PackedWeights packed;
+    packed.pack(2, s.k, s.n, w.data(), s.k * s.n);
+    ASSERT_FALSE(packed.empty());
+    for (int64_t g : {0, 1})
+      for (int64_t c0 : {int64_t{0}, nr}) {
+        if (c0 >= s.n) continue;
+        const float* panels = packed.panels(g, c0, s.k);
+        ASSERT_NE(panels, nullptr);
+        const MatRef b = MatRef::rows(w.data() + g * s.k * s.n + c0, s.n);
+        const int64_t n = s.n - c0;
+        Tensor c({s.m * n}), want({s.m * n});
+        gemm_fma_reference(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, want.data(), n, false);
+        kernel_gemm(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, c.data(), n, false, nullptr,
+                    panels);
+        for (int64_t i = 0; i < s.m * n; ++i) ASSERT_EQ(c[i], want[i]) << "g " << g << " i " << i;
+      }
+    // Panels that cannot serve a call are refused, never misread.
+    EXPECT_EQ(packed.panels(0, 1, s.k), nullptr);      // not a panel boundary
+    EXPECT_EQ(packed.panels(0, 0, s.k + 1), nullptr);  // another k
+    EXPECT_EQ(packed.panels(2, 0, s.k), nullptr);      // no such group
+  }
+}
+
+TEST(GemmKernel, PackedWeightsGiveTheSameBits) {
+  for (SimdTarget level : {SimdTarget::kAvx2, SimdTarget::kAvx512})
+    if (simd_supported(level)) check_packed(level);
+}
+
+TEST(GemmKernel, PackedWeightsAreRefusedAtAnotherLevelAndAfterClear) {
+  if (!simd_supported(SimdTarget::kAvx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  SimdGuard guard;
+  set_simd_target(SimdTarget::kAvx2);
+  const Tensor w = random_tensor({64 * 48}, 7);
+  PackedWeights packed;
+  packed.pack(1, 64, 48, w.data(), 0);
+  EXPECT_NE(packed.panels(0, 16, 64), nullptr);
+  set_simd_target(SimdTarget::kBaseline);  // its panel width would not match: refused
+  EXPECT_EQ(packed.panels(0, 0, 64), nullptr);
+  set_simd_target(SimdTarget::kAvx2);
+  packed.clear();
+  EXPECT_TRUE(packed.empty());
+  EXPECT_EQ(packed.panels(0, 0, 64), nullptr);
+  set_simd_target(SimdTarget::kBaseline);  // the baseline level has no panels to pack
+  packed.pack(1, 64, 48, w.data(), 0);
+  EXPECT_TRUE(packed.empty());
+}
+
 TEST(GemmKernel, BaselineUsesTheLibraryWithinTolerance) {
   SimdGuard guard;
   set_simd_target(SimdTarget::kBaseline);

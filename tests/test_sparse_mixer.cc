@@ -12,6 +12,7 @@
 #include "sparsemoe/models/heads.h"
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -317,6 +318,48 @@ TEST(SparseMixer, FftPathEqualsTheDftMatrixPath) {
     EXPECT_LT(test::normalized_error(fft.sequence_output(), dft.sequence_output()), 1e-4)
         << mixing_mechanism_name(mix);
   }
+}
+
+// Weights packed once for inference give the same bits as packing per call, and a packed copy is
+// never used after the weights may have changed: params() hands out writable views and backward
+// precedes an optimizer step, so both drop it.
+TEST(SparseMixer, PreparedInferenceGivesTheSameBitsAndNeverGoesStale) {
+  SparseMixerConfig c = load_model_config("tiny");
+  c.embedding_width = 48;    // the embedding projection is a packed Dense too
+  c.moe.experts.glu = true;  // W1 [H, 2F]: the linear half starts at column F
+  SparseMixer prepared(c), plain(c);
+  const Tensor ids = ids_tensor({8, 32}, c.vocab_size, 6);  // 256 rows: 64 per expert, not few
+  auto same_outputs = [&](const char* when) {
+    prepared.forward({&ids});
+    plain.forward({&ids});
+    for (const auto& [a, b] : {std::pair{&prepared.sequence_output(), &plain.sequence_output()},
+                               {&prepared.pooled_output(), &plain.pooled_output()}})
+      for (int64_t i = 0; i < a->numel(); ++i) ASSERT_EQ((*a)[i], (*b)[i]) << when << " " << i;
+  };
+  auto nudge = [](std::vector<ParamRef> refs) {
+    for (auto& r : refs) {
+      for (int64_t i = 0; i < r.value->numel(); ++i) (*r.value)[i] += 0.01f * ((i % 7) - 3);
+    }
+  };
+  const int64_t bytes = prepared.prepare_inference();
+  if (kernel_gemm_native()) {
+    EXPECT_GT(bytes, 0);
+  }
+  same_outputs("after prepare_inference");
+  // Views handed out after packing: the copy is dropped, the new weights are used.
+  prepared.prepare_inference();
+  nudge(prepared.params());
+  nudge(plain.params());
+  same_outputs("after writing through params()");
+  // Views taken before packing, written after a backward (as an optimizer does).
+  const std::vector<ParamRef> held = prepared.params();
+  prepared.prepare_inference();
+  prepared.forward({&ids});
+  Tensor dpooled(prepared.pooled_output().shape(), 1.f);
+  prepared.backward(nullptr, &dpooled);
+  nudge(held);
+  nudge(plain.params());
+  same_outputs("after a backward and an update");
 }
 
 TEST(Heads, SoftmaxCrossEntropyMatchesHandComputation) {

@@ -41,6 +41,14 @@ EncoderBlock::EncoderBlock(const EncoderBlockConfig& c)
   if (c.tf_models_compat && !c.norm_first && c.moe) residual_ff_ = norm_ff_ = false;
 }
 
+int64_t EncoderBlock::prepare_inference() {
+  int64_t bytes = 0;
+  if (attention_) bytes += attention_->prepare_inference();
+  if (ffn_) bytes += ffn_->prepare_inference();
+  if (moe_) bytes += moe_->prepare_inference();
+  return bytes;
+}
+
 std::vector<ParamRef> EncoderBlock::params() {
   std::vector<ParamRef> p;
   if (attention_)

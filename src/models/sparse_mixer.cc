@@ -233,6 +233,13 @@ SparseMixer::SparseMixer(const SparseMixerConfig& config)
   hidden_.resize(config.num_layers + 1);
 }
 
+int64_t SparseMixer::prepare_inference() {
+  int64_t bytes = embeddings_.prepare_inference();
+  for (auto& b : blocks_) bytes += b->prepare_inference();
+  pooler_.prepare_inference();
+  return bytes + pooler_.packed_bytes();
+}
+
 std::vector<ParamRef> SparseMixer::params() {
   std::vector<ParamRef> p = embeddings_.params();
   for (size_t l = 0; l < blocks_.size(); ++l)

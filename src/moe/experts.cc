@@ -64,6 +64,7 @@ void FeedForwardExperts::forward(const Tensor& x, Tensor& y, const ForwardOption
 }
 
 void FeedForwardExperts::backward(const Tensor& dy, Tensor& dx) {
+  weights_.release_inference();  // an optimizer step follows
   check_shape("dy", dy.shape(), {dense_g_, weights_.E, dense_c_, weights_.H}, "[G, E, C, H]");
   const int64_t H = weights_.H, R = dense_x_.dim(0);
   Tensor dys({R, H}), dxs({R, H});

@@ -107,6 +107,7 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
 }
 
 void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
+  experts_.weights().release_inference();  // an optimizer step follows
   check_arg(!act_.x_shape.empty(), "MoeLayer::backward: call forward first");
   check_shape("dy", dy.shape(), act_.x_shape, "[B, L, H]");
   const RoutingPlan& plan = act_.routing.plan;

@@ -36,6 +36,15 @@ SelfAttention::SelfAttention(int64_t hidden, int64_t num_heads, double dropout, 
   check_arg(dropout >= 0 && dropout < 1, "SelfAttention: dropout must lie in [0, 1)");
 }
 
+int64_t SelfAttention::prepare_inference() {
+  int64_t bytes = 0;
+  for (Dense* d : {&q_, &k_, &v_, &o_}) {
+    d->prepare_inference();
+    bytes += d->packed_bytes();
+  }
+  return bytes;
+}
+
 std::vector<ParamRef> SelfAttention::params() {
   std::vector<ParamRef> p;
   for (auto& r : prefixed("query", q_.params())) p.push_back(r);

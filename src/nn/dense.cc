@@ -27,6 +27,7 @@ Dense::Dense(int64_t in, int64_t out, Activation activation, bool use_bias, doub
 }
 
 std::vector<ParamRef> Dense::params() {
+  packed_.clear();
   std::vector<ParamRef> p = {{"kernel", &kernel, &kernel_grad}};
   if (bias.numel()) p.push_back({"bias", &bias, &bias_grad});
   return p;
@@ -56,12 +57,13 @@ void Dense::forward(const Tensor& x, Tensor& y) {
     };
     kernel_gemm(t.end - t.begin, c1 - c0, in_, MatRef::rows(x.data() + t.begin * in_, in_),
                 MatRef::rows(kernel.data() + c0, out_), h_.data() + t.begin * out_ + c0, out_,
-                false, &epilogue);
+                false, &epilogue, packed_.panels(0, c0, in_));
   });
 }
 
 void Dense::backward(const Tensor& dy, Tensor* dx) {
   check_arg(!x_shape_.empty(), "Dense::backward: call forward first");
+  packed_.clear();  // an optimizer step follows: the packed copy would go stale
   const int64_t N = h_.dim(0);
   check_arg(dy.numel() == N * out_, "Dense dy: expected " + std::to_string(N) + " rows of " +
                                         std::to_string(out_) + ", got " + shape_str(dy.shape()));

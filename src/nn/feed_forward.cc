@@ -55,6 +55,8 @@ FfnParams FfnWeights::params() const {
   p.b2 = b2.numel() ? b2.data() : nullptr;
   p.activation = activation;
   p.inner_dropout = inner_dropout, p.output_dropout = output_dropout;
+  if (!w1_packed.empty()) p.w1_packed = &w1_packed;
+  if (!w2_packed.empty()) p.w2_packed = &w2_packed;
   return p;
 }
 
@@ -63,7 +65,19 @@ FfnGrads FfnWeights::grads() {
           db2.numel() ? db2.data() : nullptr};
 }
 
+void FfnWeights::prepare_inference() {
+  const int64_t F1 = glu ? 2 * F : F;
+  w1_packed.pack(E, H, F1, w1.data(), H * F1);
+  w2_packed.pack(E, F, H, w2.data(), F * H);
+}
+
+void FfnWeights::release_inference() {
+  w1_packed.clear();
+  w2_packed.clear();
+}
+
 std::vector<ParamRef> FfnWeights::refs() {
+  release_inference();
   std::vector<ParamRef> r = {{"intermediate/kernel", &w1, &dw1}};
   if (b1.numel()) r.push_back({"intermediate/bias", &b1, &db1});
   r.push_back({"output/kernel", &w2, &dw2});
@@ -99,6 +113,7 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
 }
 
 void FeedForward::backward(const Tensor& dy, Tensor& dx) {
+  weights_.release_inference();  // an optimizer step follows
   check_arg(x_.numel() > 0, "FeedForward::backward: call forward first");
   check_shape("dy", dy.shape(), x_.shape());
   dx.resize(dy.shape());

@@ -19,13 +19,16 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   const bool drop_out = drop.enabled && p.output_dropout > 0;
   float* h = saved.h.data();
   float* a = saved.a.data();
+  auto packed = [](const PackedWeights* w, int64_t g, int64_t c0, int64_t k) {
+    return w ? w->panels(g, c0, k) : nullptr;
+  };
   for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const int64_t rows = t.end - t.begin;
     const float* w1 = p.w1 + t.group * H * F1;
     const MatRef x = MatRef::rows(xs + t.begin * H, H);
     if (p.glu)  // the linear half first (columns F + [c0, c1)): the epilogue below reads it
       kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + F + c0, F1), h + t.begin * F1 + F + c0, F1,
-                  false);
+                  false, nullptr, packed(p.w1_packed, t.group, F + c0, H));
     // Bias, activation, GLU product and inner dropout on each finished block, still in L1.
     const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
       const int64_t b0 = c0 + j0, b1 = b0 + nc;
@@ -45,7 +48,7 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
       }
     };
     kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), h + t.begin * F1 + c0, F1, false,
-                &epilogue);
+                &epilogue, packed(p.w1_packed, t.group, c0, H));
   });
   for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const float* b = p.b2 ? p.b2 + t.group * H : nullptr;
@@ -61,7 +64,7 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
     };
     kernel_gemm(t.end - t.begin, c1 - c0, F, MatRef::rows(a + t.begin * F, F),
                 MatRef::rows(p.w2 + t.group * F * H + c0, H), ys + t.begin * H + c0, H, false,
-                &epilogue);
+                &epilogue, packed(p.w2_packed, t.group, c0, F));
   });
 }
 

@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "sparsemoe/core/gemm.h"
+#include "sparsemoe/core/parallel.h"
 #include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe {
@@ -194,7 +195,8 @@ constexpr auto kWideFns256 = micro_table<Wide256>(std::make_integer_sequence<int
 
 // The level's micro-kernels: micro[rows - 1] computes `rows` rows.
 using DriverFn = void (*)(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c,
-                          int64_t ldc, bool accumulate, const GemmEpilogue* epilogue);
+                          int64_t ldc, bool accumulate, const GemmEpilogue* epilogue,
+                          const float* packed);
 struct Level {
   int64_t mr, nr;
   DriverFn run;
@@ -363,12 +365,14 @@ struct Ahead {
 template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
 [[gnu::always_inline]] inline void native_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b,
                                                float* c, int64_t ldc, bool accumulate,
-                                               const GemmEpilogue* epilogue) {
+                                               const GemmEpilogue* epilogue, const float* packed) {
   thread_local Scratch a_scratch, b_scratch, c_scratch;
   // Few rows and a row-major B: full panels are read where they are, a few whole rows at a time.
   // A transposed B (W^T) is packed in the usual chunks even then: short chunks would read each
   // weight row a few floats at a time.
   const bool in_place = m <= kFewRows && b.col_stride == 1;
+  // B packed beforehand ([panel][k][nr] from this call's first column): read, not packed.
+  if (in_place) packed = nullptr;
   const int64_t kb = in_place ? kFewKc(m) : kKc;
   const int64_t nc = in_place ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
   float* tile = c_scratch.get(mr * nr);
@@ -395,11 +399,13 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
       for (int64_t p0 = 0; p0 < k; p0 += kb) {
         const int64_t kc = std::min(kb, k - p0);
         const bool load = accumulate || p0 > 0;
-        if (here < gv) pack_b(b, p0, kc, g0 + here, gv - here, nr, bp);
+        if (here < gv && !packed) pack_b(b, p0, kc, g0 + here, gv - here, nr, bp);
         // Packed B comes from memory a chunk at a time: fetch the next chunk in this order (the
         // group's next k chunk, else the next group's first) while this one computes.
         Ahead ahead;
-        if (here == 0 && p0 + kb < k)
+        if (packed) {
+          // Panels packed beforehand are contiguous runs the micro-kernels prefetch themselves.
+        } else if (here == 0 && p0 + kb < k)
           ahead.start(b, p0 + kb, std::min(kb, k - p0 - kb), g0, gv);
         else if (here == 0 && g0 + nc < n)
           ahead.start(b, 0, std::min(kb, k), g0 + nc, std::min(nc, n - g0 - nc));
@@ -416,8 +422,9 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
             j0 += 3 * nr;  // four panels done
             continue;
           }
-          const float* panel =
-              direct ? b.data + p0 * b.row_stride + j0 : bp + (j0 - g0 - here) * kc;
+          const float* panel = direct   ? b.data + p0 * b.row_stride + j0
+                               : packed ? packed + j0 / nr * k * nr + p0 * nr
+                                        : bp + (j0 - g0 - here) * kc;
           const int64_t bs = direct ? b.row_stride : nr;
           for (int64_t q = 0; q < blocks; ++q) {
             const int64_t r0 = i0 + q * mr, rows = std::min(mr, mc - q * mr);
@@ -446,13 +453,17 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
 
 __attribute__((target("avx512f"))) void native_avx512(int64_t m, int64_t n, int64_t k, MatRef a,
                                                       MatRef b, float* c, int64_t ldc,
-                                                      bool accumulate, const GemmEpilogue* epi) {
-  native_gemm<kMr512, kNr512, kMicro512, kWideFns512>(m, n, k, a, b, c, ldc, accumulate, epi);
+                                                      bool accumulate, const GemmEpilogue* epi,
+                                                      const float* packed) {
+  native_gemm<kMr512, kNr512, kMicro512, kWideFns512>(m, n, k, a, b, c, ldc, accumulate, epi,
+                                                      packed);
 }
 __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64_t k, MatRef a,
                                                      MatRef b, float* c, int64_t ldc,
-                                                     bool accumulate, const GemmEpilogue* epi) {
-  native_gemm<kMr256, kNr256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate, epi);
+                                                     bool accumulate, const GemmEpilogue* epi,
+                                                     const float* packed) {
+  native_gemm<kMr256, kNr256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate, epi,
+                                                      packed);
 }
 
 // One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .
@@ -523,14 +534,14 @@ const Level* current_level() {
 }  // namespace
 
 void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
-                 bool accumulate, const GemmEpilogue* epilogue) {
+                 bool accumulate, const GemmEpilogue* epilogue, const float* packed_b) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
   } else if (const Level* lv = current_level()) {
     count_gemm_flops(m, n, k);
     if (m > 1 || b.row_stride != 1 || a.col_stride != 1)
-      return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue);
+      return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue, packed_b);
     row_times_transposed(n, k, a.data, b.data, b.col_stride, c, accumulate);
   } else {
     return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);
@@ -551,5 +562,38 @@ void gemm_fma_reference(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, flo
 }
 
 bool kernel_gemm_native() { return current_level() != nullptr; }
+
+void PackedWeights::pack(int64_t groups, int64_t k, int64_t n, const float* w,
+                         int64_t group_stride) {
+  clear();
+  const Level* lv = current_level();
+  if (!lv || groups <= 0 || k <= 0 || n <= 0) return;  // the baseline level packs nothing
+  const int64_t nr = lv->nr, panels = (n + nr - 1) / nr;
+  data_ = Tensor({groups, panels, k, nr});
+  float* out = data_.data();
+  parallel_for(groups * panels, [&](int64_t item) {
+    const int64_t g = item / panels, t = item % panels, w0 = std::min(nr, n - t * nr);
+    const float* src = w + g * group_stride + t * nr;
+    float* dst = out + item * k * nr;
+    for (int64_t p = 0; p < k; ++p) {
+      std::copy_n(src + p * n, w0, dst + p * nr);
+      std::fill(dst + p * nr + w0, dst + p * nr + nr, 0.f);
+    }
+  });
+  groups_ = groups, k_ = k, n_ = n, nr_ = nr, level_ = simd_target();
+}
+
+void PackedWeights::clear() {
+  data_ = Tensor();
+  groups_ = k_ = n_ = nr_ = 0;
+}
+
+const float* PackedWeights::panels(int64_t g, int64_t c0, int64_t k) const {
+  if (empty() || k != k_ || simd_target() != level_ || c0 % nr_ != 0 || g < 0 || g >= groups_ ||
+      c0 < 0 || c0 >= n_)
+    return nullptr;
+  const int64_t panels = (n_ + nr_ - 1) / nr_;
+  return data_.data() + ((g * panels) + c0 / nr_) * k_ * nr_;
+}
 
 }  // namespace sparsemoe

@@ -96,6 +96,10 @@ LoadedRun load_run(const std::string& run_dir) {
   r.labels = parse_run_labels(read_file(file("labels.json")), file("labels.json"));
   r.model = std::make_unique<TaskModel>(r.config, static_cast<int64_t>(r.labels.size()));
   r.step = load_checkpoint(file("checkpoint.safetensors"), *r.model, nullptr).step;
+  // A loaded run serves inference (eval, predict, inspect): its weights are packed once here
+  // instead of on every batch. Anything that changes them goes through params() or a backward,
+  // which drop the packed copies.
+  r.model->prepare_inference();
   return r;
 }
 

@@ -48,6 +48,9 @@ class EncoderBlock {
   void backward(const Tensor& dy, Tensor& dx);
 
   std::vector<ParamRef> params();
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference();
   bool is_moe() const { return config_.moe; }
   MoeLayer* moe_layer() { return moe_.get(); }  // null for a dense block
 

@@ -39,6 +39,12 @@ class MaskedLmHead {
   void backward(const Tensor& dlogits, const Tensor& table, Tensor& dsequence, Tensor& dtable);
 
   std::vector<ParamRef> params();
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() {
+    transform_.prepare_inference();
+    return transform_.packed_bytes();
+  }
 
   Tensor output_bias, output_bias_grad;  // [V]
 
@@ -65,6 +71,12 @@ class ClassificationHead {
 
   std::vector<ParamRef> params() { return prefixed("classifier", dense_.params()); }
   int64_t num_classes() const { return dense_.out(); }
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() {
+    dense_.prepare_inference();
+    return dense_.packed_bytes();
+  }
 
  private:
   double dropout_;

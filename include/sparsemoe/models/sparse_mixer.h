@@ -167,6 +167,12 @@ class SparseMixer {
 
   std::vector<ParamRef> params();
   int64_t count_params() { return sparsemoe::count_params(params()); }
+  // Packs every weight the GEMM kernel reads as B (projections, FFNs, experts, pooler) once for
+  // inference: forward then reads the packed copies instead of packing per call. Returns the
+  // bytes packed (one more copy of those weights). The copies are dropped by params() and by
+  // backward, the ways weights change; whoever writes a weight directly afterwards calls
+  // params() (or this again).
+  int64_t prepare_inference();
   const SparseMixerConfig& config() const { return config_; }
   Embeddings& embeddings() { return embeddings_; }
   EncoderBlock& block(int64_t l) { return *blocks_.at(l); }

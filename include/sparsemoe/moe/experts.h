@@ -38,6 +38,12 @@ class FeedForwardExperts {
   void backward(const Tensor& dy, Tensor& dx);
 
   std::vector<ParamRef> params() { return weights_.refs(); }
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() {
+    weights_.prepare_inference();
+    return weights_.packed_bytes();
+  }
   const FeedForwardExpertsConfig& config() const { return config_; }
   FfnWeights& weights() { return weights_; }
   // The dropout streams of one call (keyed by the layer seed and opt.step).

@@ -96,6 +96,9 @@ class MoeLayer {
 
   std::vector<ParamRef> params();
   int64_t count_params() { return sparsemoe::count_params(params()); }
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() { return experts_.prepare_inference(); }
   Shape output_shape(const Shape& input_shape) const;
   const MoeLayerConfig& config() const { return config_; }
   GateWeights& gate() { return gate_; }
@@ -131,6 +134,9 @@ class MoeLayerWithBackbone {
   void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
   std::vector<ParamRef> params();
   int64_t count_params() { return sparsemoe::count_params(params()); }
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() { return moe_.prepare_inference() + backbone_.prepare_inference(); }
   Shape output_shape(const Shape& s) const { return moe_.output_shape(s); }
   MoeLayer& moe() { return moe_; }
   FeedForward& backbone() { return backbone_; }

@@ -27,6 +27,9 @@ class SelfAttention {
   void backward(const Tensor& dy, Tensor& dx);
 
   std::vector<ParamRef> params();
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference();
 
  private:
   // p [rows, L] = the probabilities of query rows [i0, i0 + rows) of head bh (b * heads + h).

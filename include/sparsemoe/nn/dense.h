@@ -8,6 +8,7 @@
 
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/nn/layer_common.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
@@ -22,7 +23,15 @@ class Dense {
   // dy [..., out] -> dx [..., in] (overwritten; null skips it); accumulates kernel/bias grads.
   void backward(const Tensor& dy, Tensor* dx);
 
+  // Hands out writable views of the weights, so it drops the packed copy (prepare_inference).
   std::vector<ParamRef> params();
+  // Packs the kernel once for the GEMM kernel's current level (ops/gemm_kernel.h: PackedWeights),
+  // so forward calls stop packing it per call. The copy is dropped by params() and backward(),
+  // the ways weights change; a caller that writes `kernel` directly afterwards must call
+  // release_inference() (or prepare_inference() again).
+  void prepare_inference() { packed_.pack(1, in_, out_, kernel.data(), 0); }
+  void release_inference() { packed_.clear(); }
+  int64_t packed_bytes() const { return packed_.bytes(); }
   int64_t in() const { return in_; }
   int64_t out() const { return out_; }
 
@@ -36,6 +45,7 @@ class Dense {
   Tensor h_;                      // [N, out] pre-activation
   Tensor dh_;                     // [N, out]
   std::vector<int64_t> offsets_;  // {0, N}: one group of rows for the tiled GEMM
+  PackedWeights packed_;          // kernel packed for inference, or empty
 };
 
 }  // namespace sparsemoe

@@ -41,6 +41,13 @@ class Embeddings {
   void backward(const Tensor& dout, Tensor* ddense);
 
   std::vector<ParamRef> params();
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() {
+    if (!projection_) return 0;
+    projection_->prepare_inference();
+    return projection_->packed_bytes();
+  }
   const EmbeddingsConfig& config() const { return config_; }
 
   Tensor word, position, type;  // [V, W], [max_len, W], [type_vocab, W]

@@ -49,7 +49,13 @@ class FfnWeights {
   FfnWeights(const FeedForwardConfig& c, int64_t E, int64_t H, bool stacked, uint64_t seed);
   FfnParams params() const;
   FfnGrads grads();
+  // Writable views of the weights: drops the packed copies.
   std::vector<ParamRef> refs();
+  // W1 and W2 packed once for inference (see Dense::prepare_inference for the contract); dropped
+  // by refs() and by the layers' backward.
+  void prepare_inference();
+  void release_inference();
+  int64_t packed_bytes() const { return w1_packed.bytes() + w2_packed.bytes(); }
 
   Tensor w1, b1, w2, b2;      // [E,H,F1] [E,F1] [E,F,H] [E,H] (no E axis when not stacked)
   Tensor dw1, db1, dw2, db2;  // gradients
@@ -58,6 +64,7 @@ class FfnWeights {
   Activation activation;
   float inner_dropout, output_dropout;
   uint64_t seed;
+  PackedWeights w1_packed, w2_packed;  // empty unless prepared for inference
 };
 
 class FeedForward {
@@ -69,6 +76,12 @@ class FeedForward {
   void backward(const Tensor& dy, Tensor& dx);
 
   std::vector<ParamRef> params() { return weights_.refs(); }
+  // Packs the weights its GEMMs read for inference; returns the bytes packed (see
+  // Dense::prepare_inference: dropped by params() and backward).
+  int64_t prepare_inference() {
+    weights_.prepare_inference();
+    return weights_.packed_bytes();
+  }
   const FeedForwardConfig& config() const { return config_; }
   Shape output_shape(const Shape& input_shape) const;
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
@@ -26,8 +27,11 @@ struct FfnParams {
   const float* w2 = nullptr;  // [E, F, H]
   const float* b2 = nullptr;  // [E, H] or null
   Activation activation = Activation::kGelu;
-  float inner_dropout = 0.f;                          // on a, applied only when keys are given
-  float output_dropout = 0.f;                         // on ys
+  float inner_dropout = 0.f;   // on a, applied only when keys are given
+  float output_dropout = 0.f;  // on ys
+  // W1 and W2 packed beforehand (inference), or null: forward reads them instead of packing.
+  const PackedWeights* w1_packed = nullptr;
+  const PackedWeights* w2_packed = nullptr;
   int64_t width1() const { return glu ? 2 * F : F; }  // F1, the first GEMM's width
 };
 

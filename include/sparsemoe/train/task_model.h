@@ -54,6 +54,11 @@ class TaskModel {
   std::vector<ParamRef> all_params();
   std::vector<ParamRef> pretrain_params();  // network + masked-LM head
   std::vector<ParamRef> finetune_params();  // network + classifier
+  // Packs the network's and both heads' weights for inference (SparseMixer::prepare_inference);
+  // returns the bytes packed.
+  int64_t prepare_inference() {
+    return net.prepare_inference() + mlm.prepare_inference() + classifier.prepare_inference();
+  }
 
   SparseMixer net;
   MaskedLmHead mlm;

@@ -21,6 +21,7 @@ done
 packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nlohmann-json3-dev
           libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3
           libsentencepiece-dev wordnet-base chromium time
+          openmpi-bin libopenmpi-dev  # many processes (dist/): mpirun, the MPI backend
           clang libclang-rt-14-dev libomp-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
 if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
 
@@ -39,10 +40,11 @@ fi
 
 if [[ $sanitize -eq 1 ]]; then
   dir=build-asan
-  flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARSEMOE_SANITIZE=ON -DSPARSEMOE_BUILD_BENCHMARKS=OFF)
+  flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARSEMOE_SANITIZE=ON -DSPARSEMOE_BUILD_BENCHMARKS=OFF
+         -DSPARSEMOE_WITH_MPI=ON)
 else
   dir=build
-  flags=(-DCMAKE_BUILD_TYPE=Release)
+  flags=(-DCMAKE_BUILD_TYPE=Release -DSPARSEMOE_WITH_MPI=ON)
 fi
 cmake -S . -B "$dir" -G Ninja "${flags[@]}" >/dev/null
 cmake --build "$dir" -j "$(nproc)"

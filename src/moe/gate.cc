@@ -13,7 +13,7 @@ namespace sparsemoe {
 
 namespace {
 float jitter(const GateNoise& z, int64_t i) {
-  return 1.f - z.eps + 2.f * z.eps * uniform01(z.key, static_cast<uint64_t>(i));
+  return 1.f - z.eps + 2.f * z.eps * uniform01(z.key, static_cast<uint64_t>(z.offset + i));
 }
 }  // namespace
 

@@ -84,22 +84,38 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   const int64_t G = merge ? 1 : grp.num_groups, T = merge ? B * L : grp.tokens_per_group;
   const int64_t C = policy_->capacity(config_.capacity_rule(opt.training), T, E);
   if (opt.paddings) check_shape("paddings", opt.paddings->shape(), {B, L}, "[B, L]");
+  // Part of a global batch split over processes by whole groups (ForwardOptions).
+  const int64_t global_tokens = opt.global_tokens > 0 ? opt.global_tokens : B * L;
+  check_arg(opt.token_offset >= 0 && opt.token_offset % T == 0 && global_tokens % T == 0 &&
+                opt.token_offset + B * L <= global_tokens,
+            "MoeLayer: a process's share of the batch must be whole routing groups of T=" +
+                std::to_string(T) + " tokens within the global batch; got tokens [" +
+                std::to_string(opt.token_offset) + ", " + std::to_string(opt.token_offset + B * L) +
+                ") of " + std::to_string(global_tokens));
+  check_arg(
+      !merge || global_tokens == B * L,
+      "MoeLayer: router.local_dispatch=false gates the whole batch as one group, which cannot "
+      "be split over processes");
   act_.x_shape = x.shape();
   act_.G = G, act_.T = T;
 
   // Gate, then the routing policy.
   const uint64_t key = derive_key(config_.seed, kJitterTag, opt.step);
   act_.noise = {opt.training && config_.router.jitter_noise > 0, key,
-                static_cast<float>(config_.router.jitter_noise)};
+                static_cast<float>(config_.router.jitter_noise), opt.token_offset * H};
   gate_forward(gate_, x.data(), B * L, H, act_.noise, act_.gate_in, act_.routing.logits);
   act_.routed = route_logits(*policy_, config_.router, act_.routing.logits.data(), G, T, C,
                              opt.paddings ? opt.paddings->data() : nullptr, opt.training,
-                             derive_key(key, kTop2Stream), act_.routing);
+                             derive_key(key, kTop2Stream), act_.routing, opt.token_offset / T,
+                             global_tokens / T);
+  // Dropless capacity is the largest block's row count: over the whole batch, so that dropout
+  // counters ([G, E, C] slots) are the same on any process count.
+  if (comm_ && comm_->size() > 1) act_.routing.plan.C = comm_->allreduce_max(act_.routing.plan.C);
   const RoutingPlan& plan = act_.routing.plan;
 
   // Dispatch -> experts -> combine.
   y.resize(x.shape());
-  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts);
+  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts, comm_);
 
   MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;
@@ -114,7 +130,7 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
   // Combine -> experts -> dispatch backward: dx from the experts, a gradient per plan row.
-  experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts);
+  experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts, comm_);
   // Routing policy -> softmax and z-loss -> gate.
   act_.dlogits.resize({N, E});
   route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),

@@ -93,7 +93,8 @@ class TokensChoose final : public RoutingPolicy {
 
     double aux = 0;
     for (double x : group_aux) aux += x;
-    saved.aux_loss = aux * static_cast<double>(E) / static_cast<double>(G);  // mean_{g,e} * E^2
+    saved.aux_loss =  // mean_{g,e} * E^2 over the global batch's groups
+        aux * static_cast<double>(E) / static_cast<double>(a.total_groups());
 
     int64_t max_load = 0;
     for (int64_t l : load) max_load = std::max(max_load, l);
@@ -116,7 +117,7 @@ class TokensChoose final : public RoutingPolicy {
                 double aux_weight, double* dprobs) const override {
     scatter_row_gradients(plan, dweight, dprobs);
     const int64_t E = plan.E, N = plan.G * plan.T;
-    const double lb_scale = aux_weight * E / static_cast<double>(N);
+    const double lb_scale = aux_weight * E / static_cast<double>(plan.total_groups() * plan.T);
     if (lb_scale == 0) return;
     parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) {

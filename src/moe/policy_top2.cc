@@ -58,6 +58,7 @@ class Top2 final : public RoutingPolicy {
     const float threshold = static_cast<float>(std::max(opt_.second_expert_threshold, 1e-9));
     const uint64_t gumbel_key = derive_key(key, kGumbelStream),
                    random_key = derive_key(key, kRandomStream);
+    const int64_t n0 = a.group_offset * S;  // the global index of this call's first token
     saved = {};
     saved.top2.assign(G * S, {});
     saved.density.assign(G * E, 0.f);
@@ -109,7 +110,7 @@ class Top2 final : public RoutingPolicy {
         if (sampling) {
           float best = 0;
           for (int32_t e = 0; e < E; ++e) {
-            const float u = uniform01(gumbel_key, static_cast<uint64_t>(n * E + e));
+            const float u = uniform01(gumbel_key, static_cast<uint64_t>((n0 + n) * E + e));
             const float gumbel = -std::log(-std::log(u + 0.5f / 16777216.f));
             const float v = (m1[s] && e == i1 ? kVeryNegative : logits[n * E + e]) + gumbel;
             if (e == 0 || v > best) best = v, i2 = e;
@@ -153,7 +154,7 @@ class Top2 final : public RoutingPolicy {
         if (random) {
           // lingvo compares with the gate as it is at this point: normalised when legacy.
           const float g2 = opt_.legacy_mtf_behavior ? tk.p2 / (tk.p1 + tk.p2 + 1e-9f) : tk.p2;
-          if (!(uniform01(random_key, static_cast<uint64_t>(n)) < g2 / threshold)) continue;
+          if (!(uniform01(random_key, static_cast<uint64_t>(n0 + n)) < g2 / threshold)) continue;
         }
         pos2[s] = count2[tk.e2]++ + count1[tk.e2];
         ++sum2[g];
@@ -198,7 +199,8 @@ class Top2 final : public RoutingPolicy {
         static_cast<double>(o1) / static_cast<double>(std::max<int64_t>(1, s1));
     saved.over_capacity_2_ratio =
         static_cast<double>(o2) / static_cast<double>(std::max<int64_t>(1, s2));
-    saved.aux_loss = aux * static_cast<double>(E) / static_cast<double>(G);  // mean_{g,e} * E^2
+    saved.aux_loss =  // mean_{g,e} * E^2 over the global batch's groups
+        aux * static_cast<double>(E) / static_cast<double>(a.total_groups());
 
     plan.G = G, plan.T = S, plan.E = E, plan.C = C;
     // Within a (g, e) block rows go in slot order (slots may have gaps: zero gates keep theirs).
@@ -220,7 +222,7 @@ class Top2 final : public RoutingPolicy {
 
   void backward(const RoutingPlan& plan, const PolicySaved& saved, const float* dweight,
                 double aux_weight, double* dprobs) const override {
-    const int64_t G = plan.G, S = plan.T, E = plan.E;
+    const int64_t G = plan.G, S = plan.T, E = plan.E, G_all = plan.total_groups();
     const bool legacy = opt_.legacy_mtf_behavior;
     // d aux / d raw[g,s,e] = E/G * density1[g,e] * live1[g,s] / (S * denom[g]).
     parallel_for_range(G * S, 256, [&](int64_t b, int64_t end) {
@@ -229,7 +231,7 @@ class Top2 final : public RoutingPolicy {
         const int64_t g = n / S;
         const Top2Choice& tk = saved.top2[n];
         const double aux_scale =
-            tk.live1 ? aux_weight * E / (static_cast<double>(G) * S * saved.denom[g]) : 0.0;
+            tk.live1 ? aux_weight * E / (static_cast<double>(G_all) * S * saved.denom[g]) : 0.0;
         for (int64_t e = 0; e < E; ++e)
           dp[e] = static_cast<float>(aux_scale * saved.density[g * E + e]);
         // The gradient of each kept choice's combine weight: its row's, 0 when it has no row.

@@ -97,7 +97,8 @@ RouteResult plan_metrics(const RoutingPlan& plan, int64_t valid_tokens) {
 
 RouteResult route_logits(const RoutingPolicy& policy, const RouterConfig& config,
                          const float* logits, int64_t G, int64_t T, int64_t C,
-                         const float* paddings, bool training, uint64_t key, RoutingRecord& rec) {
+                         const float* paddings, bool training, uint64_t key, RoutingRecord& rec,
+                         int64_t group_offset, int64_t global_groups) {
   const int64_t E = config.num_experts, N = G * T;
   check_arg(paddings == nullptr || policy.takes_paddings(),
             "paddings: supported by router type 'top2' only, the router is '" +
@@ -137,12 +138,16 @@ RouteResult route_logits(const RoutingPolicy& policy, const RouterConfig& config
   a.G = G, a.T = T, a.E = E, a.C = C;
   a.sample = training || config.sample_in_eval;
   a.key = key;
+  a.group_offset = group_offset, a.global_groups = global_groups;
   policy.route(a, rec.plan, rec.saved);
+  rec.plan.group_offset = group_offset, rec.plan.global_groups = global_groups;
 
   RouteResult out = plan_metrics(rec.plan, rec.saved.valid_tokens);
   double z = 0;
   for (int64_t n = 0; n < N; ++n) z += static_cast<double>(ls[n]) * ls[n];
-  out.unscaled_router_z_loss = N ? z / N : 0.0;
+  // The mean over the global batch: this process's share of it when the batch is split.
+  const double n_global = static_cast<double>(a.total_groups() * T);
+  out.unscaled_router_z_loss = N ? z / n_global : 0.0;
   out.router_z_loss = config.router_z_loss_weight * out.unscaled_router_z_loss;
   out.load_balancing_loss = rec.saved.aux_loss;
   out.over_capacity_1_ratio = rec.saved.over_capacity_1_ratio;
@@ -155,12 +160,14 @@ void route_logits_backward(const RoutingPolicy& policy, const RouterConfig& conf
                            RoutingRecord& rec, const float* dweight, double loss_scale,
                            float* dlogits) {
   const int64_t E = rec.E, N = rec.G * rec.T;
+  const int64_t n_global = rec.plan.total_groups() * rec.T;
   rec.dprobs.resize(N * E);
   policy.backward(rec.plan, rec.saved, dweight, config.load_balancing_loss_weight * loss_scale,
                   rec.dprobs.data());
   // Through the softmax, then the z-loss term d z / d logit[n,e] = 2/N * lse[n] *
   // softmax(logits)[n,e] (the real logits: with padded experts, not the gate's probs).
-  const double z_scale = config.router_z_loss_weight * loss_scale * 2.0 / static_cast<double>(N);
+  const double z_scale =
+      config.router_z_loss_weight * loss_scale * 2.0 / static_cast<double>(n_global);
   const float* pr = rec.probs.data();
   const float* lg = rec.logits.data();
   const float* ls = rec.lse.data();

@@ -19,6 +19,7 @@ struct GateNoise {
   bool jittered = false;
   uint64_t key = 0;
   float eps = 0.f;
+  int64_t offset = 0;  // flat [N, H] index of this call's first element in the global batch
 };
 
 // x [N, H] -> gate_in [N, H] (x~, saved for backward), logits [N, E].

@@ -105,8 +105,15 @@ class MoeLayer {
   FeedForwardExperts& experts() { return experts_; }
   const MoeActivations& activations() const { return act_; }
   const RoutingPlan& plan() const { return act_.routing.plan; }
+  // Expert parallelism over `comm`'s ranks (null or one rank: none). Every rank then calls
+  // forward and backward collectively with its own whole groups of the global batch
+  // (ForwardOptions::token_offset, global_tokens); a rank runs, and accumulates gradients for, only
+  // the experts it owns (expert_shard). The expert weights stay whole on every rank for now.
+  void set_communicator(Communicator* comm) { comm_ = comm; }
+  Communicator* communicator() const { return comm_; }
 
  private:
+  Communicator* comm_ = nullptr;
   MoeLayerConfig config_;
   std::unique_ptr<RoutingPolicy> policy_;
   GateWeights gate_;

@@ -151,6 +151,9 @@ struct RouteArgs {
   int64_t C = 0;        // from capacity(); < 0: dropless
   bool sample = false;  // top2's random policies draw
   uint64_t key = 0;     // their counter key
+  // Many processes: these are groups [group_offset, group_offset + G) of global_groups (0: G).
+  int64_t group_offset = 0, global_groups = 0;
+  int64_t total_groups() const { return global_groups > 0 ? global_groups : G; }
 };
 
 class RoutingPolicy {
@@ -209,7 +212,8 @@ struct RoutingRecord {
 // from the RNG key `key`.
 RouteResult route_logits(const RoutingPolicy& policy, const RouterConfig& config,
                          const float* logits, int64_t G, int64_t T, int64_t C,
-                         const float* paddings, bool training, uint64_t key, RoutingRecord& rec);
+                         const float* paddings, bool training, uint64_t key, RoutingRecord& rec,
+                         int64_t group_offset = 0, int64_t global_groups = 0);
 // dweight [R] -> dlogits [G*T, E] (overwritten), with the aux and z-loss gradients scaled by
 // loss_scale (the factor the caller's task-loss gradient carries).
 void route_logits_backward(const RoutingPolicy& policy, const RouterConfig& config,

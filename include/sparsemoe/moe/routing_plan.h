@@ -14,6 +14,9 @@ namespace sparsemoe {
 struct RoutingPlan {
   int64_t G = 0, T = 0, E = 0;
   int64_t C = 0;  // capacity; with dropless routing, the largest number of rows any (g, e) got
+  // Many processes: these G groups are groups [group_offset, group_offset + G) of global_groups
+  // (0: G). Dropout counters and loss normalisers use the global numbers.
+  int64_t group_offset = 0, global_groups = 0;
 
   std::vector<int64_t> expert_offsets;  // [E+1] rows of expert e: [offsets[e], offsets[e+1])
   std::vector<int32_t> row_token;       // [R] flat token index g*T + t
@@ -24,11 +27,12 @@ struct RoutingPlan {
   std::vector<int32_t> token_rows;      // [R]
 
   int64_t rows() const { return static_cast<int64_t>(row_token.size()); }
+  int64_t total_groups() const { return global_groups > 0 ? global_groups : G; }
   int64_t row_group(int64_t r) const { return row_token[r] / T; }
   // Counter base used for dropout of row r so that the sparse path and the masked reference
   // path draw identical masks: the row's position in a dense [G, E, C] buffer.
   uint64_t dense_slot_id(int64_t expert, int64_t r) const {
-    return static_cast<uint64_t>((row_group(r) * E + expert) * C + row_slot[r]);
+    return static_cast<uint64_t>(((group_offset + row_group(r)) * E + expert) * C + row_slot[r]);
   }
 
   // Lays rows out expert-major from the row count of each (g, e) block, load [G, E]: sets

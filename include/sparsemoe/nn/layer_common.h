@@ -15,6 +15,12 @@ struct ForwardOptions {
   bool training = false;  // selects jitter, dropout and the train capacity factor
   uint64_t step = 0;      // folded into RNG keys: a new step draws new dropout/jitter noise
   const Tensor* paddings = nullptr;  // [B, L] of 0/1 (1 = padding), for layers that use them
+  // Many processes: this call's tokens are tokens [token_offset, token_offset + N) of a global
+  // batch of global_tokens (0: just this call's N), split over the processes by whole routing
+  // groups. Random streams are keyed by global token and losses normalised by the global batch,
+  // so a token draws the same noise and gets the same gradient whatever the process count.
+  int64_t token_offset = 0;
+  int64_t global_tokens = 0;
 };
 
 struct ParamRef {

@@ -18,6 +18,7 @@
 #include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/moe/moe_layer.h"
 #include "sparsemoe/ops/probe.h"
 
@@ -37,9 +38,10 @@ struct BenchArgs {
   double min_time = 1.0;
   bool dropless = false;
   bool json_out = false;
+  int runs = 5;  // timed calls under mpirun (a fixed count: every call is collective)
 };
 
-json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
+MoeLayerConfig bench_config(const BenchArgs& a, const std::string& router, int64_t k) {
   MoeLayerConfig c;
   c.hidden_size = a.hidden;
   c.experts.num_experts = a.experts;
@@ -59,6 +61,11 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   } catch (const ConfigError&) {
     c.dropless = false;
   }
+  return c;
+}
+
+json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
+  const MoeLayerConfig c = bench_config(a, router, k);
   MoeLayer layer(c);
   const int64_t B = a.batch, L = a.tokens_per_group, H = a.hidden, N = B * L;
   Tensor x({B, L, H}), y, dy({B, L, H}), dx;
@@ -119,6 +126,123 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
           {"forward_vs_library", lib / fwd}};
 }
 
+// Median of `runs` timed calls of fn, every rank starting each call together; the slowest
+// rank's median (a step takes as long as its slowest rank).
+template <class Fn>
+double time_collective(Communicator& w, int runs, Fn&& fn) {
+  fn();  // warm-up: workspaces
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) {
+    w.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  std::vector<double> all(w.size());
+  w.allgather(&t[t.size() / 2], sizeof(double), all.data());
+  return *std::max_element(all.begin(), all.end());
+}
+
+// Under mpirun: the layer with its experts split over the ranks, each rank holding batch x T
+// tokens of a global batch P times as large (weak scaling). Reported next to the ideal: every
+// rank running the whole layer alone on its own tokens, all at once (so they share the machine as
+// the parallel run does), which is P processes' throughput with no exchange at all.
+json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k, Communicator& w) {
+  const MoeLayerConfig c = bench_config(a, router, k);
+  const int P = w.size(), rank = w.rank();
+  const int64_t B = a.batch, L = a.tokens_per_group, H = a.hidden, N = B * L;
+  Tensor x({B, L, H}), dy({B, L, H}), y, dx;
+  for (int64_t i = 0; i < x.numel(); ++i) {  // keyed by global position: ranks hold other tokens
+    x[i] = 2.f * uniform01(1, rank * N * H + i) - 1.f;
+    dy[i] = 2.f * uniform01(2, rank * N * H + i) - 1.f;
+  }
+  ForwardOptions opt{true, 0};
+  MoeLayer alone(c);
+  const double ideal = time_collective(w, a.runs, [&] {
+    alone.forward(x, y, opt);
+    alone.backward(dy, dx);
+  });
+  MoeLayer layer(c);
+  layer.set_communicator(&w);
+  opt.token_offset = rank * N;
+  opt.global_tokens = P * N;
+  const double fwd = time_collective(w, a.runs, [&] { layer.forward(x, y, opt); });
+  std::vector<double> exchange, compute;
+  int64_t bytes = 0;
+  const double fb = time_collective(w, a.runs, [&] {
+    layer.forward(x, y, opt);
+    layer.backward(dy, dx);
+    const ExchangeRows& ep = layer.activations().experts.ep;
+    exchange.push_back(ep.exchange_seconds);
+    compute.push_back(ep.compute_seconds);
+    bytes = ep.bytes_sent;
+  });
+  std::sort(exchange.begin(), exchange.end());
+  std::sort(compute.begin(), compute.end());
+  const double ex = exchange[exchange.size() / 2], co = compute[compute.size() / 2];
+  const ExpertShard sh = layer.activations().experts.ep.shard;
+  return {{"router", router},
+          {"k", k},
+          {"processes", P},
+          {"rank", rank},
+          {"experts_owned", sh.count},
+          {"tokens_per_rank", N},
+          {"forward_ms", fwd * 1e3},
+          {"forward_backward_ms", fb * 1e3},
+          {"forward_backward_tokens_per_s", P * N / fb},
+          {"exchange_ms", ex * 1e3},
+          {"expert_compute_ms", co * 1e3},
+          {"exchange_share", ex / fb},
+          {"bytes_sent_per_token", static_cast<double>(bytes) / N},
+          {"ideal_forward_backward_ms", ideal * 1e3},
+          {"scaling_efficiency", ideal / fb}};
+}
+
+int run_bench_moe_distributed(const BenchArgs& a,
+                              const std::vector<std::pair<std::string, int64_t>>& runs) {
+  Communicator& w = world();
+  json env = bench_environment();
+  env["processes"] = w.size();
+  env["backend"] = w.backend();
+  const bool print = w.rank() == 0;
+  if (print && !a.json_out)
+    std::cout << "sparsemoe bench moe  H=" << a.hidden << " F=" << a.d_ff << " E=" << a.experts
+              << " T=" << a.tokens_per_group << " batch=" << a.batch << " per rank, " << w.size()
+              << " processes (expert parallelism)\nenvironment: " << env.dump() << "\n";
+  json results = json::array();
+  for (const auto& [router, k] : runs) {
+    json r = bench_distributed(a, router, k, w);
+    // Every rank's exchange and compute times, for the slowest rank's view.
+    const double mine[2] = {r["exchange_ms"].get<double>(), r["expert_compute_ms"].get<double>()};
+    std::vector<double> all(2 * w.size());
+    w.allgather(mine, sizeof mine, all.data());
+    json per_rank = json::array();
+    for (int p = 0; p < w.size(); ++p)
+      per_rank.push_back({{"exchange_ms", all[2 * p]}, {"expert_compute_ms", all[2 * p + 1]}});
+    r["per_rank"] = per_rank;
+    results.push_back(r);
+    if (print && !a.json_out) {
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "%-15s k=%ld  fwd %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s (all ranks) | "
+                    "rank 0: exchange %7.3f ms (%.0f%%), expert compute %7.3f ms, %.0f bytes "
+                    "sent per token | alone %8.3f ms: scaling efficiency %.0f%%\n",
+                    router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
+                    r["forward_backward_ms"].get<double>(),
+                    r["forward_backward_tokens_per_s"].get<double>(),
+                    r["exchange_ms"].get<double>(), 100 * r["exchange_share"].get<double>(),
+                    r["expert_compute_ms"].get<double>(), r["bytes_sent_per_token"].get<double>(),
+                    r["ideal_forward_backward_ms"].get<double>(),
+                    100 * r["scaling_efficiency"].get<double>());
+      std::cout << line << std::flush;
+    }
+  }
+  if (print && a.json_out)
+    std::cout << json{{"environment", env}, {"results", results}}.dump(2) << "\n";
+  return 0;
+}
+
 int run_bench_moe(const BenchArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   json env = bench_environment();
@@ -135,6 +259,7 @@ int run_bench_moe(const BenchArgs& a) {
                        : a.router == "top2"        ? 2
                                                    : 1}};
   }
+  if (world().size() > 1) return run_bench_moe_distributed(a, runs);
   json results = json::array();
   if (!a.json_out)
     std::cout << "sparsemoe bench moe  H=" << a.hidden << " F=" << a.d_ff << " E=" << a.experts
@@ -211,6 +336,9 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->add_option("--min-time", a->min_time, "seconds per measurement")->capture_default_str();
   moe->add_flag("--dropless", a->dropless, "tokens_choose without a capacity limit");
   moe->add_flag("--json", a->json_out, "machine-readable output");
+  moe->add_option("--runs", a->runs, "under mpirun: timed calls per measurement (median)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
   add_bench_model_command(*bench, run);
   add_bench_cases_command(*bench, run);

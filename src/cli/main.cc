@@ -6,8 +6,11 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <stdexcept>
+#include <string>
 
 #include "commands.h"
+#include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/ops/simd.h"
 
 namespace {
@@ -41,10 +44,20 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
+  // Under mpirun every rank runs this program. A rank that fails ends the whole job with its
+  // message (abort_job), so that no other rank is left waiting in a collective.
+  const bool many = sparsemoe::launched_under_mpi() && sparsemoe::built_with_mpi();
   try {
     sparsemoe::simd_target();  // a bad SPARSEMOE_SIMD is reported here, before any work
+    if (many && sparsemoe::world().size() > 1 &&
+        !app.get_subcommand("bench")->got_subcommand("moe"))
+      throw std::invalid_argument(
+          "under mpirun with " + std::to_string(sparsemoe::world().size()) +
+          " processes: only `bench moe` runs on many processes yet (expert parallelism); "
+          "training on many processes is not built (docs/distributed.md)");
     return run();
   } catch (const std::exception& e) {
+    if (many) sparsemoe::abort_job(std::string("sparsemoe: error: ") + e.what(), 2);
     std::cerr << "sparsemoe: error: " << e.what() << "\n";
     return 2;
   }

@@ -22,5 +22,32 @@ err=$(run "$bin" route < /dev/null 2>&1); status=$?
 [[ "$err" == *"rank 0 failed"*"only \`bench moe\` runs on many processes"* ]] ||
   { echo "FAIL: route under mpirun: message was: $err"; fail=1; }
 
+# A rank killed mid-run (SIGKILL): the launcher ends the others and the job exits non-zero within
+# a bounded time, never a hang.
+start=$(date +%s)
+timeout 120 "$mpirun" -np 2 --oversubscribe "$bin" bench moe --hidden 64 --d-ff 128 --experts 4 \
+    --tokens-per-group 128 --batch 4 --router tokens_choose --k 1 --runs 100000 > /dev/null 2>&1 &
+job=$!  # timeout -> mpirun -> the two ranks
+ranks=""
+for _ in $(seq 100); do  # wait for both ranks to be running
+  sleep 0.1
+  launcher=$(pgrep -P $job || true)
+  [[ -n "$launcher" ]] && ranks=$(pgrep -P "$launcher" || true)
+  [[ $(wc -w <<< "$ranks") -eq 2 ]] && break
+done
+[[ $(wc -w <<< "$ranks") -eq 2 ]] || { echo "FAIL: the two rank processes were not found"; fail=1; }
+sleep 1
+victim=$(head -1 <<< "$ranks")
+[[ -n "$victim" ]] && kill -9 "$victim"
+wait $job; status=$?
+elapsed=$(($(date +%s) - start))
+[[ $status -ne 0 ]] || { echo "FAIL: a killed rank left exit status 0"; fail=1; }
+((elapsed < 60)) || { echo "FAIL: the job took ${elapsed}s to end after a rank was killed"; fail=1; }
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null); [[ -n "$st" && "$st" != Z* ]]; }
+for pid in $ranks; do  # the surviving rank is ended too (within 10 s of the job's end)
+  for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && { echo "FAIL: rank process $pid outlived the job"; kill -9 "$pid"; fail=1; }
+done
+
 [[ $fail -eq 0 ]] && echo "cli mpi: all checks passed"
 exit $fail

@@ -167,6 +167,7 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
   layer.set_communicator(&w);
   opt.token_offset = rank * N;
   opt.global_tokens = P * N;
+  opt.units = P;  // a rank's tokens are one data-parallel unit
   const double fwd = time_collective(w, a.runs, [&] { layer.forward(x, y, opt); });
   std::vector<double> exchange, compute;
   int64_t bytes = 0;

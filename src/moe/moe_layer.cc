@@ -96,6 +96,21 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
       !merge || global_tokens == B * L,
       "MoeLayer: router.local_dispatch=false gates the whole batch as one group, which cannot "
       "be split over processes");
+  // Data-parallel units: this call holds whole ones, and with several processes every process
+  // holds as many (the sum over ranks is a tree over equal blocks).
+  check_arg(opt.units >= 1 && global_tokens % opt.units == 0 &&
+                opt.token_offset % (global_tokens / opt.units) == 0 &&
+                (B * L) % (global_tokens / opt.units) == 0,
+            "MoeLayer: units=" + std::to_string(opt.units) + " must split the global batch of " +
+                std::to_string(global_tokens) + " tokens into equal runs, this call's tokens [" +
+                std::to_string(opt.token_offset) + ", " + std::to_string(opt.token_offset + B * L) +
+                ") being whole ones");
+  act_.units = B * L / (global_tokens / opt.units);
+  if (comm_ && comm_->size() > 1)
+    check_arg(act_.units * comm_->size() == opt.units,
+              "MoeLayer: with " + std::to_string(comm_->size()) + " processes each must hold " +
+                  "units / processes of the units=" + std::to_string(opt.units) +
+                  ", this one holds " + std::to_string(act_.units));
   act_.x_shape = x.shape();
   act_.G = G, act_.T = T;
 
@@ -135,7 +150,8 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   act_.dlogits.resize({N, E});
   route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),
                         loss_scale, act_.dlogits.data());
-  gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data());
+  gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data(),
+                act_.units, comm_);
 }
 
 MoeLayerWithBackboneConfig MoeLayerWithBackboneConfig::from_json(const nlohmann::json& j) {

@@ -3,7 +3,9 @@
 // one-process reference) and its own whole groups through the other with world(), which owns a
 // block of experts. Each rank's outputs and input gradients, and the expert-weight gradients of
 // the experts it owns, must equal the reference's bit for bit: with jitter, both dropouts, the
-// four routers, capacity and dropless routing, and an expert count the ranks do not divide.
+// four routers, capacity and dropless routing, and an expert count the ranks do not divide. The
+// router's weight gradient, a sum over every token, is split into 4 data-parallel units added as
+// a fixed tree (ForwardOptions::units): equal bit for bit too.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -68,6 +70,7 @@ void check_case(const Case& c) {
   Tensor y_ref, dx_ref, y, dx;
   for (uint64_t step : {3, 4}) {  // a second step: workspaces reused, new noise
     ForwardOptions opt{true, step};
+    opt.units = 4;  // data-parallel units: the router's gradient is summed per unit, as a tree
     const MoeMetrics m_ref = ref.forward(x, y_ref, opt);
     ref.backward(dy, dx_ref);
     Tensor xl({Bl, L, H}), dyl({Bl, L, H});
@@ -114,6 +117,14 @@ void check_case(const Case& c) {
   same_block(a.dw2, b.dw2, a.F * H, "dw2");
   same_block(a.db1, b.db1, F1, "db1");
   same_block(a.db2, b.db2, H, "db2");
+  // The router's gradients: the same units summed in the same tree, across the ranks.
+  const GateWeights& ga = ref.gate();
+  const GateWeights& gb = dist.gate();
+  int64_t differ = 0;
+  for (int64_t i = 0; i < ga.kernel_grad.numel(); ++i)
+    differ += ga.kernel_grad[i] != gb.kernel_grad[i];
+  for (int64_t i = 0; i < ga.bias_grad.numel(); ++i) differ += ga.bias_grad[i] != gb.bias_grad[i];
+  EXPECT_EQ(differ, 0) << "router gradients differ";
 }
 
 TEST(MpiMoe, ExpertParallelEqualsOneProcess) {

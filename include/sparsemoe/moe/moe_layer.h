@@ -69,6 +69,7 @@ struct MoeMetrics : RouteResult {
 struct MoeActivations {
   Shape x_shape;  // [B, L, H]
   int64_t G = 0, T = 0;
+  int64_t units = 1;  // this call's data-parallel units (ForwardOptions::units, this share)
   // gate
   GateNoise noise;        // the jitter of this call (regenerated in backward)
   Tensor gate_in;         // [N, H] the router's input: x, times the jitter noise when jittered

@@ -21,6 +21,12 @@ struct ForwardOptions {
   // so a token draws the same noise and gets the same gradient whatever the process count.
   int64_t token_offset = 0;
   int64_t global_tokens = 0;
+  // The global batch's data-parallel units: equal runs of consecutive tokens (a process holds
+  // whole units). Every sum over tokens into a weight gradient is split at unit boundaries and
+  // the parts added as one fixed pairwise tree (dist/communicator.h tree_sum), across processes
+  // too, so its bits do not depend on how many processes share the units. 1: one sum over all
+  // tokens, as always. Layers that honour it say so (MoeLayer's router; the others: not yet).
+  int64_t units = 1;
 };
 
 struct ParamRef {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The command-line tool under mpirun (2 ranks): `bench moe` runs the MoE layer with its experts
 # split over the ranks and reports exchange, compute, bytes per token and scaling efficiency from
-# rank 0 only; any other command refuses to run on many processes, and the job ends with status
+# rank 0 only; `bench comm` reports latency, bandwidth and all-to-all times; any other command refuses to run on many processes, and the job ends with status
 # 2 and the failing rank named instead of hanging. Usage: cli_mpi_test.sh MPIRUN SPARSEMOE
 set -u
 mpirun=$1
@@ -17,9 +17,14 @@ for want in '"processes": 2' '"backend": "mpi"' '"scaling_efficiency"' '"exchang
 done
 [[ $(grep -c '"results"' <<< "$out") -eq 1 ]] || { echo "FAIL: expected one report (rank 0's)"; fail=1; }
 
+out=$(run "$bin" bench comm --runs 2 --json 2>&1) || { echo "FAIL: bench comm exit status"; fail=1; }
+for want in '"latency_us"' '"bandwidth_gbps"' '"alltoallv"' '"rows_per_rank": 16384' '"processes": 2'; do
+  [[ "$out" == *"$want"* ]] || { echo "FAIL: bench comm output lacks $want"; fail=1; }
+done
+
 err=$(run "$bin" route < /dev/null 2>&1); status=$?
 [[ $status -eq 2 ]] || { echo "FAIL: route under mpirun: exit status $status, expected 2"; fail=1; }
-[[ "$err" == *"rank 0 failed"*"only \`bench moe\` runs on many processes"* ]] ||
+[[ "$err" == *"rank 0 failed"*"only \`bench moe\` and \`bench comm\` run on many processes"* ]] ||
   { echo "FAIL: route under mpirun: message was: $err"; fail=1; }
 
 # A rank killed mid-run (SIGKILL): the launcher ends the others and the job exits non-zero within

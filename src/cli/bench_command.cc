@@ -343,6 +343,7 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
   add_bench_model_command(*bench, run);
   add_bench_cases_command(*bench, run);
+  add_bench_comm_command(*bench, run);
 }
 
 }  // namespace sparsemoe::cli

@@ -22,5 +22,7 @@ void add_run_commands(CLI::App& app, std::function<int()>& run);
 void add_bench_model_command(CLI::App& bench, std::function<int()>& run);
 // `bench cases`: the test harness's registered cases.
 void add_bench_cases_command(CLI::App& bench, std::function<int()>& run);
+// `bench comm` (bench_comm_command.cc): the communicator's costs under mpirun.
+void add_bench_comm_command(CLI::App& bench, std::function<int()>& run);
 
 }  // namespace sparsemoe::cli

@@ -50,10 +50,11 @@ int main(int argc, char** argv) {
   try {
     sparsemoe::simd_target();  // a bad SPARSEMOE_SIMD is reported here, before any work
     if (many && sparsemoe::world().size() > 1 &&
-        !app.get_subcommand("bench")->got_subcommand("moe"))
+        !app.get_subcommand("bench")->got_subcommand("moe") &&
+        !app.get_subcommand("bench")->got_subcommand("comm"))
       throw std::invalid_argument(
           "under mpirun with " + std::to_string(sparsemoe::world().size()) +
-          " processes: only `bench moe` runs on many processes yet (expert parallelism); "
+          " processes: only `bench moe` and `bench comm` run on many processes yet; "
           "training on many processes is not built (docs/distributed.md)");
     return run();
   } catch (const std::exception& e) {

@@ -25,23 +25,6 @@ struct CommArgs {
   bool json_out = false;
 };
 
-// Median seconds of fn over `runs` calls, every rank starting together; the slowest rank's.
-template <class Fn>
-double median_collective(Communicator& w, int runs, Fn&& fn) {
-  fn();
-  std::vector<double> t;
-  for (int i = 0; i < runs; ++i) {
-    w.barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  std::vector<double> all(w.size());
-  w.allgather(&t[t.size() / 2], sizeof(double), all.data());
-  return *std::max_element(all.begin(), all.end());
-}
-
 int run_bench_comm(const CommArgs& a) {
   Communicator& w = world();
   const int P = w.size(), r = w.rank();
@@ -53,7 +36,7 @@ int run_bench_comm(const CommArgs& a) {
   json j = {{"processes", P}, {"backend", w.backend()}, {"cpu", cpu_model()}};
   // Latency: a round trip of 8 bytes is two one-way messages.
   double small = 0, big_in[1] = {0};
-  const double rtt = median_collective(w, a.runs * 10, [&] {
+  const double rtt = time_collective(w, a.runs * 10, [&] {
     w.sendrecv(&small, big_in, sizeof small, peer);
     w.sendrecv(&small, big_in, sizeof small, peer);
   });
@@ -62,7 +45,7 @@ int run_bench_comm(const CommArgs& a) {
   const int64_t bytes = int64_t{64} << 20;
   std::vector<char> out(bytes, 1), in(bytes);
   const double t_big =
-      median_collective(w, a.runs, [&] { w.sendrecv(out.data(), in.data(), bytes, peer); });
+      time_collective(w, a.runs, [&] { w.sendrecv(out.data(), in.data(), bytes, peer); });
   j["bandwidth_gbps"] = bytes / t_big / 1e9;
   // The all-to-all of rows of 2 KiB (H = 512 floats) that expert parallelism runs: each rank sends
   // `rows` rows in total, split evenly over the ranks.
@@ -71,7 +54,7 @@ int run_bench_comm(const CommArgs& a) {
     const int64_t row_bytes = 2048;
     std::vector<int64_t> counts(P, rows / P);
     std::vector<char> send(rows * row_bytes, 2), recv(rows * row_bytes);
-    const double t = median_collective(w, a.runs, [&] {
+    const double t = time_collective(w, a.runs, [&] {
       w.alltoallv(send.data(), counts.data(), recv.data(), counts.data(), row_bytes);
     });
     a2a.push_back({{"rows_per_rank", rows},

@@ -126,24 +126,6 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
           {"forward_vs_library", lib / fwd}};
 }
 
-// Median of `runs` timed calls of fn, every rank starting each call together; the slowest
-// rank's median (a step takes as long as its slowest rank).
-template <class Fn>
-double time_collective(Communicator& w, int runs, Fn&& fn) {
-  fn();  // warm-up: workspaces
-  std::vector<double> t;
-  for (int i = 0; i < runs; ++i) {
-    w.barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  std::vector<double> all(w.size());
-  w.allgather(&t[t.size() / 2], sizeof(double), all.data());
-  return *std::max_element(all.begin(), all.end());
-}
-
 // Under mpirun: the layer with its experts split over the ranks, each rank holding batch x T
 // tokens of a global batch P times as large (weak scaling). Reported next to the ideal: every
 // rank running the whole layer alone on its own tokens, all at once (so they share the machine as

@@ -13,6 +13,7 @@
 
 #include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/parallel.h"
+#include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe::cli {
@@ -51,6 +52,26 @@ double time_it(Fn&& fn, double min_time, size_t min_runs = 3) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Under mpirun: the median seconds of `runs` calls of fn after one warm-up call, every rank
+// starting each call together (a fixed count: every call is collective, so no rank may stop on
+// its own clock). The slowest rank's median: a collective step lasts as long as its slowest rank.
+template <class Fn>
+double time_collective(Communicator& w, int runs, Fn&& fn) {
+  using Clock = std::chrono::steady_clock;
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) {
+    w.barrier();
+    const auto a = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  std::vector<double> all(w.size());
+  w.allgather(&t[t.size() / 2], sizeof(double), all.data());
+  return *std::max_element(all.begin(), all.end());
 }
 
 }  // namespace sparsemoe::cli

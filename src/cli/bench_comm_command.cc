@@ -35,10 +35,10 @@ int run_bench_comm(const CommArgs& a) {
   const int peer = partner < P ? partner : r;
   json j = {{"processes", P}, {"backend", w.backend()}, {"cpu", cpu_model()}};
   // Latency: a round trip of 8 bytes is two one-way messages.
-  double small = 0, big_in[1] = {0};
+  double ping = 0, pong = 0;
   const double rtt = time_collective(w, a.runs * 10, [&] {
-    w.sendrecv(&small, big_in, sizeof small, peer);
-    w.sendrecv(&small, big_in, sizeof small, peer);
+    w.sendrecv(&ping, &pong, sizeof ping, peer);
+    w.sendrecv(&ping, &pong, sizeof ping, peer);
   });
   j["latency_us"] = rtt / 2 * 1e6;
   // Bandwidth: 64 MiB each way at once (sendrecv), bytes moved per second per rank.

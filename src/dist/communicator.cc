@@ -15,11 +15,6 @@ namespace sparsemoe {
 
 namespace {
 
-class Done : public CommRequest {
- public:
-  void wait() override {}
-};
-
 // One process: every collective is a copy (or nothing), and a rank can only talk to itself.
 class SingleProcess : public Communicator {
  public:
@@ -40,7 +35,7 @@ class SingleProcess : public Communicator {
                   " rows to itself but expects " + std::to_string(recv_rows[0]));
     const int64_t bytes = send_rows[0] * row_bytes;
     if (bytes > 0 && send != recv) std::memmove(recv, send, static_cast<size_t>(bytes));
-    return std::make_unique<Done>();
+    return std::make_unique<detail::Completed>();
   }
   void sendrecv(const void* send, void* recv, int64_t bytes, int partner) override {
     check_root(partner);

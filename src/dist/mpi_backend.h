@@ -8,6 +8,12 @@
 
 namespace sparsemoe::detail {
 
+// A request with nothing left to do (one process, or an exchange of no bytes).
+class Completed : public CommRequest {
+ public:
+  void wait() override {}
+};
+
 bool mpi_available();
 // The MPI_COMM_WORLD communicator, initialising MPI on first call.
 Communicator* mpi_world();

@@ -60,11 +60,6 @@ class MpiRequest : public CommRequest {
   MPI_Request request = MPI_REQUEST_NULL;
 };
 
-class Done : public CommRequest {
- public:
-  void wait() override {}
-};
-
 class Mpi : public Communicator {
  public:
   Mpi() {
@@ -116,7 +111,7 @@ class Mpi : public Communicator {
   std::unique_ptr<CommRequest> start_alltoallv(const void* send, const int64_t* send_rows,
                                                void* recv, const int64_t* recv_rows,
                                                int64_t row_bytes) override {
-    if (row_bytes <= 0) return std::make_unique<Done>();
+    if (row_bytes <= 0) return std::make_unique<Completed>();
     auto req = std::make_unique<MpiRequest>(row_bytes, size_);
     int* sc = req->counts.data();
     int* sd = sc + size_;

@@ -402,12 +402,12 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
         if (here < gv && !packed) pack_b(b, p0, kc, g0 + here, gv - here, nr, bp);
         // Packed B comes from memory a chunk at a time: fetch the next chunk in this order (the
         // group's next k chunk, else the next group's first) while this one computes.
+        // Panels packed beforehand are contiguous runs the micro-kernels prefetch themselves.
         Ahead ahead;
-        if (packed) {
-          // Panels packed beforehand are contiguous runs the micro-kernels prefetch themselves.
-        } else if (here == 0 && p0 + kb < k)
+        const bool fetch = !packed && here == 0;
+        if (fetch && p0 + kb < k)
           ahead.start(b, p0 + kb, std::min(kb, k - p0 - kb), g0, gv);
-        else if (here == 0 && g0 + nc < n)
+        else if (fetch && g0 + nc < n)
           ahead.start(b, 0, std::min(kb, k), g0 + nc, std::min(nc, n - g0 - nc));
         const int64_t calls = (gv + nr - 1) / nr * blocks;
         const int64_t per_call = (ahead.total() + calls - 1) / calls;

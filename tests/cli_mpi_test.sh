@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The command-line tool under mpirun (2 ranks): `bench moe` runs the MoE layer with its experts
 # split over the ranks and reports exchange, compute, bytes per token and scaling efficiency from
-# rank 0 only; `bench comm` reports latency, bandwidth and all-to-all times; any other command refuses to run on many processes, and the job ends with status
-# 2 and the failing rank named instead of hanging. Usage: cli_mpi_test.sh MPIRUN SPARSEMOE
+# rank 0 only; `bench comm` reports latency, bandwidth and all-to-all times; `train` on 1, 2 and
+# 4 processes writes the same bytes; any other command refuses to run on many processes, and the
+# job ends with status 2 and the failing rank named instead of hanging.
+# Usage: cli_mpi_test.sh MPIRUN SPARSEMOE
 set -u
 mpirun=$1
 bin=$2
@@ -24,8 +26,49 @@ done
 
 err=$(run "$bin" route < /dev/null 2>&1); status=$?
 [[ $status -eq 2 ]] || { echo "FAIL: route under mpirun: exit status $status, expected 2"; fail=1; }
-[[ "$err" == *"rank 0 failed"*"only \`bench moe\` and \`bench comm\` run on many processes"* ]] ||
+[[ "$err" == *"rank 0 failed"*"only \`train\`, \`bench moe\` and \`bench comm\` run on many processes"* ]] ||
   { echo "FAIL: route under mpirun: message was: $err"; fail=1; }
+
+# Training: the wordnet_tiny config (shortened) with units=4 on 1, 2 and 4 processes writes
+# byte-identical checkpoints and the same metrics (less their timing fields); so does a
+# tokens-choose dropless variant on 1 and 2. Rank 0 alone prints progress and writes the files.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+root=$(cd "$(dirname "$0")/.." && pwd)
+short=(--config "$root/configs/wordnet_tiny.json" --set units=4 --set pretrain.steps=4
+       --set finetune.steps=4 --set pretrain.optimizer.warmup_steps=2
+       --set finetune.optimizer.warmup_steps=2 --set eval_every=2 --set eval_batches=2
+       --set log_every=1)
+dropless=(--set model.moe.router.type=tokens_choose --set model.moe.dropless=true
+          --set model.moe.experts.inner_dropout=0.1)
+untimed() { sed -E 's/"(tokens_per_s|seconds)":[^,}]*,?//g' "$1/metrics.jsonl"; }
+same_run() {  # run dir, reference dir, label
+  cmp -s "$1/checkpoint.safetensors" "$2/checkpoint.safetensors" ||
+    { echo "FAIL: train $3: the checkpoint differs from one process's"; fail=1; }
+  [[ -n "$(untimed "$1")" && "$(untimed "$1")" == "$(untimed "$2")" ]] ||
+    { echo "FAIL: train $3: metrics.jsonl differs from one process's"; fail=1; }
+  cmp -s "$1/results.json" "$2/results.json" ||
+    { echo "FAIL: train $3: results.json differs"; fail=1; }
+}
+timeout 120 "$bin" train "${short[@]}" --out "$tmp/p1" --threads 1 > /dev/null 2>&1 ||
+  { echo "FAIL: train in one process"; fail=1; }
+for np in 2 4; do
+  out=$(timeout 180 "$mpirun" -np $np --oversubscribe "$bin" train "${short[@]}" --out "$tmp/p$np" \
+          --threads 1 2>&1) || { echo "FAIL: train on $np processes: $out"; fail=1; }
+  same_run "$tmp/p$np" "$tmp/p1" "on $np processes"
+  [[ $(grep -c "^test accuracy" <<< "$out") -eq 1 ]] ||
+    { echo "FAIL: train on $np processes: expected one report (rank 0's), got: $out"; fail=1; }
+done
+timeout 120 "$bin" train "${short[@]}" "${dropless[@]}" --out "$tmp/d1" --threads 1 > /dev/null 2>&1 ||
+  { echo "FAIL: dropless train in one process"; fail=1; }
+timeout 180 "$mpirun" -np 2 --oversubscribe "$bin" train "${short[@]}" "${dropless[@]}" \
+  --out "$tmp/d2" --threads 1 > /dev/null 2>&1 || { echo "FAIL: dropless train on 2 processes"; fail=1; }
+same_run "$tmp/d2" "$tmp/d1" "dropless on 2 processes"
+# units=1 cannot be shared by 2 processes: refused before any work, every rank agreeing.
+err=$(run "$bin" train --config "$root/configs/wordnet_tiny.json" --out "$tmp/bad" 2>&1); status=$?
+[[ $status -eq 2 && "$err" == *"units: the 2 processes must each take the same number"* ]] ||
+  { echo "FAIL: units=1 on 2 processes: status $status: $err"; fail=1; }
+[[ ! -e "$tmp/bad" ]] || { echo "FAIL: a refused run created its directory"; fail=1; }
 
 # A rank killed mid-run (SIGKILL): the launcher ends the others and the job exits non-zero within
 # a bounded time, never a hang.

@@ -49,13 +49,12 @@ int main(int argc, char** argv) {
   const bool many = sparsemoe::launched_under_mpi() && sparsemoe::built_with_mpi();
   try {
     sparsemoe::simd_target();  // a bad SPARSEMOE_SIMD is reported here, before any work
-    if (many && sparsemoe::world().size() > 1 &&
+    if (many && sparsemoe::world().size() > 1 && !app.got_subcommand("train") &&
         !app.get_subcommand("bench")->got_subcommand("moe") &&
         !app.get_subcommand("bench")->got_subcommand("comm"))
-      throw std::invalid_argument(
-          "under mpirun with " + std::to_string(sparsemoe::world().size()) +
-          " processes: only `bench moe` and `bench comm` run on many processes yet; "
-          "training on many processes is not built (docs/distributed.md)");
+      throw std::invalid_argument("under mpirun with " + std::to_string(sparsemoe::world().size()) +
+                                  " processes: only `train`, `bench moe` and `bench comm` run on "
+                                  "many processes (docs/distributed.md)");
     return run();
   } catch (const std::exception& e) {
     if (many) sparsemoe::abort_job(std::string("sparsemoe: error: ") + e.what(), 2);

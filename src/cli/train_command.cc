@@ -151,12 +151,16 @@ int run_train(const TrainArgs& a) {
             "--resume continues with the run's own config.json; do not give --config or --set");
   check_arg(!a.resume || !a.compare_dense,
             "--compare-dense needs a new run (it gives the dense model the MoE run's time)");
+  Communicator& comm = world();
+  check_arg(!a.compare_dense || comm.size() == 1,
+            "--compare-dense runs in one process; start it without mpirun");
   if (a.threads > 0) set_num_threads(a.threads);
   TrainOptions opt;
+  opt.comm = &comm;
   opt.stop_after_step = a.stop_after;
   opt.stop_signal = &g_signal;
-  opt.log = a.quiet ? nullptr : &std::cerr;
-  opt.live = !a.quiet && isatty(STDERR_FILENO);
+  opt.log = a.quiet || comm.rank() != 0 ? nullptr : &std::cerr;
+  opt.live = opt.log && isatty(STDERR_FILENO);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   const TrainConfig config = a.resume ? TrainConfig{} : load_train_config(a.config, a.sets);
@@ -169,10 +173,12 @@ int run_train(const TrainArgs& a) {
   TrainResult r;
   try {
     r = trainer->run();
-  } catch (const NonFiniteLoss& e) {
-    std::cerr << "sparsemoe: " << e.what() << "\n";
+  } catch (const NonFiniteLoss& e) {  // every rank sees the same loss and stops here
+    if (comm.rank() == 0) std::cerr << "sparsemoe: " << e.what() << "\n";
     return 1;
   }
+  if (comm.rank() != 0)  // rank 0 reports
+    return r.outcome == TrainOutcome::kInterrupted ? 128 + g_signal.load() : 0;
   if (r.outcome == TrainOutcome::kAlreadyFinished) {
     std::cerr << fmt::format(
         "the run in {} is finished (step {}); nothing to do (results: {}/results.json)\n", a.out,

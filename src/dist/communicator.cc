@@ -95,6 +95,13 @@ void tree_sum(const std::vector<const double*>& parts, int64_t len, double* out)
   tree_sum_impl(parts, len, out);
 }
 
+void broadcast_bytes(Communicator& comm, std::string& bytes, int root) {
+  int64_t n = static_cast<int64_t>(bytes.size());
+  comm.broadcast(&n, sizeof n, root);
+  bytes.resize(static_cast<size_t>(n));
+  if (n > 0) comm.broadcast(bytes.data(), n, root);
+}
+
 void Communicator::allreduce_sum(float* data, int64_t n) { allreduce_sum_impl(*this, data, n); }
 void Communicator::allreduce_sum(double* data, int64_t n) { allreduce_sum_impl(*this, data, n); }
 

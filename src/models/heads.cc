@@ -21,7 +21,8 @@ constexpr uint64_t kTransformTag = 1, kDropoutTag = 2, kDenseTag = 3;
 }  // namespace
 
 double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels,
-                             const float* weights, Tensor* dlogits, double* correct) {
+                             const float* weights, Tensor* dlogits, double* correct,
+                             double weight_total) {
   check_arg(logits.rank() >= 1, "logits: expected shape [N, C]");
   const int64_t C = logits.dim(-1), N = C ? logits.numel() / C : 0;
   check_arg(static_cast<int64_t>(labels.size()) == N, "labels: expected " + std::to_string(N) +
@@ -34,6 +35,7 @@ double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& l
                   std::to_string(labels[i]) + " at row " + std::to_string(i));
     wsum += weights ? weights[i] : 1.0;
   }
+  if (weight_total >= 0) wsum = weight_total;
   if (dlogits) dlogits->resize(logits.shape());
   const double inv = wsum > 0 ? 1.0 / wsum : 0.0;
   // Rows in parallel, their losses summed afterwards in row order (any thread count, same bits).
@@ -151,10 +153,11 @@ void ClassificationHead::forward(const Tensor& pooled, Tensor& logits, const For
                 shape_str(pooled.shape()));
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropoutTag, opt.step);
+  drop_offset_ = static_cast<uint64_t>(opt.sequence_offset * pooled.dim(1));
   if (!drop_) return dense_.forward(pooled, logits);
   const float rate = static_cast<float>(dropout_);
   dropped_.resize(pooled.shape());
-  dropout_span(drop_key_, 0, rate, pooled.data(), dropped_.data(), pooled.numel());
+  dropout_span(drop_key_, drop_offset_, rate, pooled.data(), dropped_.data(), pooled.numel());
   dense_.forward(dropped_, logits);
 }
 
@@ -162,7 +165,7 @@ void ClassificationHead::backward(const Tensor& dlogits, Tensor& dpooled) {
   dense_.backward(dlogits, &dpooled);
   if (!drop_) return;
   const float rate = static_cast<float>(dropout_);
-  dropout_span(drop_key_, 0, rate, dpooled.data(), dpooled.data(), dpooled.numel());
+  dropout_span(drop_key_, drop_offset_, rate, dpooled.data(), dpooled.data(), dpooled.numel());
 }
 
 }  // namespace sparsemoe

@@ -283,6 +283,10 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
   }
   embeddings_.forward(ids, *types, in.dense_inputs, dtypes, hidden_[0], opt);
   const int64_t L = hidden_[0].dim(1);
+  check_arg(opt.token_offset == opt.sequence_offset * L,
+            "ForwardOptions: token_offset must be sequence_offset * L (L=" + std::to_string(L) +
+                "), got " + std::to_string(opt.token_offset) + " and " +
+                std::to_string(opt.sequence_offset));
 
   // The padding mask [B, L]: input_mask then dense_mask (absent parts count as real tokens).
   const bool has_mask = in.input_mask || in.dense_mask;

@@ -111,6 +111,7 @@ void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
   ctx_.resize({B, L, D});
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropTag, opt.step);
+  drop_heads_ = opt.token_offset / L * nh;
   const float rate = static_cast<float>(dropout_);
   // Flash-attention style: each task takes a block of query rows of one head; its scores live in
   // a cache-sized buffer from QK^T through the softmax and dropout to PV, and [B, heads, L, L]
@@ -123,7 +124,8 @@ void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
     float* p = scratch(buf, rows * L);  // [rows, L]
     scores(bh, i0, rows, p);
     if (drop_)
-      dropout_span(drop_key_, static_cast<uint64_t>((bh * L + i0) * L), rate, p, p, rows * L);
+      dropout_span(drop_key_, static_cast<uint64_t>(((drop_heads_ + bh) * L + i0) * L), rate, p, p,
+                   rows * L);
     kernel_gemm(rows, dh, L, MatRef::rows(p, L),
                 MatRef::rows(v_out_.data() + b * L * D + h * dh, D),
                 ctx_.data() + (b * L + i0) * D + h * dh, D, false);
@@ -155,7 +157,8 @@ void SelfAttention::backward(const Tensor& dy, Tensor& dx) {
       scores(bh, i0, rows, p);
       const float* used = p;
       if (drop_) {
-        dropout_span(drop_key_, static_cast<uint64_t>((bh * L + i0) * L), rate, p, pd, rows * L);
+        dropout_span(drop_key_, static_cast<uint64_t>(((drop_heads_ + bh) * L + i0) * L), rate, p,
+                     pd, rows * L);
         used = pd;
       }
       // dV += Pd^T dctx; dPd = dctx V^T.

@@ -88,11 +88,12 @@ void Embeddings::forward(const Tensor& ids, const Tensor& type_ids, const Tensor
   norm_.forward(sum_, normed_);
   drop_ = opt.training && config_.dropout > 0;
   drop_key_ = derive_key(config_.seed, kDropoutTag, opt.step);
+  drop_offset_ = static_cast<uint64_t>(opt.token_offset * W);
   const Tensor* pre = &normed_;
   if (drop_) {
     const float rate = static_cast<float>(config_.dropout);
     dropped_.resize(normed_.shape());
-    dropout_span(drop_key_, 0, rate, normed_.data(), dropped_.data(), normed_.numel());
+    dropout_span(drop_key_, drop_offset_, rate, normed_.data(), dropped_.data(), normed_.numel());
     pre = &dropped_;
   }
   if (projection_) {
@@ -114,7 +115,7 @@ void Embeddings::backward(const Tensor& dout, Tensor* ddense) {
   if (drop_) {
     const float rate = static_cast<float>(config_.dropout);
     grad2_.resize(g->shape());
-    dropout_span(drop_key_, 0, rate, g->data(), grad2_.data(), g->numel());
+    dropout_span(drop_key_, drop_offset_, rate, g->data(), grad2_.data(), g->numel());
     g = &grad2_;
   }
   norm_.backward(*g, dsum_);

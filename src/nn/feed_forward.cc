@@ -100,9 +100,11 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
   output_shape(x.shape());
   const int64_t R = x.numel() / weights_.H;
   offsets_ = {0, R};
-  if (static_cast<int64_t>(row_ids_.size()) != R) {
+  // Dropout counters by global token (ForwardOptions::token_offset).
+  const uint64_t first = static_cast<uint64_t>(opt.token_offset);
+  if (static_cast<int64_t>(row_ids_.size()) != R || row_ids_.empty() || row_ids_[0] != first) {
     row_ids_.resize(R);
-    std::iota(row_ids_.begin(), row_ids_.end(), uint64_t{0});
+    std::iota(row_ids_.begin(), row_ids_.end(), first);
   }
   drop_ = {opt.training, derive_key(weights_.seed, kInnerDropoutTag, opt.step),
            derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids_.data()};

@@ -57,6 +57,20 @@ void TrainConfig::validate() const {
   finetune.optimizer.validate();
   if (data.format == "tsv" && data.path.empty()) bad("data.path: required for format 'tsv'");
   if (total_steps() == 0) bad("pretrain.steps + finetune.steps: expected > 0");
+  if ((units & (units - 1)) != 0 || batch_size % units != 0)
+    bad("units: expected a power of two dividing batch_size=" + std::to_string(batch_size) +
+        ", got " + std::to_string(units));
+  if (units > 1 && !model.moe_layers.empty()) {
+    try {
+      compute_grouping(batch_size / units, model.max_sequence_length, model.moe.examples_per_group);
+    } catch (const std::exception& e) {
+      bad("units: each unit of " + std::to_string(batch_size / units) +
+          " sequences must hold whole MoE routing groups: " + e.what());
+    }
+    if (!model.moe.router.local_dispatch)
+      bad("units: model.moe.router.local_dispatch=false gates the whole batch as one group, "
+          "which cannot be split into units");
+  }
   if (mlm.mask_token + mlm.random_token > 1)
     bad("mlm.mask_token, mlm.random_token: expected a sum <= 1");
   static_assert(Tokenizer::kNumSpecial + 2 == 7, "TokenizerOptions::vocab_size's rule");

@@ -158,6 +158,20 @@ Trainer::Trainer(const std::string& run_dir, TrainOptions options)
   prepare(false);
 }
 
+namespace {
+// The process count must divide the units (and be a power of two: the sum over ranks is a tree).
+void check_process_count(const TrainConfig& c, int procs) {
+  check_arg((procs & (procs - 1)) == 0 && c.units % procs == 0,
+            "units: the " + std::to_string(procs) +
+                " processes must each take the same number of the step's units=" +
+                std::to_string(c.units) +
+                " (a power-of-two process count dividing it); set \"units\" in the config to a "
+                "multiple of " +
+                std::to_string(procs) +
+                " (every process count dividing it then trains to the same bits)");
+}
+}  // namespace
+
 Trainer::~Trainer() = default;
 
 std::unique_ptr<Trainer> Trainer::resume(const std::string& run_dir, TrainOptions options) {
@@ -171,15 +185,53 @@ std::string Trainer::path(const std::string& name) const {
 void Trainer::prepare(bool fresh) {
   window_ = std::make_unique<Window>();
   order_ = std::make_unique<Order>();
+  comm_ = options_.comm ? options_.comm : &single_process();
+  if (!lead()) options_.log = nullptr;  // progress comes from rank 0
+  // A new run's config is every rank's own: checked everywhere before the first collective, so
+  // that all ranks refuse it together.
+  if (fresh) {
+    config_.validate();
+    check_process_count(config_, comm_->size());
+  }
+  if (lead()) prepare_directory(fresh);
+  if (comm_->size() > 1) share_run();
+}
+
+void Trainer::share_run() {
+  std::string config_text, tokenizer_bytes, checkpoint_bytes;
+  if (lead()) {
+    config_text = read_file(path("config.json"));
+    tokenizer_bytes = tokenizer_.bytes();
+    checkpoint_bytes = read_file(path("checkpoint.safetensors"));
+  }
+  broadcast_bytes(*comm_, config_text, 0);
+  broadcast_bytes(*comm_, tokenizer_bytes, 0);
+  broadcast_bytes(*comm_, checkpoint_bytes, 0);
+  if (lead()) return;
+  const std::string from = " (from rank 0)";
+  config_ = parse_run_config(config_text, path("config.json") + from);
+  config_hash_ = hex(fnv1a64(config_text));
+  check_process_count(config_, comm_->size());  // a resumed run's config: the same on every rank
+  check_training_memory(config_);
+  tokenizer_ = Tokenizer::from_bytes(tokenizer_bytes, path("tokenizer.model") + from);
+  data_ = prepare_task_data(config_.data, load_corpus(config_.data), tokenizer_);
+  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  const SafetensorsFile f =
+      decode_safetensors(checkpoint_bytes, path("checkpoint.safetensors") + from);
+  const CheckpointState s = checkpoint_state(f);
+  step_ = s.step;
+  enter_phase(in_pretrain(step_));
+  const bool same_phase = (s.phase == "pretrain") == optimizer_pretrain_;
+  load_checkpoint(f, *model_, same_phase ? optimizer_.get() : nullptr);
+}
+
+void Trainer::prepare_directory(bool fresh) {
   auto note = [&](const std::string& m) {
     if (options_.log) *options_.log << m << "\n";
   };
   // Before any data is read or file written: the config, the memory, the directory, its lock.
   std::string memory;
-  if (fresh) {
-    config_.validate();
-    memory = check_training_memory(config_);
-  }
+  if (fresh) memory = check_training_memory(config_);
   std::error_code ec;
   fs::create_directories(run_dir_, ec);
   if (ec) throw IoError("--out '" + run_dir_ + "': cannot create the directory: " + ec.message());
@@ -206,6 +258,7 @@ void Trainer::prepare(bool fresh) {
     std::string text;
     config_ = read_run_config(path("config.json"), &text);
     config_hash_ = hex(fnv1a64(text));
+    check_process_count(config_, comm_->size());
     memory = check_training_memory(config_);
     fresh = !has_checkpoint;
   }
@@ -272,6 +325,7 @@ void Trainer::enter_phase(bool pretrain) {
 }
 
 void Trainer::save() {
+  if (!lead()) return;
   CheckpointState s;
   s.step = step_;
   s.phase = optimizer_pretrain_ ? "pretrain" : "finetune";
@@ -285,6 +339,7 @@ void Trainer::save() {
 void Trainer::write_record(const nlohmann::json& j) {
   // One append per record (a kill can tear only the last line; resume repairs it), made durable
   // before each checkpoint (save()).
+  if (!lead()) return;
   append_file(path("metrics.jsonl"), j.dump() + "\n");
 }
 
@@ -312,38 +367,79 @@ void Trainer::train_step() {
   Batch& batch = batch_;
   pack_batch(rows, L, batch, labels);
   const uint64_t global = static_cast<uint64_t>(step_) + 1;
+  if (pre)  // the whole batch on every rank: the corruption does not depend on the split
+    mask_batch(batch, config_.mlm, config_.model.vocab_size,
+               derive_key(config_.seed, kTrainMask, global));
   for (const ParamRef& p : params_) p.grad->zero();
   SparseMixer& net = model_->net;
   Tensor& logits = logits_;
   Tensor& dlogits = dlogits_;
+  const char* phase = pre ? "pretrain" : "finetune";
+  // Units (data_parallel.h): this rank's run one after the other, each from zeroed gradients,
+  // with the whole batch's loss normaliser; their sums then go into the tree.
+  const int64_t U = config_.units, P = comm_->size(), mine = U / P, Bu = B / U;
+  const bool split = U > 1 || P > 1;
+  double weight_total = -1;  // one unit: the softmax's own sum, as always
+  if (split) {
+    weight_total = 0;
+    if (pre)
+      for (float w : batch.mlm_weights) weight_total += w;
+    else
+      weight_total = static_cast<double>(B);
+  }
+  std::vector<double> unit_task;
+  std::vector<SparseMixerMetrics> unit_met;
   double task = 0;
   SparseMixerMetrics met;
-  if (pre) {
-    mask_batch(batch, config_.mlm, config_.model.vocab_size,
-               derive_key(config_.seed, kTrainMask, global));
-    met = net.forward({&batch.ids, &batch.mask}, {.training = true, .step = global});
-    model_->mlm.forward(net.sequence_output(), batch.positions, net.embeddings().word, logits);
-    task = softmax_cross_entropy(logits, batch.mlm_labels, batch.mlm_weights.data(), &dlogits);
-  } else {
-    met = net.forward({&batch.ids, &batch.mask}, {.training = true, .step = global});
-    model_->classifier.forward(net.pooled_output(), logits, {.training = true, .step = global});
-    task = softmax_cross_entropy(logits, batch.labels, nullptr, &dlogits);
+  for (int64_t j = 0; j < mine; ++j) {
+    const int64_t u = comm_->rank() * mine + j;
+    const Batch* ub = &batch;
+    ForwardOptions opt{.training = true, .step = global};
+    if (split) {
+      slice_batch(batch, u * Bu, Bu, unit_batch_);
+      ub = &unit_batch_;
+      opt.token_offset = u * Bu * L;
+      opt.sequence_offset = u * Bu;
+      opt.global_tokens = B * L;
+      opt.units = U;
+      if (j > 0)
+        for (const ParamRef& p : params_) p.grad->zero();
+    }
+    met = net.forward({&ub->ids, &ub->mask}, opt);
+    if (pre) {
+      model_->mlm.forward(net.sequence_output(), ub->positions, net.embeddings().word, logits);
+      task = softmax_cross_entropy(logits, ub->mlm_labels, ub->mlm_weights.data(), &dlogits,
+                                   nullptr, weight_total);
+    } else {
+      model_->classifier.forward(net.pooled_output(), logits, opt);
+      task = softmax_cross_entropy(logits, ub->labels, nullptr, &dlogits, nullptr, weight_total);
+    }
+    if (!split && !std::isfinite(task + met.loss)) break;  // reported below, before a backward
+    if (pre) {
+      dseq_.resize(net.sequence_output().shape());
+      dseq_.zero();  // the head adds into it
+      model_->mlm.backward(dlogits, net.embeddings().word, dseq_, net.embeddings().word_grad);
+      net.backward(&dseq_, nullptr);
+    } else {
+      model_->classifier.backward(dlogits, dpooled_);
+      net.backward(nullptr, &dpooled_);
+    }
+    if (split) {
+      tree_.add_unit(params_);
+      unit_task.push_back(task);
+      unit_met.push_back(std::move(met));
+    }
   }
-  const char* phase = pre ? "pretrain" : "finetune";
+  if (split) {  // every rank gets the same sums, so all stop together on a non-finite loss
+    tree_.finish(params_, *comm_);
+    task = sum_over_units(unit_task, *comm_);
+    met = combine_unit_metrics(unit_met, U, *comm_);
+  }
   if (!std::isfinite(task + met.loss)) {
     throw NonFiniteLoss(fmt::format(
         "training stopped: the loss is not finite at step {} ({}): task loss {}, MoE loss {}; "
         "the last good checkpoint is kept in {}",
         global, phase, task, met.loss, path("checkpoint.safetensors")));
-  }
-  if (pre) {
-    dseq_.resize(net.sequence_output().shape());
-    dseq_.zero();  // the head adds into it
-    model_->mlm.backward(dlogits, net.embeddings().word, dseq_, net.embeddings().word_grad);
-    net.backward(&dseq_, nullptr);
-  } else {
-    model_->classifier.backward(dlogits, dpooled_);
-    net.backward(nullptr, &dpooled_);
   }
   const double norm = optimizer_->step(params_);
   if (!std::isfinite(norm)) {
@@ -398,6 +494,9 @@ void Trainer::log_window(bool force) {
 }
 
 void Trainer::evaluate_dev() {
+  // Rank 0 evaluates alone: every rank holds the whole model, and one process's evaluation is
+  // the same whatever the process count.
+  if (!lead()) return;
   const bool pre = optimizer_pretrain_;
   const EvalResult r = pre ? evaluate_mlm(*model_, data_.pretrain[1], config_.batch_size,
                                           config_.mlm, config_.seed, config_.eval_batches)
@@ -423,7 +522,9 @@ void Trainer::evaluate_dev() {
 
 TrainResult Trainer::run() {
   TrainResult result;
-  if (step_ == config_.total_steps() && fs::exists(path("results.json"))) {
+  int64_t finished = step_ == config_.total_steps() && lead() && fs::exists(path("results.json"));
+  finished = comm_->allreduce_max(finished);  // rank 0 alone reads the directory
+  if (finished) {
     result.outcome = TrainOutcome::kAlreadyFinished;
     result.step = step_;
     return result;
@@ -461,12 +562,15 @@ TrainResult Trainer::run() {
       options_.log->flush();
       last_live = Clock::now();
     }
-    const bool interrupted = options_.stop_signal && options_.stop_signal->load() != 0;
+    // A signal may reach some ranks only (or at different steps): they agree to stop together.
+    int64_t signalled = options_.stop_signal && options_.stop_signal->load() != 0;
+    if (comm_->size() > 1) signalled = comm_->allreduce_max(signalled);
+    const bool interrupted = signalled != 0;
     if (interrupted ||
         (options_.stop_after_step > 0 && step_ >= options_.stop_after_step && step_ < total)) {
       log_window(true);
       checkpoint();
-      write_report(run_dir_);
+      if (lead()) write_report(run_dir_);
       result.outcome = interrupted ? TrainOutcome::kInterrupted : TrainOutcome::kStopped;
       result.step = step_;
       result.seconds = seconds_since(start);
@@ -477,6 +581,8 @@ TrainResult Trainer::run() {
   if (options_.log && options_.live) *options_.log << "\r\033[K";
   checkpoint();
   result.step = step_;
+  result.seconds = seconds_since(start);
+  if (!lead()) return result;  // rank 0 evaluates the test split and writes the results
   result.test = evaluate_classifier(*model_, data_.classify[2], config_.batch_size);
   int64_t majority = 0;
   for (int64_t label : data_.classify[2].labels) majority += label == data_.majority_label;

@@ -75,6 +75,9 @@ class Communicator {
   int64_t bytes_sent_ = 0;
 };
 
+// `bytes` on `root` replaces `bytes` on every rank, whatever its length there.
+void broadcast_bytes(Communicator& comm, std::string& bytes, int root);
+
 // The pairwise tree every cross-unit sum follows: units [0, n) split at n / 2 (rounded down),
 // each half summed the same way, left + right. When P ranks (a power of two) hold n / P
 // consecutive units each and n is a multiple of P, the top log2(P) levels split exactly at rank

@@ -19,9 +19,12 @@ namespace sparsemoe {
 // Weighted mean softmax cross-entropy over rows: logits [N, C], labels [N] in [0, C), weights
 // [N] (null: all 1). loss = sum_i w_i * CE_i / sum_i w_i (0 when every weight is 0). When dlogits
 // is given it receives d loss / d logits [N, C]. Also counts correct argmax predictions
-// (weighted) into *correct when given.
+// (weighted) into *correct when given. weight_total >= 0 replaces sum_i w_i as the normaliser:
+// data parallelism gives each part of a batch the whole batch's total, so that the parts' losses
+// and gradients are their shares of the batch's.
 double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels,
-                             const float* weights, Tensor* dlogits, double* correct = nullptr);
+                             const float* weights, Tensor* dlogits, double* correct = nullptr,
+                             double weight_total = -1);
 
 class MaskedLmHead {
  public:
@@ -84,7 +87,8 @@ class ClassificationHead {
   Dense dense_;
   bool drop_ = false;
   uint64_t drop_key_ = 0;
-  Tensor dropped_;  // [B, H]
+  uint64_t drop_offset_ = 0;  // keyed by global sequence
+  Tensor dropped_;            // [B, H]
 };
 
 }  // namespace sparsemoe

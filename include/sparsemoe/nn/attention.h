@@ -43,6 +43,7 @@ class SelfAttention {
   int64_t B_ = 0, L_ = 0;
   bool drop_ = false;
   uint64_t drop_key_ = 0;
+  int64_t drop_heads_ = 0;        // (b, h) of the counters: this call's sequences are global ones
   Tensor q_out_, k_out_, v_out_;  // [B, L, heads*dh]
   Tensor ctx_;                    // [B, L, heads*dh]
   Tensor mask_;                   // [B, L, L] copy of the mask (empty: none)

@@ -61,6 +61,7 @@ class Embeddings {
   int64_t B_ = 0, Lt_ = 0, Ld_ = 0;
   bool drop_ = false;
   uint64_t drop_key_ = 0;
+  uint64_t drop_offset_ = 0;  // the first element's counter: keyed by global token
   Tensor sum_, normed_, dropped_, grad_, grad2_, dsum_;  // [B, L, W] workspaces
 };
 

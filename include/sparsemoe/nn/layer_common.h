@@ -19,8 +19,11 @@ struct ForwardOptions {
   // batch of global_tokens (0: just this call's N), split over the processes by whole routing
   // groups. Random streams are keyed by global token and losses normalised by the global batch,
   // so a token draws the same noise and gets the same gradient whatever the process count.
+  // sequence_offset is the same place counted in sequences (token_offset / L), for layers whose
+  // rows are sequences (the classification head's dropout).
   int64_t token_offset = 0;
   int64_t global_tokens = 0;
+  int64_t sequence_offset = 0;
   // The global batch's data-parallel units: equal runs of consecutive tokens (a process holds
   // whole units). Every sum over tokens into a weight gradient is split at unit boundaries and
   // the parts added as one fixed pairwise tree (dist/communicator.h tree_sum), across processes

@@ -49,6 +49,10 @@ struct TrainConfig {
   MlmOptions mlm;
   PhaseConfig pretrain, finetune;
   int64_t batch_size = 32;
+  // Data-parallel units: a step's batch is cut into this many equal runs of sequences, each run
+  // forward and backward on its own, and their gradients added as one fixed pairwise tree. Any
+  // process count that divides it (a power of two) trains to the same bits (docs/distributed.md).
+  int64_t units = 1;
   double classifier_dropout = 0.1;
   int64_t log_every = 50;          // steps between metrics.jsonl records (and plain log lines)
   int64_t eval_every = 500;        // steps between dev evaluations (0: only at phase ends)
@@ -65,6 +69,10 @@ struct TrainConfig {
     v("pretrain", pretrain, "phase 1: masked-LM pretraining");
     v("finetune", finetune, "phase 2: classification fine-tuning");
     v("batch_size", batch_size, "sequences per step", at_least(1));
+    v("units", units,
+      "data-parallel units per step (a power of two dividing batch_size; processes must divide "
+      "it)",
+      at_least(1));
     v("classifier_dropout", classifier_dropout, "dropout before the classifier",
       in_half_open(0, 1));
     v("log_every", log_every, "steps between metrics.jsonl records", at_least(1));

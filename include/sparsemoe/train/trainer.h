@@ -5,7 +5,9 @@
 //
 // Determinism: the data order (a permutation per epoch), the MLM corruption, dropout and router
 // jitter are pure functions of (seed, step), and every kernel is thread-count independent, so a
-// run resumed from a checkpoint at step N continues bitwise as if it had never stopped.
+// run resumed from a checkpoint at step N continues bitwise as if it had never stopped. With
+// `units` > 1 a step runs its units one after the other and adds their gradients as a fixed tree
+// (train/data_parallel.h); P processes share the units and train to the same bits as one.
 #pragma once
 
 #include <atomic>
@@ -17,8 +19,10 @@
 #include <vector>
 
 #include "sparsemoe/data/tokenizer.h"
+#include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/io/file_io.h"
 #include "sparsemoe/train/adamw.h"
+#include "sparsemoe/train/data_parallel.h"
 #include "sparsemoe/train/task_model.h"
 #include "sparsemoe/train/train_config.h"
 
@@ -36,6 +40,10 @@ struct TrainOptions {
   std::ostream* log = nullptr;                    // progress output; null: silent
   bool live = false;  // one self-updating line (for a terminal) instead of plain lines
   const Tokenizer* tokenizer = nullptr;  // a new run uses this one instead of training its own
+  // The processes training together (null: this one alone). Rank 0 owns the run directory: it
+  // writes every file and the progress output; the others read nothing from it (they get the
+  // config, tokenizer and checkpoint from rank 0) except the corpus, which each reads itself.
+  Communicator* comm = nullptr;
 };
 
 // kAlreadyFinished: --resume of a run that had finished; nothing was run or written.
@@ -96,6 +104,9 @@ class Trainer {
  private:
   Trainer(const std::string& run_dir, TrainOptions options);  // resume
   void prepare(bool fresh);
+  void prepare_directory(bool fresh);  // rank 0: the run directory, as one process does
+  void share_run();                    // rank 0's run to the other ranks
+  bool lead() const { return comm_->rank() == 0; }
   bool in_pretrain(int64_t step) const { return step < config_.pretrain.steps; }
   void enter_phase(bool pretrain);
   void train_step();
@@ -109,6 +120,7 @@ class Trainer {
   std::string run_dir_;
   std::unique_ptr<FileLock> lock_;  // held for the Trainer's lifetime
   TrainOptions options_;
+  Communicator* comm_ = nullptr;
   std::string config_hash_;
   Tokenizer tokenizer_;
   TaskData data_;
@@ -117,7 +129,8 @@ class Trainer {
   bool optimizer_pretrain_ = true;
   std::vector<ParamRef> params_;  // the current phase's parameters, in the optimizer's order
   // Step workspaces, reused across steps.
-  Batch batch_;
+  Batch batch_, unit_batch_;
+  GradientTree tree_;
   Tensor logits_, dlogits_, dseq_, dpooled_;
   int64_t step_ = 0;
   struct Window;

@@ -1,0 +1,158 @@
+// Training over processes against one process, under mpirun (2 and 4 ranks): the same config
+// with units = 4 is trained by rank 0 alone (the single-process communicator) and by every rank
+// together (world()); the checkpoints must be byte-identical, and so must metrics.jsonl (less its
+// timing fields) and results.json. Dropout, attention dropout, router jitter and inner expert
+// dropout are on, so every random stream must be keyed by global position. A run stopped on P
+// processes and resumed on one, and one stopped on one process and resumed on P, end the same.
+// Comparisons never return early: a rank leaving a test while the others sit in a collective
+// would hang the job.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "../train_fixtures.h"
+#include "sparsemoe/dist/communicator.h"
+#include "sparsemoe/io/file_io.h"
+#include "sparsemoe/train/checkpoint.h"
+#include "sparsemoe/train/trainer.h"
+
+namespace sparsemoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+// One directory for the job: rank 0 names it, every rank gets the name.
+std::string job_dir(const std::string& name) {
+  Communicator& w = world();
+  std::string dir;
+  if (w.rank() == 0) {
+    dir = testing::TempDir() + "/train_mpi_" + name + "_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  broadcast_bytes(w, dir, 0);
+  return dir;
+}
+
+std::set<std::string> file_names(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+std::string metrics_without_timing(const std::string& run) {
+  std::istringstream in(read_file(run + "/metrics.jsonl"));
+  std::string line, out;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    j.erase("tokens_per_s");
+    j.erase("seconds");
+    out += j.dump() + "\n";
+  }
+  return out;
+}
+
+// The test's config: the training fixture's, with every random stream switched on, written by
+// rank 0 (its corpus file included) before the others read it.
+TrainConfig job_config(const std::string& dir, bool dropless) {
+  Communicator& w = world();
+  auto make = [&] {
+    TrainConfig c = test::tiny_train_config(dir, 6, 6);
+    c.units = 4;
+    c.model.output_dropout = 0.1;
+    c.model.attention_dropout = 0.1;
+    c.model.moe.experts.inner_dropout = 0.1;
+    c.model.moe.router.jitter_noise = 0.02;
+    c.model.moe.dropless = dropless;
+    c.validate();
+    return c;
+  };
+  TrainConfig c;
+  if (w.rank() == 0) c = make();
+  w.barrier();
+  if (w.rank() != 0) c = make();  // the same corpus bytes, renamed into place atomically
+  w.barrier();
+  return c;
+}
+
+void expect_same_run(const std::string& a, const std::string& b, const std::string& what) {
+  if (world().rank() != 0) return;
+  EXPECT_TRUE(read_file(a + "/checkpoint.safetensors") == read_file(b + "/checkpoint.safetensors"))
+      << what << ": the checkpoints differ";
+  EXPECT_EQ(metrics_without_timing(a), metrics_without_timing(b)) << what;
+  EXPECT_EQ(read_file(a + "/results.json"), read_file(b + "/results.json")) << what;
+}
+
+class TrainMpi : public testing::TestWithParam<bool> {};
+
+TEST_P(TrainMpi, ByteIdenticalToOneProcessAndResumesAtAnotherProcessCount) {
+  Communicator& w = world();
+  const bool dropless = GetParam();
+  const std::string dir = job_dir(dropless ? "dropless" : "capacity");
+  const TrainConfig c = job_config(dir, dropless);
+  const std::string one = dir + "/one", many = dir + "/many";
+  if (w.rank() == 0) {
+    const TrainResult r = Trainer(c, one, {.comm = &single_process()}).run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kFinished);
+  }
+  w.barrier();
+  {
+    const TrainResult r = Trainer(c, many, {.comm = &w}).run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kFinished);
+    EXPECT_EQ(r.step, 12);
+  }
+  w.barrier();
+  expect_same_run(many, one, std::to_string(w.size()) + " processes against one");
+  // Only rank 0 writes: the run directory holds the files of a one-process run, no others.
+  if (w.rank() == 0) {
+    EXPECT_EQ(file_names(many), file_names(one));
+  }
+
+  // Stopped on P processes (mid-pretraining, between checkpoints), resumed on one.
+  const std::string split = dir + "/split";
+  {
+    const TrainResult r = Trainer(c, split, {.stop_after_step = 5, .comm = &w}).run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kStopped);
+    EXPECT_EQ(r.step, 5);
+  }
+  w.barrier();
+  if (w.rank() == 0) {
+    const TrainResult r = Trainer::resume(split, {.comm = &single_process()})->run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kFinished);
+    EXPECT_TRUE(read_file(split + "/checkpoint.safetensors") ==
+                read_file(one + "/checkpoint.safetensors"))
+        << "stopped on " << w.size() << " processes, resumed on one";
+  }
+  // Stopped on one process (in fine-tuning), resumed on P.
+  const std::string split2 = dir + "/split2";
+  if (w.rank() == 0) {
+    const TrainResult r =
+        Trainer(c, split2, {.stop_after_step = 8, .comm = &single_process()}).run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kStopped);
+  }
+  w.barrier();
+  {
+    const TrainResult r = Trainer::resume(split2, {.comm = &w})->run();
+    EXPECT_EQ(r.outcome, TrainOutcome::kFinished);
+  }
+  w.barrier();
+  if (w.rank() == 0) {
+    EXPECT_TRUE(read_file(split2 + "/checkpoint.safetensors") ==
+                read_file(one + "/checkpoint.safetensors"))
+        << "stopped on one process, resumed on " << w.size();
+  }
+  w.barrier();
+  if (w.rank() == 0) fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Routing, TrainMpi, testing::Values(false, true),
+                         [](const testing::TestParamInfo<bool>& i) {
+                           return i.param ? "TokensChooseDropless" : "TokensChooseCapacity";
+                         });
+
+}  // namespace
+}  // namespace sparsemoe

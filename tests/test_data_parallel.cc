@@ -130,31 +130,11 @@ TEST(DataParallel, ConfigNamesUnitsWhenTheyCannotSplitTheBatch) {
             std::string::npos);
 }
 
-// A communicator of three processes that must never be used: the trainer has to refuse the
-// count before its first collective.
-class ThreeRanks : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 3; }
-  std::string backend() const override { return "fake"; }
-  void barrier() override { used = true; }
-  void broadcast(void*, int64_t, int) override { used = true; }
-  void allgather(const void*, int64_t, void*) override { used = true; }
-  void exchange_counts(const int64_t*, int64_t*) override { used = true; }
-  std::unique_ptr<CommRequest> start_alltoallv(const void*, const int64_t*, void*, const int64_t*,
-                                               int64_t) override {
-    used = true;
-    return nullptr;
-  }
-  void sendrecv(const void*, void*, int64_t, int) override { used = true; }
-  bool used = false;
-};
-
 TEST(DataParallel, ProcessCountsThatDoNotDivideTheUnitsAreRefusedBeforeAnyCollective) {
   const std::string dir = fresh_dir("procs");
   TrainConfig c = test::tiny_train_config(dir);
   c.units = 4;
-  ThreeRanks comm;
+  test::UnusedRanks comm(3);
   const std::string e = error_of([&] { Trainer(c, dir + "/run", {.comm = &comm}); });
   EXPECT_NE(e.find("units: the 3 processes must each take the same number of the step's units=4"),
             std::string::npos)

@@ -257,38 +257,27 @@ TEST(MoeLayer, ExpertsChooseCapacityAboveTokensIsAClearError) {
 // Data-parallel units change only the order in which the router's weight gradient is summed
 // (per unit, then a pairwise tree): outputs and input gradients are the same bits, the router's
 // gradient the same to rounding. Shares that are not whole units are clear errors.
-TEST(MoeLayer, UnitsChangeOnlyTheRoutersGradientSumOrder) {
+TEST(MoeLayer, ExpertParallelCallsMustBeOneUnitEachCheckedBeforeAnyCollective) {
+  // With experts over processes, a call is one data-parallel unit of the step: its tokens are
+  // global_tokens / units, at a multiple of that. Anything else is refused before the exchange.
   MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 4, 2, 1.0);
-  const Tensor x = test::random_tensor({4, 6, 8}, 3), dy = test::random_tensor({4, 6, 8}, 4);
-  MoeLayer one(c), four(c);
-  Tensor y1, y4, dx1, dx4;
+  const Tensor x = test::random_tensor({4, 6, 8}, 3);  // 24 tokens
+  MoeLayer layer(c);
+  test::UnusedRanks two(2);
+  layer.set_communicator(&two);
+  Tensor y;
   ForwardOptions opt{true, 1};
-  one.forward(x, y1, opt);
-  one.backward(dy, dx1);
-  opt.units = 4;
-  four.forward(x, y4, opt);
-  four.backward(dy, dx4);
-  for (int64_t i = 0; i < y1.numel(); ++i) {
-    ASSERT_EQ(y1[i], y4[i]) << i;
-    ASSERT_EQ(dx1[i], dx4[i]) << i;
-  }
-  EXPECT_LT(test::normalized_error(four.gate().kernel_grad, one.gate().kernel_grad), 1e-6);
-  EXPECT_LT(test::normalized_error(four.gate().bias_grad, one.gate().bias_grad), 1e-6);
-  opt.units = 5;  // 24 tokens do not split into 5 equal units
-  try {
-    four.forward(x, y4, opt);
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("units=5"), std::string::npos) << e.what();
-  }
-  opt.units = 4;  // units of 12 tokens; this call is tokens [6, 30) of 48: whole groups, not units
-  opt.global_tokens = 48, opt.token_offset = 6;
-  try {
-    four.forward(x, y4, opt);
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("units=4 must split"), std::string::npos) << e.what();
-  }
+  auto refused = [&](int64_t units, int64_t offset, int64_t global) {
+    opt.units = units, opt.token_offset = offset, opt.global_tokens = global;
+    const std::string e = test::error_of([&] { layer.forward(x, y, opt); });
+    EXPECT_NE(e.find("each call must be one of the step's units"), std::string::npos) << e;
+    EXPECT_NE(e.find("units=" + std::to_string(units)), std::string::npos) << e;
+  };
+  refused(1, 0, 24);   // fewer units than processes
+  refused(3, 0, 72);   // not a multiple of the processes
+  refused(2, 0, 96);   // the call is half a unit
+  refused(4, 12, 96);  // whole groups, but not at a unit's start
+  EXPECT_FALSE(two.used);
 }
 
 TEST(MoeLayerWithBackbone, SumsBackboneAndMoe) {

@@ -13,6 +13,7 @@
 
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/dist/communicator.h"
 
 namespace sparsemoe::test {
 
@@ -136,5 +137,29 @@ inline double dot(const Tensor& y, const Tensor& r) {
   for (int64_t i = 0; i < y.numel(); ++i) s += static_cast<double>(y[i]) * r[i];
   return s;
 }
+
+// A communicator of `size` processes that must never be used: for checks that have to refuse bad
+// input before the first collective. Every call only records that it happened.
+class UnusedRanks : public Communicator {
+ public:
+  explicit UnusedRanks(int size) : size_(size) {}
+  int rank() const override { return 0; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "unused"; }
+  void barrier() override { used = true; }
+  void broadcast(void*, int64_t, int) override { used = true; }
+  void allgather(const void*, int64_t, void*) override { used = true; }
+  void exchange_counts(const int64_t*, int64_t*) override { used = true; }
+  std::unique_ptr<CommRequest> start_alltoallv(const void*, const int64_t*, void*, const int64_t*,
+                                               int64_t) override {
+    used = true;
+    return nullptr;
+  }
+  void sendrecv(const void*, void*, int64_t, int) override { used = true; }
+  bool used = false;
+
+ private:
+  int size_;
+};
 
 }  // namespace sparsemoe::test

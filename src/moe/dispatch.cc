@@ -43,49 +43,71 @@ FfnGrads shard_grads(FfnGrads g, const FfnParams& p, const ExpertShard& s) {
   return g;
 }
 
-// Who sends what where (collective: every rank's per-expert row counts are gathered), and the
-// permutation from the received order (source rank, then expert, then its rows) to the owned
-// experts' order (expert, then source rank, then rows). Ranks hold consecutive groups in rank
-// order and a plan's rows of one expert are in (group, slot) order, so the owned order is
-// (expert, global group, slot): exactly one process's plan order.
-void plan_exchange(const RoutingPlan& plan, Communicator& comm, ExchangeRows& ep) {
+// Who sends what where (collective: every rank's per-expert row counts and unit are gathered).
+// Rows arrive by source rank, then owned expert, then the source's plan order (group, slot).
+void plan_exchange(const RoutingPlan& plan, int64_t unit, Communicator& comm, ExchangeRows& ep) {
   const int P = comm.size(), me = comm.rank();
   const int64_t E = plan.E;
   ep.shard = expert_shard(E, me, P);
-  std::vector<int64_t> mine(E);
+  std::vector<int64_t> mine(E + 1);
   for (int64_t e = 0; e < E; ++e) mine[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
-  ep.counts.resize(P * E);
-  comm.allgather(mine.data(), E * static_cast<int64_t>(sizeof(int64_t)), ep.counts.data());
+  mine[E] = unit;
+  ep.counts.resize(P * (E + 1));
+  comm.allgather(mine.data(), (E + 1) * static_cast<int64_t>(sizeof(int64_t)), ep.counts.data());
+  const int64_t first = ep.shard.first, n = ep.shard.count;
   ep.send_rows.assign(P, 0);
   ep.recv_rows.assign(P, 0);
-  std::vector<int64_t> base(P + 1, 0);  // where rank s's rows start in the received order
-  const int64_t first = ep.shard.first, last = first + ep.shard.count;
+  ep.base.assign(P + 1, 0);
+  ep.offsets.assign(P * (n + 1), 0);
+  ep.source_unit.resize(P);
   for (int p = 0; p < P; ++p) {
     const ExpertShard sh = expert_shard(E, p, P);
     ep.send_rows[p] = plan.expert_offsets[sh.first + sh.count] - plan.expert_offsets[sh.first];
-    for (int64_t e = first; e < last; ++e) ep.recv_rows[p] += ep.counts[p * E + e];
-    base[p + 1] = base[p] + ep.recv_rows[p];
-  }
-  ep.perm.resize(base[P]);
-  ep.own_offsets.assign(ep.shard.count + 1, 0);
-  std::vector<int64_t> at(base.begin(), base.end() - 1);  // next row of rank s's block
-  int64_t i = 0;
-  for (int64_t e = first; e < last; ++e) {
-    for (int p = 0; p < P; ++p)
-      for (int64_t j = 0; j < ep.counts[p * E + e]; ++j) ep.perm[i++] = at[p]++;
-    ep.own_offsets[e - first + 1] = i;
+    int64_t* off = ep.offsets.data() + p * (n + 1);
+    for (int64_t e = 0; e < n; ++e) off[e + 1] = off[e] + ep.counts[p * (E + 1) + first + e];
+    ep.recv_rows[p] = off[n];
+    ep.base[p + 1] = ep.base[p] + off[n];
+    ep.source_unit[p] = ep.counts[p * (E + 1) + E];
   }
 }
 
-// dst[i] = src[perm[i]] (gather) or dst[perm[i]] = src[i] (scatter), rows of H floats.
-void permute_rows(const std::vector<int64_t>& perm, const float* src, float* dst, int64_t H,
-                  bool gather) {
-  parallel_for_range(static_cast<int64_t>(perm.size()), 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t from = gather ? perm[i] : i, to = gather ? i : perm[i];
-      std::memcpy(dst + to * H, src + from * H, H * sizeof(float));
-    }
-  });
+// The owned experts' gradient blocks, one part per unit: [w1 | b1 | w2 | b2] of the shard.
+struct PartLayout {
+  int64_t w1 = 0, b1 = 0, w2 = 0, b2 = 0, size = 0;
+};
+PartLayout part_layout(const FfnParams& p, const FfnGrads& g, int64_t count) {
+  PartLayout l;
+  const int64_t F1 = p.width1();
+  l.w1 = 0;
+  l.b1 = l.w1 + (g.w1 ? count * p.H * F1 : 0);
+  l.w2 = l.b1 + (g.b1 ? count * F1 : 0);
+  l.b2 = l.w2 + (g.w2 ? count * p.F * p.H : 0);
+  l.size = l.b2 + (g.b2 ? count * p.H : 0);
+  return l;
+}
+FfnGrads part_grads(float* part, const PartLayout& l, const FfnGrads& g) {
+  return {g.w1 ? part + l.w1 : nullptr, g.b1 ? part + l.b1 : nullptr, g.w2 ? part + l.w2 : nullptr,
+          g.b2 ? part + l.b2 : nullptr};
+}
+
+// Once every unit's part is in: their tree_sum into the owned experts' gradients.
+void finish_parts(ExchangeRows& ep, const PartLayout& l, const FfnGrads& owned) {
+  ExpertGradParts& parts = ep.parts;
+  const int64_t units = static_cast<int64_t>(parts.filled.size());
+  if (parts.count < units) return;
+  std::vector<const float*> views;
+  for (int64_t u = 0; u < units; ++u) views.push_back(parts.data.data() + u * l.size);
+  std::vector<float> sum(static_cast<size_t>(l.size));
+  if (l.size > 0) tree_sum(views, l.size, sum.data());
+  auto add = [&](float* g, int64_t at, int64_t end) {
+    for (int64_t i = at; g && i < end; ++i) g[i - at] = g[i - at] + sum[i];
+  };
+  add(owned.w1, l.w1, l.b1);
+  add(owned.b1, l.b1, l.w2);
+  add(owned.w2, l.w2, l.b2);
+  add(owned.b2, l.b2, l.size);
+  parts.count = 0;
+  std::fill(parts.filled.begin(), parts.filled.end(), 0);
 }
 
 }  // namespace
@@ -152,7 +174,8 @@ void dispatch_backward(const RoutingPlan& plan, const ExpertRows& rows, int64_t 
 }
 
 void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* x, float* y,
-                     const ForwardOptions& opt, ExpertRows& rows, Communicator* comm) {
+                     const ForwardOptions& opt, ExpertRows& rows, Communicator* comm, int64_t unit,
+                     int64_t units) {
   const int64_t H = experts.weights().H;
   dispatch(plan, x, H, rows);
   rows.ys.resize({plan.rows(), H});
@@ -163,13 +186,19 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
     combine(plan, rows, H, y);
     return;
   }
-  // Expert parallelism: rows to their experts' owners, the owned experts on what arrived, the
-  // outputs back.
+  // Expert parallelism: rows to their experts' owners, the owned experts on each source's rows,
+  // the outputs back in the order they came.
   ExchangeRows& ep = rows.ep;
+  const int P = comm->size();
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
-  plan_exchange(plan, *comm, ep);
-  const int64_t owned = static_cast<int64_t>(ep.perm.size());
+  plan_exchange(plan, unit, *comm, ep);
+  for (int p = 0; p < P; ++p)
+    check_arg(ep.source_unit[p] >= 0 && ep.source_unit[p] < units,
+              "MoeLayer: rank " + std::to_string(p) + " holds unit " +
+                  std::to_string(ep.source_unit[p]) +
+                  ", outside the step's units=" + std::to_string(units));
+  const int64_t owned = ep.base[P];
   ep.recv.resize({owned, H});
   ep.recv_ids.resize(owned);
   auto ids = comm->start_alltoallv(rows.row_ids.data(), ep.send_rows.data(), ep.recv_ids.data(),
@@ -177,23 +206,31 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   comm->alltoallv(rows.xs.data(), ep.send_rows.data(), ep.recv.data(), ep.recv_rows.data(),
                   H * static_cast<int64_t>(sizeof(float)));
   ids->wait();
-  ep.own_xs.resize({owned, H});
-  permute_rows(ep.perm, ep.recv.data(), ep.own_xs.data(), H, true);
-  ep.own_ids.resize(owned);
-  for (int64_t i = 0; i < owned; ++i) ep.own_ids[i] = ep.recv_ids[ep.perm[i]];
   ep.exchange_seconds = seconds_since(t0);
   t0 = Clock::now();
   ep.own_ys.resize({owned, H});
-  ep.drop = experts.dropout(opt, ep.own_ids.data());
-  ffn_forward(shard_params(experts.weights().params(), ep.shard), ep.own_offsets.data(),
-              ep.own_xs.data(), ep.own_ys.data(), ep.drop, ep.ffn);
+  ep.drop = experts.dropout(opt, nullptr);
+  ep.ffn.resize(P);
+  const FfnParams sp = shard_params(experts.weights().params(), ep.shard);
+  for (int p = 0; p < P; ++p) {
+    FfnDropout d = ep.drop;
+    d.row_id = ep.recv_ids.data() + ep.base[p];
+    ffn_forward(sp, ep.offsets.data() + p * (ep.shard.count + 1), ep.recv.data() + ep.base[p] * H,
+                ep.own_ys.data() + ep.base[p] * H, d, ep.ffn[p]);
+  }
   ep.compute_seconds = seconds_since(t0);
   t0 = Clock::now();
-  permute_rows(ep.perm, ep.own_ys.data(), ep.recv.data(), H, false);
-  comm->alltoallv(ep.recv.data(), ep.recv_rows.data(), rows.ys.data(), ep.send_rows.data(),
+  comm->alltoallv(ep.own_ys.data(), ep.recv_rows.data(), rows.ys.data(), ep.send_rows.data(),
                   H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds += seconds_since(t0);
   ep.bytes_sent = comm->bytes_sent() - bytes0;
+  // This step's parts: sized for its units on first use, then reused.
+  ExpertGradParts& parts = ep.parts;
+  if (static_cast<int64_t>(parts.filled.size()) != units) {
+    check_arg(parts.count == 0, "MoeLayer: the step's units changed to " + std::to_string(units) +
+                                    " before all of the previous step's were run");
+    parts.filled.assign(units, 0);
+  }
   combine(plan, rows, H, y);
 }
 
@@ -210,27 +247,44 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
     return;
   }
   ExchangeRows& ep = rows.ep;
-  check_arg(ep.own_xs.numel() == static_cast<int64_t>(ep.perm.size()) * H,
+  const int P = comm->size();
+  check_arg(static_cast<int>(ep.ffn.size()) == P && ep.recv.numel() == ep.base[P] * H,
             "experts_backward: the forward ran without expert parallelism");
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
-  const int64_t owned = static_cast<int64_t>(ep.perm.size());
-  comm->alltoallv(rows.dys.data(), ep.send_rows.data(), ep.recv.data(), ep.recv_rows.data(),
-                  H * static_cast<int64_t>(sizeof(float)));
+  const int64_t owned = ep.base[P];
   ep.own_dys.resize({owned, H});
-  permute_rows(ep.perm, ep.recv.data(), ep.own_dys.data(), H, true);
+  comm->alltoallv(rows.dys.data(), ep.send_rows.data(), ep.own_dys.data(), ep.recv_rows.data(),
+                  H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds += seconds_since(t0);
   t0 = Clock::now();
   ep.own_dxs.resize({owned, H});
-  ep.drop.row_id = ep.own_ids.data();
   const FfnParams p = experts.weights().params();
-  ffn_backward(shard_params(p, ep.shard), ep.own_offsets.data(), ep.own_xs.data(),
-               ep.own_dys.data(), ep.own_dxs.data(), ep.drop, ep.ffn,
-               shard_grads(experts.weights().grads(), p, ep.shard));
+  const FfnParams sp = shard_params(p, ep.shard);
+  const FfnGrads owned_grads = shard_grads(experts.weights().grads(), p, ep.shard);
+  const PartLayout layout = part_layout(p, owned_grads, ep.shard.count);
+  ExpertGradParts& parts = ep.parts;
+  const int64_t units = static_cast<int64_t>(parts.filled.size());
+  if (parts.data.numel() != units * layout.size) parts.data.resize({units, layout.size});
+  for (int s = 0; s < P; ++s) {
+    const int64_t u = ep.source_unit[s];
+    check_arg(!parts.filled[u], "MoeLayer: unit " + std::to_string(u) +
+                                    " was run twice in one step (each of the step's units=" +
+                                    std::to_string(units) + " runs once, on one rank)");
+    float* part = parts.data.data() + u * layout.size;
+    std::fill(part, part + layout.size, 0.f);  // each unit's chain starts from zero
+    FfnDropout d = ep.drop;
+    d.row_id = ep.recv_ids.data() + ep.base[s];
+    ffn_backward(sp, ep.offsets.data() + s * (ep.shard.count + 1), ep.recv.data() + ep.base[s] * H,
+                 ep.own_dys.data() + ep.base[s] * H, ep.own_dxs.data() + ep.base[s] * H, d,
+                 ep.ffn[s], part_grads(part, layout, owned_grads));
+    parts.filled[u] = 1;
+    ++parts.count;
+  }
+  finish_parts(ep, layout, owned_grads);
   ep.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
-  permute_rows(ep.perm, ep.own_dxs.data(), ep.recv.data(), H, false);
-  comm->alltoallv(ep.recv.data(), ep.recv_rows.data(), rows.dxs.data(), ep.send_rows.data(),
+  comm->alltoallv(ep.own_dxs.data(), ep.recv_rows.data(), rows.dxs.data(), ep.send_rows.data(),
                   H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds += seconds_since(t0);
   ep.bytes_sent += comm->bytes_sent() - bytes0;

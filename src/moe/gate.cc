@@ -66,35 +66,12 @@ void gate_weight_grads(const float* xin, const float* dl, int64_t n, int64_t H, 
 }  // namespace
 
 void gate_backward(GateWeights& w, const Tensor& gate_in, const float* dl, const GateNoise& noise,
-                   Tensor& workspace, float* dx, int64_t units, Communicator* comm) {
+                   Tensor& workspace, float* dx) {
   const int64_t N = gate_in.dim(0), H = gate_in.dim(1), E = w.kernel.dim(1);
   const float* xin = gate_in.data();
   const bool has_bias = w.bias.numel() > 0;
-  if (units <= 1 && (!comm || comm->size() == 1)) {
-    gate_weight_grads(xin, dl, N, H, E, w.kernel_grad.data(),
-                      has_bias ? w.bias_grad.data() : nullptr, true);
-  } else {
-    // One part per unit, the parts added as a pairwise tree here and then over the ranks, then
-    // into the gradients: the same bits for any number of processes sharing the units.
-    check_arg(units >= 1 && N % units == 0, "gate_backward: " + std::to_string(N) +
-                                                " tokens do not split into " +
-                                                std::to_string(units) + " equal units");
-    const int64_t len = H * E + E, rows = N / units;
-    std::vector<float> parts(static_cast<size_t>(units * len));
-    std::vector<const float*> views;
-    for (int64_t u = 0; u < units; ++u) {
-      float* p = parts.data() + u * len;
-      gate_weight_grads(xin + u * rows * H, dl + u * rows * E, rows, H, E, p,
-                        has_bias ? p + H * E : nullptr, false);
-      views.push_back(p);
-    }
-    std::vector<float> sum(static_cast<size_t>(len));
-    tree_sum(views, len, sum.data());
-    if (comm) comm->allreduce_sum(sum.data(), len);
-    float* kg = w.kernel_grad.data();
-    for (int64_t i = 0; i < H * E; ++i) kg[i] = kg[i] + sum[i];
-    for (int64_t j = 0; has_bias && j < E; ++j) w.bias_grad[j] = w.bias_grad[j] + sum[H * E + j];
-  }
+  gate_weight_grads(xin, dl, N, H, E, w.kernel_grad.data(), has_bias ? w.bias_grad.data() : nullptr,
+                    true);
   workspace.resize({N, H});
   parallel_for_range(N, 256, [&](int64_t b, int64_t e) {
     float* tmp = workspace.data() + b * H;

@@ -96,21 +96,22 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
       !merge || global_tokens == B * L,
       "MoeLayer: router.local_dispatch=false gates the whole batch as one group, which cannot "
       "be split over processes");
-  // Data-parallel units: this call holds whole ones, and with several processes every process
-  // holds as many (the sum over ranks is a tree over equal blocks).
-  check_arg(opt.units >= 1 && global_tokens % opt.units == 0 &&
-                opt.token_offset % (global_tokens / opt.units) == 0 &&
-                (B * L) % (global_tokens / opt.units) == 0,
-            "MoeLayer: units=" + std::to_string(opt.units) + " must split the global batch of " +
-                std::to_string(global_tokens) + " tokens into equal runs, this call's tokens [" +
-                std::to_string(opt.token_offset) + ", " + std::to_string(opt.token_offset + B * L) +
-                ") being whole ones");
-  act_.units = B * L / (global_tokens / opt.units);
-  if (comm_ && comm_->size() > 1)
-    check_arg(act_.units * comm_->size() == opt.units,
-              "MoeLayer: with " + std::to_string(comm_->size()) + " processes each must hold " +
-                  "units / processes of the units=" + std::to_string(opt.units) +
-                  ", this one holds " + std::to_string(act_.units));
+  // Expert parallelism: every call on every rank is one data-parallel unit of the step, whose
+  // owned experts' gradients are kept apart until the step's units are all in (dispatch.h).
+  const bool parallel = comm_ && comm_->size() > 1;
+  int64_t unit = 0;
+  if (parallel) {
+    const int P = comm_->size();
+    check_arg(opt.units >= P && opt.units % P == 0 && B * L * opt.units == global_tokens &&
+                  opt.token_offset % (B * L) == 0,
+              "MoeLayer: with experts over " + std::to_string(P) +
+                  " processes, each call must be one of the step's units (ForwardOptions::units, "
+                  "a multiple of the processes): units=" +
+                  std::to_string(opt.units) + " of a batch of " + std::to_string(global_tokens) +
+                  " tokens, this call tokens [" + std::to_string(opt.token_offset) + ", " +
+                  std::to_string(opt.token_offset + B * L) + ")");
+    unit = opt.token_offset / (B * L);
+  }
   act_.x_shape = x.shape();
   act_.G = G, act_.T = T;
 
@@ -123,14 +124,12 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
                              opt.paddings ? opt.paddings->data() : nullptr, opt.training,
                              derive_key(key, kTop2Stream), act_.routing, opt.token_offset / T,
                              global_tokens / T);
-  // Dropless capacity is the largest block's row count: over the whole batch, so that dropout
-  // counters ([G, E, C] slots) are the same on any process count.
-  if (comm_ && comm_->size() > 1) act_.routing.plan.C = comm_->allreduce_max(act_.routing.plan.C);
   const RoutingPlan& plan = act_.routing.plan;
 
   // Dispatch -> experts -> combine.
   y.resize(x.shape());
-  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts, comm_);
+  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts, comm_, unit,
+                  parallel ? opt.units : 1);
 
   MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;
@@ -150,8 +149,7 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   act_.dlogits.resize({N, E});
   route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),
                         loss_scale, act_.dlogits.data());
-  gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data(),
-                act_.units, comm_);
+  gate_backward(gate_, act_.gate_in, act_.dlogits.data(), act_.noise, act_.dgate_in, dx.data());
 }
 
 MoeLayerWithBackboneConfig MoeLayerWithBackboneConfig::from_json(const nlohmann::json& j) {

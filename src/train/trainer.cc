@@ -195,6 +195,14 @@ void Trainer::prepare(bool fresh) {
   }
   if (lead()) prepare_directory(fresh);
   if (comm_->size() > 1) share_run();
+  expert_parallel(true);
+}
+
+void Trainer::expert_parallel(bool on) {
+  const bool split = on && comm_->size() > 1 && config_.expert_parallel;
+  for (int64_t l = 0; l < config_.model.num_layers; ++l)
+    if (MoeLayer* moe = model_->net.block(l).moe_layer())
+      moe->set_communicator(split ? comm_ : nullptr);
 }
 
 void Trainer::share_run() {
@@ -497,11 +505,13 @@ void Trainer::evaluate_dev() {
   // Rank 0 evaluates alone: every rank holds the whole model, and one process's evaluation is
   // the same whatever the process count.
   if (!lead()) return;
+  expert_parallel(false);  // rank 0 alone: its whole copy of the experts
   const bool pre = optimizer_pretrain_;
   const EvalResult r = pre ? evaluate_mlm(*model_, data_.pretrain[1], config_.batch_size,
                                           config_.mlm, config_.seed, config_.eval_batches)
                            : evaluate_classifier(*model_, data_.classify[1], config_.batch_size,
                                                  config_.eval_batches);
+  expert_parallel(true);
   write_record({{"event", "eval"},
                 {"phase", pre ? "pretrain" : "finetune"},
                 {"split", "dev"},
@@ -583,6 +593,7 @@ TrainResult Trainer::run() {
   result.step = step_;
   result.seconds = seconds_since(start);
   if (!lead()) return result;  // rank 0 evaluates the test split and writes the results
+  expert_parallel(false);
   result.test = evaluate_classifier(*model_, data_.classify[2], config_.batch_size);
   int64_t majority = 0;
   for (int64_t label : data_.classify[2].labels) majority += label == data_.majority_label;

@@ -1,11 +1,11 @@
 // Expert parallelism against one process, under mpirun (2 and 4 ranks): every rank builds the
-// same MoE layer twice, runs the whole global batch through one copy without a communicator (the
-// one-process reference) and its own whole groups through the other with world(), which owns a
-// block of experts. Each rank's outputs and input gradients, and the expert-weight gradients of
-// the experts it owns, must equal the reference's bit for bit: with jitter, both dropouts, the
-// four routers, capacity and dropless routing, and an expert count the ranks do not divide. The
-// router's weight gradient, a sum over every token, is split into 4 data-parallel units added as
-// a fixed tree (ForwardOptions::units): equal bit for bit too.
+// same MoE layer twice, runs every unit of the global batch through one copy without a
+// communicator (the one-process reference) and its own units through the other with world(),
+// which owns a block of experts. Each rank's outputs and input gradients, and the expert-weight
+// gradients of the experts it owns, must equal the reference's bit for bit: with jitter, both
+// dropouts, the four routers, capacity and dropless routing, and an expert count the ranks do not
+// divide. The step is 2P data-parallel units, one per call: the owned experts' gradients must equal
+// one process's tree over the units' gradients, and the router's each unit's own.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -57,74 +57,99 @@ Tensor global_tensor(Shape s, uint64_t key) {
   return t;
 }
 
+// The layer's gradients as one buffer: the router's, then the experts'.
+std::vector<float> grads_of(MoeLayer& layer) {
+  std::vector<float> g;
+  for (const ParamRef& p : layer.params())
+    g.insert(g.end(), p.grad->data(), p.grad->data() + p.grad->numel());
+  return g;
+}
+
 void check_case(const Case& c) {
   SCOPED_TRACE(c.name);
   Communicator& w = world();
   const int P = w.size(), r = w.rank();
-  const int64_t B = 8, L = 16, H = 16, Bl = B / P;
-  ASSERT_EQ(B % P, 0);
+  // 2P units of B / 2P sequences (whole routing groups); each rank runs two, one call each.
+  const int64_t B = 8, L = 16, H = 16, U = 2 * P, Bu = B / U, Nu = Bu * L, mine = U / P;
+  ASSERT_EQ(B % U, 0);
   const MoeLayerConfig cfg = config(c);
   MoeLayer ref(cfg), dist(cfg);
   dist.set_communicator(&w);
   const Tensor x = global_tensor({B, L, H}, 1), dy = global_tensor({B, L, H}, 2);
-  Tensor y_ref, dx_ref, y, dx;
-  for (uint64_t step : {3, 4}) {  // a second step: workspaces reused, new noise
+  auto unit_of = [&](const Tensor& t, int64_t u) {
+    Tensor part({Bu, L, H});
+    std::copy_n(t.data() + u * Nu * H, Nu * H, part.data());
+    return part;
+  };
+  const size_t router_floats =
+      static_cast<size_t>(ref.gate().kernel.numel() + ref.gate().bias.numel());
+  for (uint64_t step : {3, 4}) {  // a second step: workspaces and parts reused, new noise
     ForwardOptions opt{true, step};
-    opt.units = 4;  // data-parallel units: the router's gradient is summed per unit, as a tree
-    const MoeMetrics m_ref = ref.forward(x, y_ref, opt);
-    ref.backward(dy, dx_ref);
-    Tensor xl({Bl, L, H}), dyl({Bl, L, H});
-    std::copy_n(x.data() + r * Bl * L * H, Bl * L * H, xl.data());
-    std::copy_n(dy.data() + r * Bl * L * H, Bl * L * H, dyl.data());
-    opt.token_offset = r * Bl * L;
+    opt.units = U;
     opt.global_tokens = B * L;
-    const MoeMetrics m = dist.forward(xl, y, opt);
-    dist.backward(dyl, dx);
+    // One process: every unit on its own from zeroed gradients, the units' gradients a tree.
+    std::vector<Tensor> y_ref(U), dx_ref(U);
+    std::vector<MoeMetrics> m_ref(U);
+    std::vector<std::vector<float>> g_ref(U);
+    for (int64_t u = 0; u < U; ++u) {
+      zero_grads(ref.params());
+      opt.token_offset = u * Nu;
+      m_ref[u] = ref.forward(unit_of(x, u), y_ref[u], opt);
+      ref.backward(unit_of(dy, u), dx_ref[u]);
+      g_ref[u] = grads_of(ref);
+    }
+    std::vector<const float*> parts;
+    for (const auto& g : g_ref) parts.push_back(g.data());
+    std::vector<float> tree(g_ref[0].size());
+    tree_sum(parts, static_cast<int64_t>(tree.size()), tree.data());
+    // P processes: rank r runs units [r * mine, (r + 1) * mine), one call each, experts split.
     // Mismatches are counted, never returned on: a rank that left early would leave the others
     // waiting in the next collective.
-    int64_t bad_y = 0, bad_dx = 0;
-    for (int64_t i = 0; i < Bl * L * H; ++i) {
-      bad_y += y[i] != y_ref[r * Bl * L * H + i];
-      bad_dx += dx[i] != dx_ref[r * Bl * L * H + i];
+    int64_t bad_y = 0, bad_dx = 0, bad_router = 0, bad_loss = 0;
+    for (int64_t j = 0; j < mine; ++j) {
+      const int64_t u = r * mine + j;
+      zero_grads(dist.params());
+      opt.token_offset = u * Nu;
+      Tensor y, dx;
+      const MoeMetrics m = dist.forward(unit_of(x, u), y, opt);
+      dist.backward(unit_of(dy, u), dx);
+      for (int64_t i = 0; i < Nu * H; ++i) {
+        bad_y += y[i] != y_ref[u][i];
+        bad_dx += dx[i] != dx_ref[u][i];
+      }
+      // The router's gradient is the call's own, like any layer's: unit u's.
+      const std::vector<float> g = grads_of(dist);
+      for (size_t i = 0; i < router_floats; ++i) bad_router += g[i] != g_ref[u][i];
+      // Each unit's loss share (global normalisers) is one process's.
+      bad_loss += m.load_balancing_loss != m_ref[u].load_balancing_loss;
+      bad_loss += m.router_z_loss != m_ref[u].router_z_loss;
     }
     EXPECT_EQ(bad_y, 0) << "outputs differ, step " << step;
     EXPECT_EQ(bad_dx, 0) << "input gradients differ, step " << step;
-    // The losses are this rank's share of the global batch's: their sum is the whole.
-    double lb = m.load_balancing_loss, z = m.router_z_loss;
-    w.allreduce_sum(&lb, 1);
-    w.allreduce_sum(&z, 1);
-    EXPECT_NEAR(lb, m_ref.load_balancing_loss, 1e-12 + 1e-9 * std::abs(m_ref.load_balancing_loss));
-    EXPECT_NEAR(z, m_ref.router_z_loss, 1e-12 + 1e-9 * std::abs(m_ref.router_z_loss));
-  }
-  // The owned experts' gradients (accumulated over both steps), bit for bit.
-  const ExpertShard sh = expert_shard(c.E, r, P);
-  const FfnWeights& a = ref.experts().weights();
-  const FfnWeights& b = dist.experts().weights();
-  const int64_t F1 = a.glu ? 2 * a.F : a.F;
-  auto same_block = [&](const Tensor& want, const Tensor& got, int64_t per_expert,
-                        const char* what) {
+    EXPECT_EQ(bad_router, 0) << "router gradients differ, step " << step;
+    EXPECT_EQ(bad_loss, 0) << "losses differ, step " << step;
+    // After the step's last unit: the owned experts' gradients are the tree over all units (the
+    // units of every rank), bit for bit; experts owned elsewhere get nothing here.
+    const ExpertShard sh = expert_shard(c.E, r, P);
+    const FfnWeights& a = ref.experts().weights();
+    const int64_t F1 = a.glu ? 2 * a.F : a.F;
+    const std::vector<float> g = grads_of(dist);
+    size_t at = router_floats;
     int64_t differ = 0, stray = 0;
-    for (int64_t i = 0; i < got.numel(); ++i) {
-      if (i >= sh.first * per_expert && i < (sh.first + sh.count) * per_expert)
-        differ += got[i] != want[i];
-      else
-        stray += got[i] != 0.f;  // experts owned elsewhere get nothing here
+    // params() order: w1, b1, w2, b2.
+    for (const auto& [t, per] : {std::pair{&a.dw1, H * F1}, std::pair{&a.db1, F1},
+                                 std::pair{&a.dw2, a.F * H}, std::pair{&a.db2, H}}) {
+      for (int64_t i = 0; i < t->numel(); ++i, ++at) {
+        if (i >= sh.first * per && i < (sh.first + sh.count) * per)
+          differ += g[at] != tree[at];
+        else
+          stray += g[at] != 0.f;
+      }
     }
-    EXPECT_EQ(differ, 0) << what << ": gradients of this rank's experts differ";
-    EXPECT_EQ(stray, 0) << what << ": gradients of other ranks' experts";
-  };
-  same_block(a.dw1, b.dw1, H * F1, "dw1");
-  same_block(a.dw2, b.dw2, a.F * H, "dw2");
-  same_block(a.db1, b.db1, F1, "db1");
-  same_block(a.db2, b.db2, H, "db2");
-  // The router's gradients: the same units summed in the same tree, across the ranks.
-  const GateWeights& ga = ref.gate();
-  const GateWeights& gb = dist.gate();
-  int64_t differ = 0;
-  for (int64_t i = 0; i < ga.kernel_grad.numel(); ++i)
-    differ += ga.kernel_grad[i] != gb.kernel_grad[i];
-  for (int64_t i = 0; i < ga.bias_grad.numel(); ++i) differ += ga.bias_grad[i] != gb.bias_grad[i];
-  EXPECT_EQ(differ, 0) << "router gradients differ";
+    EXPECT_EQ(at, g.size());
+    EXPECT_EQ(differ, 0) << "gradients of this rank's experts differ, step " << step;
+    EXPECT_EQ(stray, 0) << "gradients of other ranks' experts, step " << step;
+  }
 }
 
 TEST(MpiMoe, ExpertParallelEqualsOneProcess) {

@@ -4,6 +4,8 @@
 // timing fields) and results.json. Dropout, attention dropout, router jitter and inner expert
 // dropout are on, so every random stream must be keyed by global position. A run stopped on P
 // processes and resumed on one, and one stopped on one process and resumed on P, end the same.
+// With expert parallelism (the default) each MoE layer's experts are split over the ranks; without,
+// every rank runs every expert: the same bytes.
 // Comparisons never return early: a rank leaving a test while the others sit in a collective
 // would hang the job.
 #include <gtest/gtest.h>
@@ -58,7 +60,7 @@ std::string metrics_without_timing(const std::string& run) {
 
 // The test's config: the training fixture's, with every random stream switched on, written by
 // rank 0 (its corpus file included) before the others read it.
-TrainConfig job_config(const std::string& dir, bool dropless) {
+TrainConfig job_config(const std::string& dir, bool dropless, bool expert_parallel) {
   Communicator& w = world();
   auto make = [&] {
     TrainConfig c = test::tiny_train_config(dir, 6, 6);
@@ -68,6 +70,7 @@ TrainConfig job_config(const std::string& dir, bool dropless) {
     c.model.moe.experts.inner_dropout = 0.1;
     c.model.moe.router.jitter_noise = 0.02;
     c.model.moe.dropless = dropless;
+    c.expert_parallel = expert_parallel;
     c.validate();
     return c;
   };
@@ -87,13 +90,17 @@ void expect_same_run(const std::string& a, const std::string& b, const std::stri
   EXPECT_EQ(read_file(a + "/results.json"), read_file(b + "/results.json")) << what;
 }
 
-class TrainMpi : public testing::TestWithParam<bool> {};
+struct Variant {
+  bool dropless, expert_parallel;
+};
+class TrainMpi : public testing::TestWithParam<Variant> {};
 
 TEST_P(TrainMpi, ByteIdenticalToOneProcessAndResumesAtAnotherProcessCount) {
   Communicator& w = world();
-  const bool dropless = GetParam();
-  const std::string dir = job_dir(dropless ? "dropless" : "capacity");
-  const TrainConfig c = job_config(dir, dropless);
+  const Variant v = GetParam();
+  const std::string dir =
+      job_dir(std::string(v.dropless ? "dropless" : "capacity") + (v.expert_parallel ? "_ep" : ""));
+  const TrainConfig c = job_config(dir, v.dropless, v.expert_parallel);
   const std::string one = dir + "/one", many = dir + "/many";
   if (w.rank() == 0) {
     const TrainResult r = Trainer(c, one, {.comm = &single_process()}).run();
@@ -149,9 +156,12 @@ TEST_P(TrainMpi, ByteIdenticalToOneProcessAndResumesAtAnotherProcessCount) {
   if (w.rank() == 0) fs::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Routing, TrainMpi, testing::Values(false, true),
-                         [](const testing::TestParamInfo<bool>& i) {
-                           return i.param ? "TokensChooseDropless" : "TokensChooseCapacity";
+INSTANTIATE_TEST_SUITE_P(Routing, TrainMpi,
+                         testing::Values(Variant{false, true}, Variant{true, true},
+                                         Variant{false, false}),
+                         [](const testing::TestParamInfo<Variant>& i) {
+                           return std::string(i.param.dropless ? "Dropless" : "Capacity") +
+                                  (i.param.expert_parallel ? "ExpertParallel" : "DataParallel");
                          });
 
 }  // namespace

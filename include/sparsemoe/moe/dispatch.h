@@ -3,9 +3,10 @@
 // token's weighted expert outputs in the plan's fixed row order), with the backward of each.
 // Dispatch and combine are free functions over the plan because they are the seam where expert
 // parallelism exchanges rows between processes: with a communicator of P > 1 ranks, each rank
-// owns a block of experts; dispatch sends every row to its expert's owner, which runs the FFN on
-// the rows it received in the order (expert, global group, slot) -- the order one process uses --
-// and combine returns the outputs. Every buffer lives in ExpertRows.
+// owns a block of experts and holds one data-parallel unit of the batch per call; dispatch sends
+// every row to its expert's owner, which runs the FFN on each source's rows in that source's plan
+// order, keeps each unit's weight gradients apart (ExpertGradParts) and adds them as a fixed tree
+// once the step's units are all in; combine returns the outputs. Every buffer lives in ExpertRows.
 #pragma once
 
 #include <cstdint>
@@ -26,20 +27,33 @@ struct ExpertShard {
 };
 ExpertShard expert_shard(int64_t E, int rank, int size);
 
-// What the expert-parallel exchange saves for the backward (R_own rows received by this rank's
-// experts, expert-major; R = this rank's own plan rows).
+// An owned expert's weight gradients under expert parallelism, one part per data-parallel unit
+// of the step (ForwardOptions::units): each part is one FMA chain from zero over that unit's rows,
+// as in one process running the unit alone. When every unit's part is in, they are added as
+// tree_sum's tree into the gradients, so the owner's gradients equal one process's tree over the
+// same units bit for bit. [units, owned] with owned = the shard's w1 | b1 | w2 | b2 blocks.
+struct ExpertGradParts {
+  Tensor data;
+  std::vector<char> filled;  // [units]
+  int64_t count = 0;         // parts filled so far in this step
+};
+
+// What the expert-parallel exchange saves for the backward. Rows are kept in the order they
+// arrive: source rank, then owned expert, then that rank's plan order (group, slot).
 struct ExchangeRows {
   ExpertShard shard;
-  std::vector<int64_t> counts;       // [P, E] rows each rank routed to each expert
+  std::vector<int64_t> counts;       // [P, E + 1] each rank's rows per expert, then its unit
   std::vector<int64_t> send_rows;    // [P] rows this rank sends to each rank (its plan's rows)
   std::vector<int64_t> recv_rows;    // [P] rows this rank receives from each rank
-  std::vector<int64_t> own_offsets;  // [count + 1] owned rows of each owned expert
-  std::vector<int64_t> perm;         // [R_own] where expert-major row i sits in the received order
-  std::vector<uint64_t> recv_ids, own_ids;  // [R_own] the rows' dropout counters
-  Tensor recv, own_xs, own_ys;              // [R_own, H] received order; expert-major in and out
-  Tensor own_dys, own_dxs;                  // [R_own, H] backward
-  FfnSaved ffn;                             // the owned rows' FFN activations
-  FfnDropout drop;
+  std::vector<int64_t> base;         // [P + 1] where each source's rows start
+  std::vector<int64_t> offsets;      // [P, count + 1] owned experts' rows within each source
+  std::vector<int64_t> source_unit;  // [P] the data-parallel unit each source's call holds
+  std::vector<uint64_t> recv_ids;    // [R_own] the rows' dropout counters
+  Tensor recv, own_ys, own_dys;      // [R_own, H] received rows, outputs, output gradients
+  Tensor own_dxs;                    // [R_own, H] input gradients
+  std::vector<FfnSaved> ffn;         // [P] each source's FFN activations
+  FfnDropout drop;                   // the call's keys (row ids point into recv_ids)
+  ExpertGradParts parts;             // across the step's calls
   double exchange_seconds = 0, compute_seconds = 0;  // of the last forward + backward
   int64_t bytes_sent = 0;                            // of the last forward + backward
 };
@@ -67,11 +81,13 @@ void dispatch_backward(const RoutingPlan& plan, const ExpertRows& rows, int64_t 
 
 // The whole stage, as lingvo's FeedForwardNetworksApplyGating: x [N, H] -> y [N, H].
 // With `comm` of more than one rank, expert parallelism: the experts are split over the ranks
-// (expert_shard), every rank calls this collectively with its own groups' plan, and a rank
-// computes (and accumulates gradients for) its own experts only.
+// (expert_shard), every rank calls this collectively with its own groups' plan, which is one
+// data-parallel unit (`unit` of `units`), and a rank computes its own experts only.
 void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* x, float* y,
-                     const ForwardOptions& opt, ExpertRows& rows, Communicator* comm = nullptr);
-// dy [N, H] -> dx [N, H] (overwritten) and rows.dweight; accumulates the experts' gradients.
+                     const ForwardOptions& opt, ExpertRows& rows, Communicator* comm = nullptr,
+                     int64_t unit = 0, int64_t units = 1);
+// dy [N, H] -> dx [N, H] (overwritten) and rows.dweight; accumulates the experts' gradients (under
+// expert parallelism: when the step's last unit is in, the owned experts' tree of unit parts).
 void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* dy,
                       float* dx, ExpertRows& rows, Communicator* comm = nullptr);
 

@@ -6,7 +6,6 @@
 #include <cstdint>
 
 #include "sparsemoe/core/tensor.h"
-#include "sparsemoe/dist/communicator.h"
 
 namespace sparsemoe {
 
@@ -27,11 +26,8 @@ struct GateNoise {
 void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
                   const GateNoise& noise, Tensor& gate_in, Tensor& logits);
 // dlogits [N, E] -> kernel/bias gradients (+=); dx [N, H] += (dlogits . kernel^T) * noise.
-// workspace: [N, H] scratch. With units > 1 (the N rows are that many equal data-parallel
-// units; ForwardOptions::units) or a communicator of several ranks, the weight gradients are
-// summed per unit and the parts added as tree_sum's tree, over `comm`'s ranks too.
+// workspace: [N, H] scratch.
 void gate_backward(GateWeights& w, const Tensor& gate_in, const float* dlogits,
-                   const GateNoise& noise, Tensor& workspace, float* dx, int64_t units = 1,
-                   Communicator* comm = nullptr);
+                   const GateNoise& noise, Tensor& workspace, float* dx);
 
 }  // namespace sparsemoe

@@ -69,7 +69,6 @@ struct MoeMetrics : RouteResult {
 struct MoeActivations {
   Shape x_shape;  // [B, L, H]
   int64_t G = 0, T = 0;
-  int64_t units = 1;  // this call's data-parallel units (ForwardOptions::units, this share)
   // gate
   GateNoise noise;        // the jitter of this call (regenerated in backward)
   Tensor gate_in;         // [N, H] the router's input: x, times the jitter noise when jittered
@@ -107,9 +106,12 @@ class MoeLayer {
   const MoeActivations& activations() const { return act_; }
   const RoutingPlan& plan() const { return act_.routing.plan; }
   // Expert parallelism over `comm`'s ranks (null or one rank: none). Every rank then calls
-  // forward and backward collectively with its own whole groups of the global batch
-  // (ForwardOptions::token_offset, global_tokens); a rank runs, and accumulates gradients for, only
-  // the experts it owns (expert_shard). The expert weights stay whole on every rank for now.
+  // forward and backward collectively, each call one data-parallel unit of the step
+  // (ForwardOptions::units, token_offset, global_tokens: whole groups); a rank runs only the
+  // experts it owns (expert_shard) and adds their weight gradients, a fixed tree over the step's
+  // units, when the last unit's backward is done. Every other gradient (the router's) is the
+  // call's own, like any layer's: the caller sums them over units and ranks
+  // (train/data_parallel.h). The expert weights stay whole on every rank for now.
   void set_communicator(Communicator* comm) { comm_ = comm; }
   Communicator* communicator() const { return comm_; }
 

@@ -24,11 +24,10 @@ struct ForwardOptions {
   int64_t token_offset = 0;
   int64_t global_tokens = 0;
   int64_t sequence_offset = 0;
-  // The global batch's data-parallel units: equal runs of consecutive tokens (a process holds
-  // whole units). Every sum over tokens into a weight gradient is split at unit boundaries and
-  // the parts added as one fixed pairwise tree (dist/communicator.h tree_sum), across processes
-  // too, so its bits do not depend on how many processes share the units. 1: one sum over all
-  // tokens, as always. Layers that honour it say so (MoeLayer's router; the others: not yet).
+  // The step's data-parallel units: equal runs of consecutive tokens, each run as a call of its
+  // own (train/data_parallel.h sums the units' gradients as a fixed tree). Only an expert-parallel
+  // MoeLayer reads it: its calls are one unit each, and it keeps each unit's expert gradients
+  // apart until the step's last unit is in.
   int64_t units = 1;
 };
 

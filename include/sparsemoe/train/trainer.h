@@ -107,6 +107,8 @@ class Trainer {
   void prepare_directory(bool fresh);  // rank 0: the run directory, as one process does
   void share_run();                    // rank 0's run to the other ranks
   bool lead() const { return comm_->rank() == 0; }
+  // Splits (on) or unsplits the MoE layers' experts over the processes (config expert_parallel).
+  void expert_parallel(bool on);
   bool in_pretrain(int64_t step) const { return step < config_.pretrain.steps; }
   void enter_phase(bool pretrain);
   void train_step();

@@ -67,12 +67,25 @@ double global_grad_norm(const std::vector<ParamRef>& params) {
   return std::sqrt(total);
 }
 
-AdamW::AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params) : config_(config) {
+AdamW::AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params, Communicator* comm)
+    : config_(config), comm_(comm) {
   config_.validate();
+  // Owners: parameter k goes to the rank whose equal share of all elements its first element
+  // falls in, so each rank owns one run of consecutive parameters.
+  const int P = sharded() ? comm_->size() : 1;
+  int64_t total = 0, at = 0;
+  for (const auto& p : params) total += p.value->numel();
   for (const auto& p : params) {
+    owner_.push_back(total > 0 ? static_cast<int>(at * P / total) : 0);
+    at += p.value->numel();
+  }
+  const int me = sharded() ? comm_->rank() : 0;
+  for (size_t k = 0; k < params.size(); ++k) {
+    const ParamRef& p = params[k];
     names_.push_back(p.name);
-    m_.emplace_back(p.value->shape());
-    v_.emplace_back(p.value->shape());
+    shapes_.push_back(p.value->shape());
+    m_.emplace_back(owner_[k] == me ? p.value->shape() : Shape{0});
+    v_.emplace_back(owner_[k] == me ? p.value->shape() : Shape{0});
     decay_.push_back(
         std::none_of(config_.no_decay.begin(), config_.no_decay.end(),
                      [&](const std::string& s) { return p.name.find(s) != std::string::npos; }));
@@ -102,7 +115,9 @@ double AdamW::step(const std::vector<ParamRef>& params) {
                                                params[k].name + "', expected '" + names_[k] + "'");
     keep[k] = decay_[k] ? static_cast<float>(1 - lr * config_.weight_decay) : 1.f;
   }
-  const std::vector<Chunk> chunks = chunks_of(params);
+  std::vector<Chunk> chunks = chunks_of(params);
+  const int me = sharded() ? comm_->rank() : 0;
+  std::erase_if(chunks, [&](const Chunk& ch) { return owner_[ch.param] != me; });
   parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
     const size_t k = ch.param;
@@ -118,16 +133,48 @@ double AdamW::step(const std::vector<ParamRef>& params) {
       w[i] = w[i] * kp - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
     }
   });
+  if (sharded())  // every parameter from its owner, in order
+    for (size_t k = 0; k < params.size(); ++k)
+      comm_->broadcast(params[k].value->data(),
+                       params[k].value->numel() * static_cast<int64_t>(sizeof(float)), owner_[k]);
   return norm;
 }
 
 std::vector<std::pair<std::string, const Tensor*>> AdamW::state() const {
+  check_arg(!sharded(), "AdamW::state: the state is sharded over processes; use gather_state");
   std::vector<std::pair<std::string, const Tensor*>> s;
   for (size_t k = 0; k < names_.size(); ++k) {
     s.emplace_back("m/" + names_[k], &m_[k]);
     s.emplace_back("v/" + names_[k], &v_[k]);
   }
   return s;
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::gather_state(int root) const {
+  std::vector<std::pair<std::string, Tensor>> s;
+  const int me = sharded() ? comm_->rank() : 0;
+  for (size_t k = 0; k < names_.size(); ++k) {
+    Tensor m = m_[k], v = v_[k];
+    if (sharded() && owner_[k] != root) {
+      if (me != owner_[k]) m = Tensor(shapes_[k]), v = Tensor(shapes_[k]);
+      const int64_t bytes = m.numel() * static_cast<int64_t>(sizeof(float));
+      // A fresh optimizer's moments are zeros everywhere: nothing to send.
+      if (step_ > 0) {
+        comm_->broadcast(m.data(), bytes, owner_[k]);
+        comm_->broadcast(v.data(), bytes, owner_[k]);
+      }
+    }
+    if (me != root) continue;
+    s.emplace_back("m/" + names_[k], std::move(m));
+    s.emplace_back("v/" + names_[k], std::move(v));
+  }
+  return s;
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t n = 0;
+  for (size_t k = 0; k < m_.size(); ++k) n += m_[k].numel() + v_[k].numel();
+  return n * static_cast<int64_t>(sizeof(float));
 }
 
 void AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t step) {
@@ -138,10 +185,10 @@ void AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& tensor
                              [&](const auto& t) { return t.first == name; });
       if (it == tensors.end()) throw IoError("optimizer state: no tensor '" + name + "'");
       Tensor& dst = which[0] == 'm' ? m_[k] : v_[k];
-      if (it->second.shape() != dst.shape())
+      if (it->second.shape() != shapes_[k])
         throw IoError("optimizer state: '" + name + "' has shape " + shape_str(it->second.shape()) +
-                      ", expected " + shape_str(dst.shape()));
-      dst = it->second;
+                      ", expected " + shape_str(shapes_[k]));
+      if (dst.numel() > 0 || it->second.numel() == 0) dst = it->second;  // this rank's own
     }
   step_ = step;
 }

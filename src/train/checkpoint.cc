@@ -56,11 +56,17 @@ CheckpointState checkpoint_state(const SafetensorsFile& f) {
 
 void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* optimizer,
                      const CheckpointState& state) {
+  save_checkpoint(
+      path, model,
+      optimizer ? optimizer->state() : std::vector<std::pair<std::string, const Tensor*>>{}, state);
+}
+
+void save_checkpoint(const std::string& path, TaskModel& model,
+                     const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
+                     const CheckpointState& state) {
   std::vector<std::pair<std::string, const Tensor*>> tensors;
   for (const ParamRef& p : model.all_params()) tensors.emplace_back(p.name, p.value);
-  if (optimizer) {
-    for (const auto& [name, t] : optimizer->state()) tensors.emplace_back("optimizer/" + name, t);
-  }
+  for (const auto& [name, t] : optimizer_state) tensors.emplace_back("optimizer/" + name, t);
   const std::map<std::string, std::string> meta = {
       {"format", kCheckpointFormat},
       {"step", std::to_string(state.step)},

@@ -103,15 +103,19 @@ LoadedRun load_run(const std::string& run_dir) {
   return r;
 }
 
-double estimate_training_memory(const TrainConfig& c) {
+double estimate_training_memory(const TrainConfig& c, int procs) {
   const SparseMixerConfig& m = c.model;
-  const double B = static_cast<double>(c.batch_size),
+  // Units run one after the other: one unit's activations are alive at a time.
+  const double B = static_cast<double>(c.batch_size / std::max<int64_t>(1, c.units)),
                L = static_cast<double>(m.max_sequence_length);
   const double H = static_cast<double>(m.hidden_size), F = static_cast<double>(m.inner_dim);
   const double V = static_cast<double>(std::max(m.vocab_size, c.tokenizer.vocab_size));
   const double W = m.embedding_width > 0 ? static_cast<double>(m.embedding_width) : H;
-  // Weights, gradients and AdamW's two moments of the network and the masked-LM head.
-  double floats = 4 * (m.float_count() + H * W + 2 * W + V);
+  // Weights and gradients of the network and the masked-LM head, AdamW's two moments sharded over
+  // the processes, and the gradient tree's copies when there are units.
+  const double weights = m.float_count() + H * W + 2 * W + V;
+  const double tree = c.units > 1 || procs > 1 ? 2 : 0;
+  double floats = weights * (2 + 2.0 / std::max(1, procs) + tree);
   // Saved activations per layer: about a dozen [B, L, H] buffers and the FFN's [B, L, F] ones
   // (k times for the MoE layers, whose capacity can dispatch each token k times).
   const double k = static_cast<double>(m.moe.router.num_selected_experts);
@@ -125,10 +129,11 @@ double estimate_training_memory(const TrainConfig& c) {
 
 namespace {
 // Refuses a run whose estimated peak memory exceeds what is available; returns the line to log.
-std::string check_training_memory(const TrainConfig& c) {
-  const double need = estimate_training_memory(c);
+std::string check_training_memory(const TrainConfig& c, int procs) {
+  const double need = estimate_training_memory(c, procs);
   check_available_memory(need, "training (an estimate of its peak memory)");
-  return fmt::format("memory: about {} estimated for training, {} available", format_bytes(need),
+  return fmt::format("memory: about {} estimated for training{}, {} available", format_bytes(need),
+                     procs > 1 ? fmt::format(" per process ({} processes)", procs) : "",
                      format_bytes(available_memory_bytes()));
 }
 }  // namespace
@@ -196,6 +201,29 @@ void Trainer::prepare(bool fresh) {
   if (lead()) prepare_directory(fresh);
   if (comm_->size() > 1) share_run();
   expert_parallel(true);
+  if (comm_->size() > 1) report_processes();
+}
+
+void Trainer::report_processes() {
+  // What each process holds: whole weights and gradients, its share of the optimizer's moments.
+  const int P = comm_->size();
+  int64_t mine = optimizer_->state_bytes();
+  std::vector<int64_t> all(static_cast<size_t>(P));
+  comm_->allgather(&mine, sizeof mine, all.data());
+  int64_t weights = 0, moments = 0;
+  for (const ParamRef& p : model_->all_params()) weights += p.value->numel();
+  for (const ParamRef& p : params_) moments += 2 * p.value->numel();
+  if (!options_.log) return;
+  *options_.log << fmt::format(
+      "{} processes, {} units of {} sequences per step, experts {}; per process: {} of weights, "
+      "{} of gradients, {} to {} of AdamW moments (sharded; {} in one process)\n",
+      P, config_.units, config_.batch_size / config_.units,
+      config_.expert_parallel ? "split over the processes" : "on every process",
+      format_bytes(4.0 * static_cast<double>(weights)),
+      format_bytes(4.0 * static_cast<double>(weights)),
+      format_bytes(static_cast<double>(*std::min_element(all.begin(), all.end()))),
+      format_bytes(static_cast<double>(*std::max_element(all.begin(), all.end()))),
+      format_bytes(4.0 * static_cast<double>(moments)));
 }
 
 void Trainer::expert_parallel(bool on) {
@@ -220,7 +248,7 @@ void Trainer::share_run() {
   config_ = parse_run_config(config_text, path("config.json") + from);
   config_hash_ = hex(fnv1a64(config_text));
   check_process_count(config_, comm_->size());  // a resumed run's config: the same on every rank
-  check_training_memory(config_);
+  check_training_memory(config_, comm_->size());
   tokenizer_ = Tokenizer::from_bytes(tokenizer_bytes, path("tokenizer.model") + from);
   data_ = prepare_task_data(config_.data, load_corpus(config_.data), tokenizer_);
   model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
@@ -239,7 +267,7 @@ void Trainer::prepare_directory(bool fresh) {
   };
   // Before any data is read or file written: the config, the memory, the directory, its lock.
   std::string memory;
-  if (fresh) memory = check_training_memory(config_);
+  if (fresh) memory = check_training_memory(config_, comm_->size());
   std::error_code ec;
   fs::create_directories(run_dir_, ec);
   if (ec) throw IoError("--out '" + run_dir_ + "': cannot create the directory: " + ec.message());
@@ -267,7 +295,7 @@ void Trainer::prepare_directory(bool fresh) {
     config_ = read_run_config(path("config.json"), &text);
     config_hash_ = hex(fnv1a64(text));
     check_process_count(config_, comm_->size());
-    memory = check_training_memory(config_);
+    memory = check_training_memory(config_, comm_->size());
     fresh = !has_checkpoint;
   }
   note(memory);
@@ -328,11 +356,15 @@ void Trainer::enter_phase(bool pretrain) {
   optimizer_pretrain_ = pretrain;
   const PhaseConfig& phase = pretrain ? config_.pretrain : config_.finetune;
   params_ = pretrain ? model_->pretrain_params() : model_->finetune_params();
-  optimizer_ = std::make_unique<AdamW>(config_.optimizer_for(phase), params_);
+  // On several processes the moments are sharded over them (ZeRO-1; adamw.h).
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer_for(phase), params_, comm_);
   *window_ = Window();
 }
 
 void Trainer::save() {
+  // Sharded moments come to rank 0 first (collective), which writes the one-process layout.
+  std::vector<std::pair<std::string, Tensor>> gathered;
+  if (optimizer_->sharded()) gathered = optimizer_->gather_state(0);
   if (!lead()) return;
   CheckpointState s;
   s.step = step_;
@@ -341,7 +373,13 @@ void Trainer::save() {
   s.seed = config_.seed;
   s.config_hash = config_hash_;
   sync_file(path("metrics.jsonl"));  // the records up to this step outlive the checkpoint
-  save_checkpoint(path("checkpoint.safetensors"), *model_, optimizer_.get(), s);
+  if (!optimizer_->sharded()) {
+    save_checkpoint(path("checkpoint.safetensors"), *model_, optimizer_.get(), s);
+    return;
+  }
+  std::vector<std::pair<std::string, const Tensor*>> moments;
+  for (const auto& [name, t] : gathered) moments.emplace_back(name, &t);
+  save_checkpoint(path("checkpoint.safetensors"), *model_, moments, s);
 }
 
 void Trainer::write_record(const nlohmann::json& j) {

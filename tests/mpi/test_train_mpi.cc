@@ -16,9 +16,12 @@
 #include <sstream>
 #include <string>
 
+#include "../test_util.h"
 #include "../train_fixtures.h"
+#include "sparsemoe/core/rng.h"
 #include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/io/file_io.h"
+#include "sparsemoe/train/adamw.h"
 #include "sparsemoe/train/checkpoint.h"
 #include "sparsemoe/train/trainer.h"
 
@@ -154,6 +157,61 @@ TEST_P(TrainMpi, ByteIdenticalToOneProcessAndResumesAtAnotherProcessCount) {
   }
   w.barrier();
   if (w.rank() == 0) fs::remove_all(dir);
+}
+
+TEST(AdamWMpi, ShardedStateEqualsOneProcessAndShrinksWithTheRanks) {
+  // ZeRO-1: each rank keeps and updates a run of the parameters; the weights after three steps
+  // equal one process's bit for bit on every rank, and each rank keeps about 1/P of the moments.
+  Communicator& w = world();
+  const int P = w.size();
+  const std::vector<Shape> shapes = {{64, 32}, {32}, {128, 16}, {16}, {48, 48}, {8}};
+  auto make = [&](std::vector<Tensor>& values, std::vector<Tensor>& grads) {
+    std::vector<ParamRef> refs;
+    values.clear(), grads.clear();
+    values.reserve(shapes.size()), grads.reserve(shapes.size());
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      values.emplace_back(shapes[k]), grads.emplace_back(shapes[k]);
+      for (int64_t i = 0; i < values[k].numel(); ++i) values[k][i] = uniform01(k, i) - 0.5f;
+      std::string name = k % 2 ? "bias" : "kernel";  // biases get no weight decay
+      name += std::to_string(k);
+      refs.push_back({name, &values[k], &grads[k]});
+    }
+    return refs;
+  };
+  std::vector<Tensor> v1, g1, vp, gp;
+  const std::vector<ParamRef> one = make(v1, g1), many = make(vp, gp);
+  AdamWConfig c;
+  c.learning_rate = 1e-2;
+  c.clip_norm = 0.5;
+  AdamW a1(c, one), ap(c, many, &w);
+  for (int step = 0; step < 3; ++step) {
+    for (size_t k = 0; k < shapes.size(); ++k)
+      for (int64_t i = 0; i < g1[k].numel(); ++i)
+        g1[k][i] = gp[k][i] = 2.f * uniform01(100 + step * 10 + k, i) - 1.f;
+    EXPECT_EQ(a1.step(one), ap.step(many));
+  }
+  int64_t differ = 0, total = 0;
+  for (size_t k = 0; k < shapes.size(); ++k)
+    for (int64_t i = 0; i < v1[k].numel(); ++i) differ += v1[k][i] != vp[k][i];
+  EXPECT_EQ(differ, 0) << "rank " << w.rank() << ": weights differ from one process's";
+  for (const Shape& s : shapes) total += 2 * 4 * shape_numel(s);
+  const int64_t mine = ap.state_bytes(), sum = w.allreduce_sum_exact(mine);
+  EXPECT_EQ(sum, total);  // every moment kept once
+  EXPECT_EQ(a1.state_bytes(), total);
+  EXPECT_LE(mine, total / P + 2 * 4 * 64 * 32)
+      << "rank " << w.rank();  // 1/P, give or take a parameter
+  // The gathered state on rank 0 is one process's.
+  const auto gathered = ap.gather_state(0);
+  if (w.rank() == 0) {
+    const auto want = a1.state();
+    ASSERT_EQ(gathered.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(gathered[i].first, want[i].first);
+      EXPECT_TRUE(test::bitwise_equal(gathered[i].second, *want[i].second)) << want[i].first;
+    }
+  } else {
+    EXPECT_TRUE(gathered.empty());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Routing, TrainMpi,

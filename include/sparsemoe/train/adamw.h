@@ -13,6 +13,7 @@
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/nn/layer_common.h"
 
 namespace sparsemoe {
@@ -51,26 +52,46 @@ double learning_rate_at(const AdamWConfig& c, int64_t step);
 // sqrt(sum of squares) of every gradient, accumulated in double over fixed chunks.
 double global_grad_norm(const std::vector<ParamRef>& params);
 
+// With a communicator of P > 1 processes the optimizer state is sharded (ZeRO-1): the parameters
+// are dealt out in order, each to one rank, in P runs of about equal size; a rank keeps the
+// moments of its own parameters only and updates only them, then every parameter is broadcast
+// from its owner. Every rank must hold the same gradients (summed over the ranks): the norm is
+// then computed alike everywhere and every element is updated as in one process, so the weights
+// have one process's bits.
 class AdamW {
  public:
-  AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params);
+  AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params,
+        Communicator* comm = nullptr);
 
   // One update from the gradients in params (clipped first when clip_norm > 0). Returns the
   // gradient norm before clipping. The params must be the same list, in the same order, as at
-  // construction.
+  // construction. Collective when sharded.
   double step(const std::vector<ParamRef>& params);
 
   int64_t steps_done() const { return step_; }
   const AdamWConfig& config() const { return config_; }
-  // The moments as named tensors ("m/<param>", "v/<param>") and the step, for checkpoints.
+  // The moments as named tensors ("m/<param>", "v/<param>") and the step, for checkpoints (not
+  // sharded: sharded() throws).
   std::vector<std::pair<std::string, const Tensor*>> state() const;
-  // Restores what state() saved; throws IoError naming a missing or mis-shaped moment.
+  // The same when sharded, collective: rank `root` gets copies of every parameter's moments (the
+  // others an empty list), one parameter's in flight at a time.
+  std::vector<std::pair<std::string, Tensor>> gather_state(int root) const;
+  // Restores what state() saved (each rank keeps its own parameters'); throws IoError naming a
+  // missing or mis-shaped moment.
   void load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t step);
+  // The rank that keeps parameter k's moments and updates it (0 when not sharded).
+  int owner(size_t k) const { return owner_[k]; }
+  // Bytes of moments this rank keeps.
+  int64_t state_bytes() const;
+  bool sharded() const { return comm_ && comm_->size() > 1; }
 
  private:
   AdamWConfig config_;
+  Communicator* comm_ = nullptr;
   std::vector<std::string> names_;
-  std::vector<Tensor> m_, v_;
+  std::vector<Shape> shapes_;
+  std::vector<int> owner_;
+  std::vector<Tensor> m_, v_;  // empty for parameters another rank owns
   std::vector<bool> decay_;
   int64_t step_ = 0;
 };

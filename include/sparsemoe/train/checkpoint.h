@@ -26,6 +26,10 @@ inline constexpr const char* kCheckpointFormat = "sparsemoe.checkpoint.v1";
 
 void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* optimizer,
                      const CheckpointState& state);
+// The same with the optimizer's moments given as named tensors (AdamW::gather_state's).
+void save_checkpoint(const std::string& path, TaskModel& model,
+                     const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
+                     const CheckpointState& state);
 // Loads the weights into `model` and, when `optimizer` is given, its state. Throws IoError naming
 // the file and the problem: not a checkpoint, a missing or extra tensor, a shape mismatch.
 CheckpointState load_checkpoint(const std::string& path, TaskModel& model, AdamW* optimizer);

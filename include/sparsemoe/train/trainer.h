@@ -76,7 +76,8 @@ std::vector<std::string> parse_run_labels(const std::string& text, const std::st
 
 // The peak memory of training with config (bytes, an estimate in double: weights, gradients and
 // the two AdamW moments, the saved activations of one batch, the masked-LM logits).
-double estimate_training_memory(const TrainConfig& config);
+// On `procs` processes (the optimizer's moments are sharded over them), per process.
+double estimate_training_memory(const TrainConfig& config, int procs = 1);
 
 class Trainer {
  public:
@@ -106,6 +107,7 @@ class Trainer {
   void prepare(bool fresh);
   void prepare_directory(bool fresh);  // rank 0: the run directory, as one process does
   void share_run();                    // rank 0's run to the other ranks
+  void report_processes();             // per-process memory, from rank 0 (collective)
   bool lead() const { return comm_->rank() == 0; }
   // Splits (on) or unsplits the MoE layers' experts over the processes (config expert_parallel).
   void expert_parallel(bool on);

@@ -7,7 +7,7 @@
 # Usage: cli_mpi_test.sh MPIRUN SPARSEMOE
 set -u
 mpirun=$1
-bin=$2
+bin=$(realpath "$2")
 fail=0
 run() { timeout 120 "$mpirun" -np 2 --oversubscribe "$@"; }
 
@@ -69,6 +69,49 @@ err=$(run "$bin" train --config "$root/configs/wordnet_tiny.json" --out "$tmp/ba
 [[ $status -eq 2 && "$err" == *"units: the 2 processes must each take the same number"* ]] ||
   { echo "FAIL: units=1 on 2 processes: status $status: $err"; fail=1; }
 [[ ! -e "$tmp/bad" ]] || { echo "FAIL: a refused run created its directory"; fail=1; }
+
+# Bad input seen by one rank: the two ranks run in different directories (as on two hosts) and
+# the corpus, a relative path, exists only in rank 0's. Every rank checks its config and corpus
+# before rank 0 writes anything: the job exits 2 with rank 1's message once and no run directory.
+# Then a run stopped at step 2 cannot resume while rank 1 lacks the corpus (its checkpoint left
+# as it was), and resumes once it is back, ending with one process's bytes.
+mkdir -p "$tmp/h0" "$tmp/h1"
+for i in $(seq 240); do
+  case $((i % 3)) in
+    0) printf 'animal\tthe lion and the tiger run fast %s\n' "$i" ;;
+    1) printf 'tool\ta hammer and a saw cut the wood %s\n' "$i" ;;
+    2) printf 'food\tbread with honey and cheese %s\n' "$i" ;;
+  esac
+done > "$tmp/h0/corpus.tsv"
+tsv=(train --config "$root/configs/wordnet_tiny.json" --set data.format=tsv --set data.path=corpus.tsv
+     --set tokenizer.vocab_size=60 --set units=2 --set pretrain.steps=3 --set finetune.steps=3
+     --set pretrain.optimizer.warmup_steps=1 --set finetune.optimizer.warmup_steps=1
+     --set eval_batches=1 --threads 1)
+two_hosts() {  # rank 0 in h0, rank 1 in h1
+  timeout 120 "$mpirun" --oversubscribe -np 1 -wdir "$tmp/h0" "$bin" "$@" : \
+    -np 1 -wdir "$tmp/h1" "$bin" "$@"
+}
+err=$(two_hosts "${tsv[@]}" --out run 2>&1); status=$?
+[[ $status -eq 2 && $(grep -c "rank 1: cannot open 'corpus.tsv'" <<< "$err") -eq 1 ]] ||
+  { echo "FAIL: a corpus missing on rank 1: status $status: $err"; fail=1; }
+[[ ! -e "$tmp/h0/run" ]] || { echo "FAIL: rank 0 wrote a run although rank 1 could not start"; fail=1; }
+cp "$tmp/h0/corpus.tsv" "$tmp/h1/"
+two_hosts "${tsv[@]}" --out run --stop-after 2 > /dev/null 2>&1 ||
+  { echo "FAIL: a run stopped at step 2 on two directories"; fail=1; }
+cp "$tmp/h0/run/checkpoint.safetensors" "$tmp/step2.safetensors"
+rm "$tmp/h1/corpus.tsv"
+err=$(two_hosts train --resume --out run --threads 1 2>&1); status=$?
+[[ $status -eq 2 && "$err" == *"rank 1: cannot open 'corpus.tsv'"* ]] ||
+  { echo "FAIL: resume with the corpus missing on rank 1: status $status: $err"; fail=1; }
+cmp -s "$tmp/h0/run/checkpoint.safetensors" "$tmp/step2.safetensors" ||
+  { echo "FAIL: a refused resume changed the checkpoint"; fail=1; }
+cp "$tmp/h0/corpus.tsv" "$tmp/h1/"
+two_hosts train --resume --out run --threads 1 > /dev/null 2>&1 ||
+  { echo "FAIL: resume once the corpus is back"; fail=1; }
+(cd "$tmp/h0" && timeout 120 "$bin" "${tsv[@]}" --out one > /dev/null 2>&1) ||
+  { echo "FAIL: the one-process tsv run"; fail=1; }
+cmp -s "$tmp/h0/run/checkpoint.safetensors" "$tmp/h0/one/checkpoint.safetensors" ||
+  { echo "FAIL: stopped, refused, resumed on 2 processes: the checkpoint differs from one process's"; fail=1; }
 
 # A rank killed mid-run (SIGKILL): the launcher ends the others and the job exits non-zero within
 # a bounded time, never a hang.

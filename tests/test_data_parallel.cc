@@ -130,16 +130,23 @@ TEST(DataParallel, ConfigNamesUnitsWhenTheyCannotSplitTheBatch) {
             std::string::npos);
 }
 
-TEST(DataParallel, ProcessCountsThatDoNotDivideTheUnitsAreRefusedBeforeAnyCollective) {
+TEST(DataParallel, ProcessCountsThatDoNotDivideTheUnitsAreRefusedTogetherBeforeAnyWrite) {
+  // Three processes that all see this config: they agree on the error (AgreedError, with the
+  // lowest failing rank's message) before rank 0 creates the run directory.
   const std::string dir = fresh_dir("procs");
   TrainConfig c = test::tiny_train_config(dir);
   c.units = 4;
-  test::UnusedRanks comm(3);
-  const std::string e = error_of([&] { Trainer(c, dir + "/run", {.comm = &comm}); });
-  EXPECT_NE(e.find("units: the 3 processes must each take the same number of the step's units=4"),
-            std::string::npos)
-      << e;
-  EXPECT_FALSE(comm.used);
+  test::MirrorRanks comm(3);
+  try {
+    Trainer(c, dir + "/run", {.comm = &comm});
+    ADD_FAILURE() << "expected AgreedError";
+  } catch (const AgreedError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 0: units: the 3 processes must each take the same "
+                                         "number of the step's units=4"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(comm.collectives, 3);  // the agreement (who failed; the message's length, bytes) only
   EXPECT_FALSE(fs::exists(dir + "/run"));
 }
 

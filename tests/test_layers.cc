@@ -263,7 +263,7 @@ TEST(MoeLayer, ExpertParallelCallsMustBeOneUnitEachCheckedBeforeAnyCollective) {
   MoeLayerConfig c = small_moe(RouterType::kTokensChoose, 4, 2, 1.0);
   const Tensor x = test::random_tensor({4, 6, 8}, 3);  // 24 tokens
   MoeLayer layer(c);
-  test::UnusedRanks two(2);
+  test::MirrorRanks two(2);
   layer.set_communicator(&two);
   Tensor y;
   ForwardOptions opt{true, 1};
@@ -277,7 +277,7 @@ TEST(MoeLayer, ExpertParallelCallsMustBeOneUnitEachCheckedBeforeAnyCollective) {
   refused(3, 0, 72);   // not a multiple of the processes
   refused(2, 0, 96);   // the call is half a unit
   refused(4, 12, 96);  // whole groups, but not at a unit's start
-  EXPECT_FALSE(two.used);
+  EXPECT_EQ(two.collectives, 0);
 }
 
 TEST(MoeLayerWithBackbone, SumsBackboneAndMoe) {

@@ -138,25 +138,29 @@ inline double dot(const Tensor& y, const Tensor& r) {
   return s;
 }
 
-// A communicator of `size` processes that must never be used: for checks that have to refuse bad
-// input before the first collective. Every call only records that it happened.
-class UnusedRanks : public Communicator {
+// Rank 0 of `size` processes that all do exactly what this one does: an allgather gives every
+// rank this one's data, a broadcast leaves the data as it is. For checks that must refuse bad
+// input before (or while agreeing on it) any exchange of rows; `collectives` counts the calls.
+class MirrorRanks : public Communicator {
  public:
-  explicit UnusedRanks(int size) : size_(size) {}
+  explicit MirrorRanks(int size) : size_(size) {}
   int rank() const override { return 0; }
   int size() const override { return size_; }
-  std::string backend() const override { return "unused"; }
-  void barrier() override { used = true; }
-  void broadcast(void*, int64_t, int) override { used = true; }
-  void allgather(const void*, int64_t, void*) override { used = true; }
-  void exchange_counts(const int64_t*, int64_t*) override { used = true; }
+  std::string backend() const override { return "mirror"; }
+  void barrier() override { ++collectives; }
+  void broadcast(void*, int64_t, int) override { ++collectives; }
+  void allgather(const void* send, int64_t bytes, void* recv) override {
+    ++collectives;
+    for (int r = 0; r < size_; ++r) std::memcpy(static_cast<char*>(recv) + r * bytes, send, bytes);
+  }
+  void exchange_counts(const int64_t*, int64_t*) override { ADD_FAILURE() << "exchange_counts"; }
   std::unique_ptr<CommRequest> start_alltoallv(const void*, const int64_t*, void*, const int64_t*,
                                                int64_t) override {
-    used = true;
+    ADD_FAILURE() << "start_alltoallv";
     return nullptr;
   }
-  void sendrecv(const void*, void*, int64_t, int) override { used = true; }
-  bool used = false;
+  void sendrecv(const void*, void*, int64_t, int) override { ADD_FAILURE() << "sendrecv"; }
+  int collectives = 0;
 
  private:
   int size_;

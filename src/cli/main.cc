@@ -56,6 +56,9 @@ int main(int argc, char** argv) {
                                   " processes: only `train`, `bench moe` and `bench comm` run on "
                                   "many processes (docs/distributed.md)");
     return run();
+  } catch (const sparsemoe::AgreedError& e) {  // every rank has it: reported once, no abort
+    if (sparsemoe::world().rank() == 0) std::cerr << "sparsemoe: error: " << e.what() << "\n";
+    return 2;
   } catch (const std::exception& e) {
     if (many) sparsemoe::abort_job(std::string("sparsemoe: error: ") + e.what(), 2);
     std::cerr << "sparsemoe: error: " << e.what() << "\n";

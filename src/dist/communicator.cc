@@ -95,6 +95,19 @@ void tree_sum(const std::vector<const double*>& parts, int64_t len, double* out)
   tree_sum_impl(parts, len, out);
 }
 
+void agree(Communicator& comm, const std::string& problem) {
+  const int P = comm.size();
+  std::vector<int64_t> failed(static_cast<size_t>(P));
+  const int64_t mine = problem.empty() ? 0 : 1;
+  comm.allgather(&mine, sizeof mine, failed.data());
+  const auto first = std::find(failed.begin(), failed.end(), 1);
+  if (first == failed.end()) return;
+  const int who = static_cast<int>(first - failed.begin());
+  std::string message = problem;
+  broadcast_bytes(comm, message, who);
+  throw AgreedError("rank " + std::to_string(who) + ": " + message);
+}
+
 void broadcast_bytes(Communicator& comm, std::string& bytes, int root) {
   int64_t n = static_cast<int64_t>(bytes.size());
   comm.broadcast(&n, sizeof n, root);

@@ -192,14 +192,37 @@ void Trainer::prepare(bool fresh) {
   order_ = std::make_unique<Order>();
   comm_ = options_.comm ? options_.comm : &single_process();
   if (!lead()) options_.log = nullptr;  // progress comes from rank 0
-  // A new run's config is every rank's own: checked everywhere before the first collective, so
-  // that all ranks refuse it together.
+  // On several processes every step that can fail on bad input runs on every rank and is agreed
+  // on (agree): a failure on any rank ends all of them together, with that rank's message, before
+  // anything waits for it. A new run's config and corpus are every rank's own and are checked
+  // before rank 0 writes anything.
+  const int P = comm_->size();
+  auto together = [&](const std::function<void()>& step) {
+    if (P == 1) return step();
+    std::string problem;
+    try {
+      step();
+    } catch (const std::exception& e) {
+      problem = e.what();
+      if (problem.empty()) problem = "unknown error";
+    }
+    agree(*comm_, problem);
+  };
+  Corpus corpus;
   if (fresh) {
-    config_.validate();
-    check_process_count(config_, comm_->size());
+    together([&] {
+      config_.validate();
+      check_process_count(config_, P);
+      if (P > 1) {
+        check_training_memory(config_, P);
+        corpus = load_corpus(config_.data);
+      }
+    });
   }
-  if (lead()) prepare_directory(fresh);
-  if (comm_->size() > 1) share_run();
+  together([&] {
+    if (lead()) prepare_directory(fresh, P > 1 && fresh ? &corpus : nullptr);
+  });
+  if (P > 1) share_run(fresh ? &corpus : nullptr, together);
   expert_parallel(true);
   if (comm_->size() > 1) report_processes();
 }
@@ -233,7 +256,8 @@ void Trainer::expert_parallel(bool on) {
       moe->set_communicator(split ? comm_ : nullptr);
 }
 
-void Trainer::share_run() {
+void Trainer::share_run(const Corpus* corpus,
+                        const std::function<void(const std::function<void()>&)>& together) {
   std::string config_text, tokenizer_bytes, checkpoint_bytes;
   if (lead()) {
     config_text = read_file(path("config.json"));
@@ -243,14 +267,20 @@ void Trainer::share_run() {
   broadcast_bytes(*comm_, config_text, 0);
   broadcast_bytes(*comm_, tokenizer_bytes, 0);
   broadcast_bytes(*comm_, checkpoint_bytes, 0);
-  if (lead()) return;
+  together([&] {
+    if (!lead()) take_run(config_text, tokenizer_bytes, checkpoint_bytes, corpus);
+  });
+}
+
+void Trainer::take_run(const std::string& config_text, const std::string& tokenizer_bytes,
+                       const std::string& checkpoint_bytes, const Corpus* corpus) {
   const std::string from = " (from rank 0)";
   config_ = parse_run_config(config_text, path("config.json") + from);
   config_hash_ = hex(fnv1a64(config_text));
   check_process_count(config_, comm_->size());  // a resumed run's config: the same on every rank
   check_training_memory(config_, comm_->size());
   tokenizer_ = Tokenizer::from_bytes(tokenizer_bytes, path("tokenizer.model") + from);
-  data_ = prepare_task_data(config_.data, load_corpus(config_.data), tokenizer_);
+  data_ = prepare_task_data(config_.data, corpus ? *corpus : load_corpus(config_.data), tokenizer_);
   model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
   const SafetensorsFile f =
       decode_safetensors(checkpoint_bytes, path("checkpoint.safetensors") + from);
@@ -261,7 +291,7 @@ void Trainer::share_run() {
   load_checkpoint(f, *model_, same_phase ? optimizer_.get() : nullptr);
 }
 
-void Trainer::prepare_directory(bool fresh) {
+void Trainer::prepare_directory(bool fresh, const Corpus* loaded) {
   auto note = [&](const std::string& m) {
     if (options_.log) *options_.log << m << "\n";
   };
@@ -301,7 +331,7 @@ void Trainer::prepare_directory(bool fresh) {
   note(memory);
   Corpus corpus;
   if (fresh) {
-    corpus = load_corpus(config_.data);
+    corpus = loaded ? *loaded : load_corpus(config_.data);
     if (options_.tokenizer) {
       tokenizer_ = *options_.tokenizer;
     } else {

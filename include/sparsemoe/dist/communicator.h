@@ -24,6 +24,13 @@ class CommError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An error every rank of the job raised together (agree()): no rank is left waiting for another,
+// so it is reported once (by rank 0) and every process exits normally with the error's status.
+class AgreedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // A started non-blocking exchange; wait() completes it (and is idempotent). Destroying an
 // unfinished request waits for it: buffers are never freed under a transfer.
 class CommRequest {
@@ -74,6 +81,11 @@ class Communicator {
  protected:
   int64_t bytes_sent_ = 0;
 };
+
+// Collective: when any rank's `problem` is not empty, every rank throws AgreedError with the
+// message of the lowest such rank, prefixed "rank r: ". Lets all ranks refuse bad input together
+// before they start work that needs each other.
+void agree(Communicator& comm, const std::string& problem);
 
 // `bytes` on `root` replaces `bytes` on every rank, whatever its length there.
 void broadcast_bytes(Communicator& comm, std::string& bytes, int root);

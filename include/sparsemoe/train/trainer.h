@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <ostream>
@@ -105,8 +106,13 @@ class Trainer {
  private:
   Trainer(const std::string& run_dir, TrainOptions options);  // resume
   void prepare(bool fresh);
-  void prepare_directory(bool fresh);  // rank 0: the run directory, as one process does
-  void share_run();                    // rank 0's run to the other ranks
+  // Rank 0: the run directory, as one process does (`loaded`: the corpus, when already read).
+  void prepare_directory(bool fresh, const Corpus* loaded);
+  // Rank 0's run to the other ranks; `together` agrees on their failures.
+  void share_run(const Corpus* corpus,
+                 const std::function<void(const std::function<void()>&)>& together);
+  void take_run(const std::string& config_text, const std::string& tokenizer_bytes,
+                const std::string& checkpoint_bytes, const Corpus* corpus);
   void report_processes();             // per-process memory, from rank 0 (collective)
   bool lead() const { return comm_->rank() == 0; }
   // Splits (on) or unsplits the MoE layers' experts over the processes (config expert_parallel).

@@ -11,8 +11,8 @@
 #pragma once
 
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <stdexcept>
@@ -113,7 +113,7 @@ class Trainer {
                  const std::function<void(const std::function<void()>&)>& together);
   void take_run(const std::string& config_text, const std::string& tokenizer_bytes,
                 const std::string& checkpoint_bytes, const Corpus* corpus);
-  void report_processes();             // per-process memory, from rank 0 (collective)
+  void report_processes();  // per-process memory, from rank 0 (collective)
   bool lead() const { return comm_->rank() == 0; }
   // Splits (on) or unsplits the MoE layers' experts over the processes (config expert_parallel).
   void expert_parallel(bool on);

@@ -151,19 +151,29 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
   opt.global_tokens = P * N;
   opt.units = P;  // a rank's tokens are one data-parallel unit
   const double fwd = time_collective(w, a.runs, [&] { layer.forward(x, y, opt); });
-  std::vector<double> exchange, compute;
+  // Forward + backward with the own rows computed while the others travel (overlap, the
+  // default), then without: exchange is the time spent waiting for transfers (exposed).
   int64_t bytes = 0;
-  const double fb = time_collective(w, a.runs, [&] {
-    layer.forward(x, y, opt);
-    layer.backward(dy, dx);
-    const ExchangeRows& ep = layer.activations().experts.ep;
-    exchange.push_back(ep.exchange_seconds);
-    compute.push_back(ep.compute_seconds);
-    bytes = ep.bytes_sent;
-  });
-  std::sort(exchange.begin(), exchange.end());
-  std::sort(compute.begin(), compute.end());
-  const double ex = exchange[exchange.size() / 2], co = compute[compute.size() / 2];
+  auto timed = [&](bool overlap, double& ex, double& co) {
+    layer.set_overlap(overlap);
+    std::vector<double> exchange, compute;
+    const double t = time_collective(w, a.runs, [&] {
+      layer.forward(x, y, opt);
+      layer.backward(dy, dx);
+      const ExchangeRows& ep = layer.activations().experts.ep;
+      exchange.push_back(ep.exchange_seconds);
+      compute.push_back(ep.compute_seconds);
+      bytes = ep.bytes_sent;
+    });
+    std::sort(exchange.begin(), exchange.end());
+    std::sort(compute.begin(), compute.end());
+    ex = exchange[exchange.size() / 2], co = compute[compute.size() / 2];
+    return t;
+  };
+  double ex = 0, co = 0, ex_plain = 0, co_plain = 0;
+  const double fb = timed(true, ex, co);
+  const double fb_plain = timed(false, ex_plain, co_plain);
+  layer.set_overlap(true);
   const ExpertShard sh = layer.activations().experts.ep.shard;
   return {{"router", router},
           {"k", k},
@@ -177,6 +187,9 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
           {"exchange_ms", ex * 1e3},
           {"expert_compute_ms", co * 1e3},
           {"exchange_share", ex / fb},
+          {"no_overlap_forward_backward_ms", fb_plain * 1e3},
+          {"no_overlap_exchange_ms", ex_plain * 1e3},
+          {"no_overlap_exchange_share", ex_plain / fb_plain},
           {"bytes_sent_per_token", static_cast<double>(bytes) / N},
           {"ideal_forward_backward_ms", ideal * 1e3},
           {"scaling_efficiency", ideal / fb}};
@@ -207,17 +220,20 @@ int run_bench_moe_distributed(const BenchArgs& a,
     results.push_back(r);
     if (print && !a.json_out) {
       char line[512];
-      std::snprintf(line, sizeof line,
-                    "%-15s k=%ld  fwd %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s (all ranks) | "
-                    "rank 0: exchange %7.3f ms (%.0f%%), expert compute %7.3f ms, %.0f bytes "
-                    "sent per token | alone %8.3f ms: scaling efficiency %.0f%%\n",
-                    router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
-                    r["forward_backward_ms"].get<double>(),
-                    r["forward_backward_tokens_per_s"].get<double>(),
-                    r["exchange_ms"].get<double>(), 100 * r["exchange_share"].get<double>(),
-                    r["expert_compute_ms"].get<double>(), r["bytes_sent_per_token"].get<double>(),
-                    r["ideal_forward_backward_ms"].get<double>(),
-                    100 * r["scaling_efficiency"].get<double>());
+      std::snprintf(
+          line, sizeof line,
+          "%-15s k=%ld  fwd %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s (all ranks) | "
+          "rank 0: exchange %7.3f ms (%.0f%%), expert compute %7.3f ms, %.0f bytes "
+          "sent per token | alone %8.3f ms: scaling efficiency %.0f%% | without "
+          "overlap: fwd+bwd %8.3f ms, exchange %7.3f ms (%.0f%%)\n",
+          router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
+          r["forward_backward_ms"].get<double>(), r["forward_backward_tokens_per_s"].get<double>(),
+          r["exchange_ms"].get<double>(), 100 * r["exchange_share"].get<double>(),
+          r["expert_compute_ms"].get<double>(), r["bytes_sent_per_token"].get<double>(),
+          r["ideal_forward_backward_ms"].get<double>(), 100 * r["scaling_efficiency"].get<double>(),
+          r["no_overlap_forward_backward_ms"].get<double>(),
+          r["no_overlap_exchange_ms"].get<double>(),
+          100 * r["no_overlap_exchange_share"].get<double>());
       std::cout << line << std::flush;
     }
   }

@@ -55,6 +55,12 @@ class MpiRequest : public CommRequest {
   void wait() override {
     if (request != MPI_REQUEST_NULL) check_mpi(MPI_Wait(&request, MPI_STATUS_IGNORE), "Wait");
   }
+  bool test() override {
+    int done = 1;
+    if (request != MPI_REQUEST_NULL)
+      check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "Test");
+    return done != 0;
+  }
   RowType type;
   std::vector<int> counts;  // send counts, send displacements, receive counts, receive displs
   MPI_Request request = MPI_REQUEST_NULL;

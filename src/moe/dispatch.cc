@@ -187,9 +187,11 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
     return;
   }
   // Expert parallelism: rows to their experts' owners, the owned experts on each source's rows,
-  // the outputs back in the order they came.
+  // the outputs back in the order they came. With overlap, this rank's own rows for its experts
+  // (already here) are computed expert by expert while the others' rows travel, the transfer
+  // polled between experts (MPI moves data only inside its calls).
   ExchangeRows& ep = rows.ep;
-  const int P = comm->size();
+  const int P = comm->size(), me = comm->rank();
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
   plan_exchange(plan, unit, *comm, ep);
@@ -198,32 +200,54 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
               "MoeLayer: rank " + std::to_string(p) + " holds unit " +
                   std::to_string(ep.source_unit[p]) +
                   ", outside the step's units=" + std::to_string(units));
-  const int64_t owned = ep.base[P];
+  const int64_t owned = ep.base[P], n = ep.shard.count;
   ep.recv.resize({owned, H});
   ep.recv_ids.resize(owned);
   auto ids = comm->start_alltoallv(rows.row_ids.data(), ep.send_rows.data(), ep.recv_ids.data(),
                                    ep.recv_rows.data(), sizeof(uint64_t));
-  comm->alltoallv(rows.xs.data(), ep.send_rows.data(), ep.recv.data(), ep.recv_rows.data(),
-                  H * static_cast<int64_t>(sizeof(float)));
-  ids->wait();
+  auto xs = comm->start_alltoallv(rows.xs.data(), ep.send_rows.data(), ep.recv.data(),
+                                  ep.recv_rows.data(), H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds = seconds_since(t0);
-  t0 = Clock::now();
+  ep.compute_seconds = 0;
   ep.own_ys.resize({owned, H});
   ep.drop = experts.dropout(opt, nullptr);
   ep.ffn.resize(P);
+  ep.own_ffn.resize(n);
   const FfnParams sp = shard_params(experts.weights().params(), ep.shard);
-  for (int p = 0; p < P; ++p) {
+  const int64_t self0 = plan.expert_offsets[ep.shard.first];  // my rows for my experts
+  const int64_t* self_off = ep.offsets.data() + me * (n + 1);
+  auto run = [&](int p) {  // source p's rows (received), one call
     FfnDropout d = ep.drop;
     d.row_id = ep.recv_ids.data() + ep.base[p];
-    ffn_forward(sp, ep.offsets.data() + p * (ep.shard.count + 1), ep.recv.data() + ep.base[p] * H,
+    ffn_forward(sp, ep.offsets.data() + p * (n + 1), ep.recv.data() + ep.base[p] * H,
                 ep.own_ys.data() + ep.base[p] * H, d, ep.ffn[p]);
+  };
+  t0 = Clock::now();
+  if (ep.overlap) {
+    for (int64_t e = 0; e < n; ++e) {
+      const int64_t r0 = self_off[e], local[2] = {0, self_off[e + 1] - r0};
+      FfnDropout d = ep.drop;
+      d.row_id = rows.row_ids.data() + self0 + r0;
+      ffn_forward(shard_params(sp, {e, 1}), local, rows.xs.data() + (self0 + r0) * H,
+                  ep.own_ys.data() + (ep.base[me] + r0) * H, d, ep.own_ffn[e]);
+      xs->test();
+    }
   }
-  ep.compute_seconds = seconds_since(t0);
+  ep.compute_seconds += seconds_since(t0);
+  t0 = Clock::now();
+  ids->wait();
+  xs->wait();
+  ep.exchange_seconds += seconds_since(t0);
+  t0 = Clock::now();
+  for (int p = 0; p < P; ++p)
+    if (p != me || !ep.overlap) run(p);
+  ep.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
   comm->alltoallv(ep.own_ys.data(), ep.recv_rows.data(), rows.ys.data(), ep.send_rows.data(),
                   H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds += seconds_since(t0);
   ep.bytes_sent = comm->bytes_sent() - bytes0;
+  ep.overlapped = ep.overlap;
   // This step's parts: sized for its units on first use, then reused.
   ExpertGradParts& parts = ep.parts;
   if (static_cast<int64_t>(parts.filled.size()) != units) {
@@ -247,40 +271,68 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
     return;
   }
   ExchangeRows& ep = rows.ep;
-  const int P = comm->size();
+  const int P = comm->size(), me = comm->rank();
   check_arg(static_cast<int>(ep.ffn.size()) == P && ep.recv.numel() == ep.base[P] * H,
             "experts_backward: the forward ran without expert parallelism");
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
-  const int64_t owned = ep.base[P];
+  const int64_t owned = ep.base[P], n = ep.shard.count;
   ep.own_dys.resize({owned, H});
-  comm->alltoallv(rows.dys.data(), ep.send_rows.data(), ep.own_dys.data(), ep.recv_rows.data(),
-                  H * static_cast<int64_t>(sizeof(float)));
+  auto dys = comm->start_alltoallv(rows.dys.data(), ep.send_rows.data(), ep.own_dys.data(),
+                                   ep.recv_rows.data(), H * static_cast<int64_t>(sizeof(float)));
   ep.exchange_seconds += seconds_since(t0);
-  t0 = Clock::now();
   ep.own_dxs.resize({owned, H});
   const FfnParams p = experts.weights().params();
   const FfnParams sp = shard_params(p, ep.shard);
   const FfnGrads owned_grads = shard_grads(experts.weights().grads(), p, ep.shard);
-  const PartLayout layout = part_layout(p, owned_grads, ep.shard.count);
+  const PartLayout layout = part_layout(p, owned_grads, n);
   ExpertGradParts& parts = ep.parts;
   const int64_t units = static_cast<int64_t>(parts.filled.size());
   if (parts.data.numel() != units * layout.size) parts.data.resize({units, layout.size});
-  for (int s = 0; s < P; ++s) {
+  // Source s's part: its unit's, each chain from zero.
+  auto part_of = [&](int s) {
     const int64_t u = ep.source_unit[s];
     check_arg(!parts.filled[u], "MoeLayer: unit " + std::to_string(u) +
                                     " was run twice in one step (each of the step's units=" +
                                     std::to_string(units) + " runs once, on one rank)");
     float* part = parts.data.data() + u * layout.size;
-    std::fill(part, part + layout.size, 0.f);  // each unit's chain starts from zero
-    FfnDropout d = ep.drop;
-    d.row_id = ep.recv_ids.data() + ep.base[s];
-    ffn_backward(sp, ep.offsets.data() + s * (ep.shard.count + 1), ep.recv.data() + ep.base[s] * H,
-                 ep.own_dys.data() + ep.base[s] * H, ep.own_dxs.data() + ep.base[s] * H, d,
-                 ep.ffn[s], part_grads(part, layout, owned_grads));
+    std::fill(part, part + layout.size, 0.f);
     parts.filled[u] = 1;
     ++parts.count;
+    return part_grads(part, layout, owned_grads);
+  };
+  auto run = [&](int s) {
+    FfnDropout d = ep.drop;
+    d.row_id = ep.recv_ids.data() + ep.base[s];
+    ffn_backward(sp, ep.offsets.data() + s * (n + 1), ep.recv.data() + ep.base[s] * H,
+                 ep.own_dys.data() + ep.base[s] * H, ep.own_dxs.data() + ep.base[s] * H, d,
+                 ep.ffn[s], part_of(s));
+  };
+  t0 = Clock::now();
+  if (ep.overlapped) {  // my own rows, expert by expert, while the others' gradients travel
+    const int64_t self0 = plan.expert_offsets[ep.shard.first];
+    const int64_t* self_off = ep.offsets.data() + me * (n + 1);
+    const FfnGrads g = part_of(me);
+    const int64_t F1 = p.width1();
+    for (int64_t e = 0; e < n; ++e) {
+      const int64_t r0 = self_off[e], local[2] = {0, self_off[e + 1] - r0};
+      FfnDropout d = ep.drop;
+      d.row_id = rows.row_ids.data() + self0 + r0;
+      const FfnGrads ge = {g.w1 ? g.w1 + e * p.H * F1 : nullptr, g.b1 ? g.b1 + e * F1 : nullptr,
+                           g.w2 ? g.w2 + e * p.F * p.H : nullptr, g.b2 ? g.b2 + e * p.H : nullptr};
+      ffn_backward(shard_params(sp, {e, 1}), local, rows.xs.data() + (self0 + r0) * H,
+                   rows.dys.data() + (self0 + r0) * H, ep.own_dxs.data() + (ep.base[me] + r0) * H,
+                   d, ep.own_ffn[e], ge);
+      dys->test();
+    }
   }
+  ep.compute_seconds += seconds_since(t0);
+  t0 = Clock::now();
+  dys->wait();
+  ep.exchange_seconds += seconds_since(t0);
+  t0 = Clock::now();
+  for (int s = 0; s < P; ++s)
+    if (s != me || !ep.overlapped) run(s);
   finish_parts(ep, layout, owned_grads);
   ep.compute_seconds += seconds_since(t0);
   t0 = Clock::now();

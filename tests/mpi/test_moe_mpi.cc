@@ -65,8 +65,8 @@ std::vector<float> grads_of(MoeLayer& layer) {
   return g;
 }
 
-void check_case(const Case& c) {
-  SCOPED_TRACE(c.name);
+void check_case(const Case& c, bool overlap) {
+  SCOPED_TRACE(c.name + (overlap ? ", overlap" : ", no overlap"));
   Communicator& w = world();
   const int P = w.size(), r = w.rank();
   // 2P units of B / 2P sequences (whole routing groups); each rank runs two, one call each.
@@ -75,6 +75,7 @@ void check_case(const Case& c) {
   const MoeLayerConfig cfg = config(c);
   MoeLayer ref(cfg), dist(cfg);
   dist.set_communicator(&w);
+  dist.set_overlap(overlap);
   const Tensor x = global_tensor({B, L, H}, 1), dy = global_tensor({B, L, H}, 2);
   auto unit_of = [&](const Tensor& t, int64_t u) {
     Tensor part({Bu, L, H});
@@ -162,7 +163,8 @@ TEST(MpiMoe, ExpertParallelEqualsOneProcess) {
       {"tokens_choose, 6 experts (uneven shards)", RouterType::kTokensChoose, 6, 1},
       {"experts_choose, 3 experts (a rank may own none)", RouterType::kExpertsChoose, 3, 1},
   };
-  for (const Case& c : cases) check_case(c);
+  for (const Case& c : cases)
+    for (bool overlap : {true, false}) check_case(c, overlap);
 }
 
 }  // namespace

@@ -37,6 +37,8 @@ class CommRequest {
  public:
   virtual ~CommRequest() = default;
   virtual void wait() = 0;
+  // Lets the transfer progress (MPI moves data only inside its calls) and says whether it is done.
+  virtual bool test() = 0;
 };
 
 class Communicator {

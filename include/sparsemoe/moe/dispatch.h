@@ -52,6 +52,9 @@ struct ExchangeRows {
   Tensor recv, own_ys, own_dys;      // [R_own, H] received rows, outputs, output gradients
   Tensor own_dxs;                    // [R_own, H] input gradients
   std::vector<FfnSaved> ffn;         // [P] each source's FFN activations
+  std::vector<FfnSaved> own_ffn;     // [count] with overlap: this rank's own rows, per expert
+  bool overlap = true;               // compute own rows while the others' travel
+  bool overlapped = false;           // the last forward did (its backward does the same)
   FfnDropout drop;                   // the call's keys (row ids point into recv_ids)
   ExpertGradParts parts;             // across the step's calls
   double exchange_seconds = 0, compute_seconds = 0;  // of the last forward + backward

@@ -113,6 +113,9 @@ class MoeLayer {
   // call's own, like any layer's: the caller sums them over units and ranks
   // (train/data_parallel.h). The expert weights stay whole on every rank for now.
   void set_communicator(Communicator* comm) { comm_ = comm; }
+  // Under expert parallelism: compute this rank's own rows for its experts while the other rows
+  // travel (on by default; the same bits either way).
+  void set_overlap(bool on) { act_.experts.ep.overlap = on; }
   Communicator* communicator() const { return comm_; }
 
  private:

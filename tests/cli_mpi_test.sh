@@ -19,6 +19,14 @@ for want in '"processes": 2' '"backend": "mpi"' '"scaling_efficiency"' '"exchang
 done
 [[ $(grep -c '"results"' <<< "$out") -eq 1 ]] || { echo "FAIL: expected one report (rank 0's)"; fail=1; }
 
+out=$(run "$bin" bench model --preset tiny --batch 2 --min-runs 2 --json 2>&1) ||
+  { echo "FAIL: bench model exit status"; fail=1; }
+for want in '"processes": 2' '"moe_layers"' '"exchange_ms"' '"expert_compute_ms"' \
+            '"bytes_sent_per_token"' '"scaling_efficiency"' '"gradient_sum_ms"' '"experts_owned": 2'; do
+  [[ "$out" == *"$want"* ]] || { echo "FAIL: bench model output lacks $want"; fail=1; }
+done
+[[ $(grep -c '"results"' <<< "$out") -eq 1 ]] || { echo "FAIL: bench model: expected one report"; fail=1; }
+
 out=$(run "$bin" bench comm --runs 2 --json 2>&1) || { echo "FAIL: bench comm exit status"; fail=1; }
 for want in '"latency_us"' '"bandwidth_gbps"' '"alltoallv"' '"rows_per_rank": 16384' '"processes": 2'; do
   [[ "$out" == *"$want"* ]] || { echo "FAIL: bench comm output lacks $want"; fail=1; }
@@ -26,7 +34,7 @@ done
 
 err=$(run "$bin" route < /dev/null 2>&1); status=$?
 [[ $status -eq 2 ]] || { echo "FAIL: route under mpirun: exit status $status, expected 2"; fail=1; }
-[[ "$err" == *"rank 0 failed"*"only \`train\`, \`bench moe\` and \`bench comm\` run on many processes"* ]] ||
+[[ "$err" == *"rank 0 failed"*"only \`train\`, \`bench moe\`, \`bench model\` and \`bench comm\` run on many processes"* ]] ||
   { echo "FAIL: route under mpirun: message was: $err"; fail=1; }
 
 # Training: the wordnet_tiny config (shortened) with units=4 on 1, 2 and 4 processes writes

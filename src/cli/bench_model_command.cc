@@ -7,6 +7,9 @@
 // the GEMM work the step did (counted by the GEMM primitives), its percentage of the machine's FMA
 // peak (measured by ops/probe.h) and of the rate the BLAS library reaches with its own threading
 // on the network's largest dense shape ([B*L, H] x [H, 4H]), and the instruction set that ran.
+#include <fmt/format.h>
+
+#include <chrono>
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -26,6 +29,7 @@
 #include "sparsemoe/models/presets.h"
 #include "sparsemoe/models/sparse_mixer.h"
 #include "sparsemoe/ops/probe.h"
+#include "sparsemoe/train/data_parallel.h"
 
 namespace sparsemoe::cli {
 
@@ -54,33 +58,71 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-json bench_preset(const ModelBenchArgs& a, const std::string& name) {
-  json j = load_model_config(name).to_json();
-  for (const auto& kv : a.sets) apply_override(j, kv);
-  const SparseMixerConfig c = SparseMixerConfig::from_json(j);
-  SparseMixer net(c);
-  const int64_t B = a.batch, L = c.max_sequence_length, H = c.hidden_size;
-  const int64_t P = std::max<int64_t>(1, std::llround(0.15 * L));  // masked positions
-  const int64_t W = c.embedding_width > 0 ? c.embedding_width : H;
-  MaskedLmHead mlm(H, W, c.vocab_size, parse_activation(c.inner_activation), c.initializer_range,
-                   derive_key(c.seed, 11));
-  ClassificationHead nsp(H, 2, c.output_dropout, c.initializer_range, derive_key(c.seed, 12));
-  Tensor ids({B, L}), mask({B, L}, 1.f), positions({B, P});
-  std::vector<int64_t> mlm_labels(B * P), nsp_labels(B);
-  for (int64_t i = 0; i < B * L; ++i)
-    ids[i] = static_cast<float>(static_cast<int64_t>(uniform01(1, i) * c.vocab_size));
-  for (int64_t b = 0; b < B; ++b) {
-    nsp_labels[b] = b % 2;
-    for (int64_t p = 0; p < P; ++p) {
-      positions[b * P + p] = static_cast<float>((p * L / P + b) % L);
-      mlm_labels[b * P + p] = static_cast<int64_t>(uniform01(2, b * P + p) * c.vocab_size);
+// A preset's network with its two pretraining heads and a random batch (keyed by `rank`, so
+// that ranks hold different tokens), and one training step over them.
+struct Rig {
+  SparseMixerConfig c;
+  std::unique_ptr<SparseMixer> net;
+  std::unique_ptr<MaskedLmHead> mlm;
+  std::unique_ptr<ClassificationHead> nsp;
+  Tensor ids, mask, positions;
+  std::vector<int64_t> mlm_labels, nsp_labels;
+  std::vector<ParamRef> params;
+  Tensor mlm_logits, nsp_logits, dmlm, dnsp, dseq, dpooled;
+  int64_t B = 0, L = 0, H = 0;
+  double loss = 0;
+
+  Rig(const ModelBenchArgs& a, const std::string& name, int rank) {
+    json j = load_model_config(name).to_json();
+    for (const auto& kv : a.sets) apply_override(j, kv);
+    c = SparseMixerConfig::from_json(j);
+    net = std::make_unique<SparseMixer>(c);
+    B = a.batch, L = c.max_sequence_length, H = c.hidden_size;
+    const int64_t P = std::max<int64_t>(1, std::llround(0.15 * L));  // masked positions
+    const int64_t W = c.embedding_width > 0 ? c.embedding_width : H;
+    mlm = std::make_unique<MaskedLmHead>(H, W, c.vocab_size, parse_activation(c.inner_activation),
+                                         c.initializer_range, derive_key(c.seed, 11));
+    nsp = std::make_unique<ClassificationHead>(H, 2, c.output_dropout, c.initializer_range,
+                                               derive_key(c.seed, 12));
+    ids = Tensor({B, L}), mask = Tensor({B, L}, 1.f), positions = Tensor({B, P});
+    mlm_labels.resize(B * P), nsp_labels.resize(B);
+    const int64_t first = rank * B * L;
+    for (int64_t i = 0; i < B * L; ++i)
+      ids[i] = static_cast<float>(static_cast<int64_t>(uniform01(1, first + i) * c.vocab_size));
+    for (int64_t b = 0; b < B; ++b) {
+      nsp_labels[b] = b % 2;
+      for (int64_t p = 0; p < P; ++p) {
+        positions[b * P + p] = static_cast<float>((p * L / P + b) % L);
+        mlm_labels[b * P + p] =
+            static_cast<int64_t>(uniform01(2, rank * B * P + b * P + p) * c.vocab_size);
+      }
     }
+    params = net->params();
+    for (auto& p : mlm->params()) params.push_back(p);
+    for (auto& p : nsp->params()) params.push_back(p);
   }
-  const SparseMixerInputs in{&ids, &mask};
-  std::vector<ParamRef> params = net.params();
-  for (auto& p : mlm.params()) params.push_back(p);
-  for (auto& p : nsp.params()) params.push_back(p);
-  const int64_t num_params = count_params(params);
+  // Forward, both heads and losses, backward (no optimizer update).
+  void train_step(const ForwardOptions& opt) {
+    zero_grads(params);
+    const SparseMixerMetrics met = net->forward({&ids, &mask}, opt);
+    mlm->forward(net->sequence_output(), positions, net->embeddings().word, mlm_logits);
+    nsp->forward(net->pooled_output(), nsp_logits, opt);
+    loss = softmax_cross_entropy(mlm_logits, mlm_labels, nullptr, &dmlm) +
+           softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
+    dseq.resize(net->sequence_output().shape());
+    dseq.zero();
+    mlm->backward(dmlm, net->embeddings().word, dseq, net->embeddings().word_grad);
+    nsp->backward(dnsp, dpooled);
+    net->backward(&dseq, &dpooled);
+  }
+};
+
+json bench_preset(const ModelBenchArgs& a, const std::string& name) {
+  Rig rig(a, name, 0);
+  SparseMixer& net = *rig.net;
+  const int64_t B = rig.B, L = rig.L, H = rig.H;
+  const SparseMixerInputs in{&rig.ids, &rig.mask};
+  const int64_t num_params = count_params(rig.params);
 
   json r = {{"preset", name},
             {"params", num_params},
@@ -112,30 +154,104 @@ json bench_preset(const ModelBenchArgs& a, const std::string& name) {
     r["inference_gflops"] = gemm_gflop(infer) / t;
   }
   if (a.mode != "infer") {
-    Tensor mlm_logits, nsp_logits, dmlm, dnsp, dseq({B, L, H}), dpooled;
     uint64_t step = 0;
-    double loss = 0;
-    auto train_step = [&] {
-      ForwardOptions opt{true, ++step};
-      zero_grads(params);
-      const SparseMixerMetrics met = net.forward(in, opt);
-      mlm.forward(net.sequence_output(), positions, net.embeddings().word, mlm_logits);
-      nsp.forward(net.pooled_output(), nsp_logits, opt);
-      loss = softmax_cross_entropy(mlm_logits, mlm_labels, nullptr, &dmlm) +
-             softmax_cross_entropy(nsp_logits, nsp_labels, nullptr, &dnsp) + met.loss;
-      dseq.resize(net.sequence_output().shape());
-      dseq.zero();
-      mlm.backward(dmlm, net.embeddings().word, dseq, net.embeddings().word_grad);
-      nsp.backward(dnsp, dpooled);
-      net.backward(&dseq, &dpooled);
-    };
+    auto train_step = [&] { rig.train_step({true, ++step}); };
     const double t = time_it(train_step, a.min_time, a.min_runs);
-    check_arg(std::isfinite(loss), "bench model: non-finite loss");
+    check_arg(std::isfinite(rig.loss), "bench model: non-finite loss");
     r["train_step_ms"] = t * 1e3;
     r["train_tokens_per_s"] = B * L / t;
     r["train_gflops"] = gemm_gflop(train_step) / t;
   }
   return r;
+}
+
+// Under mpirun: a pretraining step of the preset with every MoE layer's experts split over the
+// ranks, each rank holding --batch sequences of a batch P times as large (weak scaling), the
+// gradients then summed over the ranks (train/data_parallel.h). Reported against *alone*: every
+// rank running the same step on its own batch with no exchange, all at once. Per MoE layer: the
+// exposed exchange and expert compute time of the last step and the bytes it sent per token.
+json bench_preset_distributed(const ModelBenchArgs& a, const std::string& name, Communicator& w) {
+  const int P = w.size(), rank = w.rank();
+  Rig rig(a, name, rank);
+  const int64_t B = rig.B, L = rig.L;
+  std::vector<MoeLayer*> moe;
+  for (int64_t l = 0; l < rig.c.num_layers; ++l)
+    if (MoeLayer* m = rig.net->block(l).moe_layer()) moe.push_back(m);
+  uint64_t step = 0;
+  const double alone = time_collective(w, a.min_runs, [&] { rig.train_step({true, ++step}); });
+  for (MoeLayer* m : moe) m->set_communicator(&w);
+  ForwardOptions opt{true, 0};
+  opt.token_offset = rank * B * L, opt.sequence_offset = rank * B;
+  opt.global_tokens = P * B * L, opt.units = P;  // each rank's batch is one unit
+  GradientTree tree;
+  double sum_seconds = 0;
+  const double t = time_collective(w, a.min_runs, [&] {
+    opt.step = ++step;
+    rig.train_step(opt);
+    const auto t0 = std::chrono::steady_clock::now();
+    tree.add_unit(rig.params);
+    tree.finish(rig.params, w);
+    sum_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  check_arg(std::isfinite(rig.loss), "bench model: non-finite loss");
+  json layers = json::array();
+  for (int64_t l = 0, i = 0; l < rig.c.num_layers; ++l) {
+    if (!rig.net->block(l).moe_layer()) continue;
+    const ExchangeRows& ep = moe[i++]->activations().experts.ep;
+    layers.push_back({{"layer", l},
+                      {"experts_owned", ep.shard.count},
+                      {"exchange_ms", ep.exchange_seconds * 1e3},
+                      {"expert_compute_ms", ep.compute_seconds * 1e3},
+                      {"bytes_sent_per_token", static_cast<double>(ep.bytes_sent) / (B * L)}});
+  }
+  return {{"preset", name},
+          {"params", count_params(rig.params)},
+          {"processes", P},
+          {"rank", rank},
+          {"batch_per_rank", B},
+          {"sequence_length", L},
+          {"train_step_ms", t * 1e3},
+          {"train_tokens_per_s", P * B * L / t},
+          {"gradient_sum_ms", sum_seconds * 1e3},
+          {"alone_train_step_ms", alone * 1e3},
+          {"scaling_efficiency", alone / t},
+          {"moe_layers", layers}};
+}
+
+int run_bench_model_distributed(const ModelBenchArgs& a, const std::vector<std::string>& names) {
+  check_arg(a.mode != "infer",
+            "--mode infer: under mpirun bench model times the pretraining step only");
+  Communicator& w = world();
+  json env = bench_environment();
+  env["processes"] = w.size();
+  env["backend"] = w.backend();
+  const bool print = w.rank() == 0;
+  if (print && !a.json_out)
+    std::cout << "sparsemoe bench model  batch=" << a.batch << " per rank, " << w.size()
+              << " processes (experts split, gradients summed)\nenvironment: " << env.dump()
+              << "\n";
+  json results = json::array();
+  for (const auto& name : names) {
+    json r = bench_preset_distributed(a, name, w);
+    results.push_back(r);
+    if (!print || a.json_out) continue;
+    std::cout << fmt::format(
+        "{}: train step {:.1f} ms, {:.0f} tok/s (all ranks), gradient sum {:.1f} ms | alone "
+        "{:.1f} ms: scaling efficiency {:.0f}%\n",
+        name, r["train_step_ms"].get<double>(), r["train_tokens_per_s"].get<double>(),
+        r["gradient_sum_ms"].get<double>(), r["alone_train_step_ms"].get<double>(),
+        100 * r["scaling_efficiency"].get<double>());
+    for (const auto& l : r["moe_layers"])
+      std::cout << fmt::format(
+          "  MoE layer {} (rank 0, {} experts): exchange {:.2f} ms, expert compute {:.2f} ms, "
+          "{:.0f} bytes sent per token\n",
+          l["layer"].get<int64_t>(), l["experts_owned"].get<int64_t>(),
+          l["exchange_ms"].get<double>(), l["expert_compute_ms"].get<double>(),
+          l["bytes_sent_per_token"].get<double>());
+  }
+  if (print && a.json_out)
+    std::cout << json{{"environment", env}, {"results", results}}.dump(2) << "\n";
+  return 0;
 }
 
 int run_bench_model(const ModelBenchArgs& a) {
@@ -147,6 +263,7 @@ int run_bench_model(const ModelBenchArgs& a) {
   env["fma_peak_gflops"] = peak;
   const std::vector<std::string> names = split(a.presets, ',');
   check_arg(!names.empty(), "--preset: expected at least one preset name or config file");
+  if (world().size() > 1) return run_bench_model_distributed(a, names);
   if (!a.json_out)
     std::cout << "sparsemoe bench model  batch=" << a.batch << " mode=" << a.mode
               << "\nenvironment: " << env.dump() << "\nmachine: FMA peak " << static_cast<int>(peak)

@@ -51,10 +51,11 @@ int main(int argc, char** argv) {
     sparsemoe::simd_target();  // a bad SPARSEMOE_SIMD is reported here, before any work
     if (many && sparsemoe::world().size() > 1 && !app.got_subcommand("train") &&
         !app.get_subcommand("bench")->got_subcommand("moe") &&
+        !app.get_subcommand("bench")->got_subcommand("model") &&
         !app.get_subcommand("bench")->got_subcommand("comm"))
       throw std::invalid_argument("under mpirun with " + std::to_string(sparsemoe::world().size()) +
-                                  " processes: only `train`, `bench moe` and `bench comm` run on "
-                                  "many processes (docs/distributed.md)");
+                                  " processes: only `train`, `bench moe`, `bench model` and "
+                                  "`bench comm` run on many processes (docs/distributed.md)");
     return run();
   } catch (const sparsemoe::AgreedError& e) {  // every rank has it: reported once, no abort
     if (sparsemoe::world().rank() == 0) std::cerr << "sparsemoe: error: " << e.what() << "\n";

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two hosts on one machine: network namespaces joined by a veth link (iproute2), Open MPI over TCP
 # between them, a launch agent that enters a host's namespace in ssh's place. Runs the MPI test
-# binary (the collectives and the expert-parallel MoE layer against one process, bit for bit) with
-# 1 and then 2 ranks per host. Needs root (CI runs as root); without it the test reports itself
+# binary (the collectives, the expert-parallel MoE layer and short trainings against one process,
+# bit for bit) with 1 and then 2 ranks per host. Needs root (CI runs as root); without it the test reports itself
 # skipped (exit 77), never passed. Usage: netns_test.sh MPIRUN MPI_TEST_BINARY
 set -u
 mpirun=$1

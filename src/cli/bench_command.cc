@@ -198,9 +198,7 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
 int run_bench_moe_distributed(const BenchArgs& a,
                               const std::vector<std::pair<std::string, int64_t>>& runs) {
   Communicator& w = world();
-  json env = bench_environment();
-  env["processes"] = w.size();
-  env["backend"] = w.backend();
+  const json env = bench_environment(w);
   const bool print = w.rank() == 0;
   if (print && !a.json_out)
     std::cout << "sparsemoe bench moe  H=" << a.hidden << " F=" << a.d_ff << " E=" << a.experts

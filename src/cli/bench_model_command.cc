@@ -222,9 +222,7 @@ int run_bench_model_distributed(const ModelBenchArgs& a, const std::vector<std::
   check_arg(a.mode != "infer",
             "--mode infer: under mpirun bench model times the pretraining step only");
   Communicator& w = world();
-  json env = bench_environment();
-  env["processes"] = w.size();
-  env["backend"] = w.backend();
+  const json env = bench_environment(w);
   const bool print = w.rank() == 0;
   if (print && !a.json_out)
     std::cout << "sparsemoe bench model  batch=" << a.batch << " per rank, " << w.size()

@@ -35,6 +35,14 @@ inline nlohmann::json bench_environment() {
           {"cpu", cpu_model()}};
 }
 
+// The same under mpirun, with the process count and backend.
+inline nlohmann::json bench_environment(const Communicator& w) {
+  nlohmann::json env = bench_environment();
+  env["processes"] = w.size();
+  env["backend"] = w.backend();
+  return env;
+}
+
 // Median seconds per call of fn over at least min_runs runs lasting at least min_time, after
 // one warm-up call (which allocates the workspaces).
 template <class Fn>

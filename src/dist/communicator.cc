@@ -48,6 +48,20 @@ class SingleProcess : public Communicator {
   }
 };
 
+// Units [lo, hi) of parts (n parts of len values, one after the other) summed into part lo:
+// left half into its first part, right half into its first, then left + right, the same
+// operation order as the ranks' allreduce_sum for the top levels.
+template <class T>
+void tree_sum_range(T* parts, int64_t lo, int64_t hi, int64_t len) {
+  if (hi - lo < 2) return;
+  const int64_t mid = lo + (hi - lo) / 2;
+  tree_sum_range(parts, lo, mid, len);
+  tree_sum_range(parts, mid, hi, len);
+  T* left = parts + lo * len;
+  const T* right = parts + mid * len;
+  for (int64_t i = 0; i < len; ++i) left[i] = left[i] + right[i];
+}
+
 template <class T>
 void tree_sum_impl(const std::vector<const T*>& parts, int64_t len, T* out) {
   const int64_t n = static_cast<int64_t>(parts.size());
@@ -56,13 +70,10 @@ void tree_sum_impl(const std::vector<const T*>& parts, int64_t len, T* out) {
     if (out != parts[0]) std::copy_n(parts[0], len, out);
     return;
   }
-  // Left then right half into scratch, then left + right: the same operation order as the
-  // ranks' allreduce_sum for the top levels.
-  const int64_t half = n / 2;
-  std::vector<T> left(static_cast<size_t>(len)), right(static_cast<size_t>(len));
-  tree_sum_impl(std::vector<const T*>(parts.begin(), parts.begin() + half), len, left.data());
-  tree_sum_impl(std::vector<const T*>(parts.begin() + half, parts.end()), len, right.data());
-  for (int64_t i = 0; i < len; ++i) out[i] = left[i] + right[i];
+  std::vector<T> scratch(static_cast<size_t>(n * len));  // one copy, summed in place
+  for (int64_t u = 0; u < n; ++u) std::copy_n(parts[u], len, scratch.data() + u * len);
+  tree_sum_range(scratch.data(), 0, n, len);
+  std::copy_n(scratch.data(), len, out);
 }
 
 template <class T>
@@ -93,6 +104,10 @@ void tree_sum(const std::vector<const float*>& parts, int64_t len, float* out) {
 }
 void tree_sum(const std::vector<const double*>& parts, int64_t len, double* out) {
   tree_sum_impl(parts, len, out);
+}
+void tree_sum_in_place(float* parts, int64_t n, int64_t len) {
+  check_arg(n >= 1, "tree_sum_in_place: expected at least one part");
+  tree_sum_range(parts, 0, n, len);
 }
 
 void agree(Communicator& comm, const std::string& problem) {

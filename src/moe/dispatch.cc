@@ -95,10 +95,8 @@ void finish_parts(ExchangeRows& ep, const PartLayout& l, const FfnGrads& owned) 
   ExpertGradParts& parts = ep.parts;
   const int64_t units = static_cast<int64_t>(parts.filled.size());
   if (parts.count < units) return;
-  std::vector<const float*> views;
-  for (int64_t u = 0; u < units; ++u) views.push_back(parts.data.data() + u * l.size);
-  std::vector<float> sum(static_cast<size_t>(l.size));
-  if (l.size > 0) tree_sum(views, l.size, sum.data());
+  tree_sum_in_place(parts.data.data(), units, l.size);  // parts are cleared before reuse
+  const float* sum = parts.data.data();
   auto add = [&](float* g, int64_t at, int64_t end) {
     for (int64_t i = at; g && i < end; ++i) g[i - at] = g[i - at] + sum[i];
   };
@@ -313,13 +311,11 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
     const int64_t self0 = plan.expert_offsets[ep.shard.first];
     const int64_t* self_off = ep.offsets.data() + me * (n + 1);
     const FfnGrads g = part_of(me);
-    const int64_t F1 = p.width1();
     for (int64_t e = 0; e < n; ++e) {
       const int64_t r0 = self_off[e], local[2] = {0, self_off[e + 1] - r0};
       FfnDropout d = ep.drop;
       d.row_id = rows.row_ids.data() + self0 + r0;
-      const FfnGrads ge = {g.w1 ? g.w1 + e * p.H * F1 : nullptr, g.b1 ? g.b1 + e * F1 : nullptr,
-                           g.w2 ? g.w2 + e * p.F * p.H : nullptr, g.b2 ? g.b2 + e * p.H : nullptr};
+      const FfnGrads ge = shard_grads(g, p, {e, 1});  // expert e's blocks of the part
       ffn_backward(shard_params(sp, {e, 1}), local, rows.xs.data() + (self0 + r0) * H,
                    rows.dys.data() + (self0 + r0) * H, ep.own_dxs.data() + (ep.base[me] + r0) * H,
                    d, ep.own_ffn[e], ge);

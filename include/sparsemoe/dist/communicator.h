@@ -100,6 +100,9 @@ void broadcast_bytes(Communicator& comm, std::string& bytes, int root);
 // (out may alias parts[0]).
 void tree_sum(const std::vector<const float*>& parts, int64_t len, float* out);
 void tree_sum(const std::vector<const double*>& parts, int64_t len, double* out);
+// The same tree over parts [n, len] (one after the other), summed into parts[0, len) in place:
+// no copies, the other parts overwritten.
+void tree_sum_in_place(float* parts, int64_t n, int64_t len);
 
 // The process's communicator: MPI when the library was built with it and the program runs under
 // mpirun (or another MPI launcher), else the single-process one. Initialises MPI on first use;

@@ -3,23 +3,31 @@
 
 One MoE layer's training step (forward + backward) on P machines, each holding n tokens of the
 global batch and E / P experts:
-  compute  = 3 * 2 GEMMs * 2*H*F flops * n * k rows / (machine rate)
+  compute  = 3 * 2 GEMMs * 2*H*F flops * n * k rows / (machine rate); a third of it forward
   exchange = 4 all-to-alls (dispatch and combine, forward and backward), each sending
-             n * k * H * 4 bytes * (P - 1) / P per machine in P - 1 messages:
-             (P - 1) * alpha + bytes / beta
-  step     = compute + exchange (exchanges not overlapped, as built), efficiency = compute / step.
+             x = n * k * H * 4 bytes * (P - 1) / P per machine in P - 1 messages:
+             t = (P - 1) * alpha + x / beta
+  overlap (as built, the default): the two inbound all-to-alls (rows out, output gradients out)
+             run while the machine computes its own rows, 1/P of that pass's compute, so each
+             shows only max(0, t - own compute); the two return all-to-alls are exposed.
+  step     = compute + exposed exchange, efficiency = compute / step.
 The alternative, data parallelism of the experts, all-reduces their gradients instead: about
 2 * (expert parameters) * 4 bytes per machine and step (a ring), independent of the tokens.
 
-Calibration: alpha and beta of the loopback come from `mpirun -np 2 sparsemoe bench comm --json`,
-the per-core rate from `sparsemoe bench moe --threads 1` (both on the machine of the day); the
-network's alpha is an assumption (TCP), its beta the link rate. Writes a table (markdown) to stdout
-and the figure to the path given (SVG).
-usage: project_scaling.py COMM_JSON CORE_GFLOPS MEASURED_P2_EFFICIENCIES SVG_OUT
-  e.g. project_scaling.py comm_np2.json 85 0.84,0.93,0.86,0.97,0.96,0.69 docs/figures/x.svg
+Calibration, all from the machine of the day:
+  --core-gflops  the per-core rate of the layer (`sparsemoe bench moe --threads 1`);
+  --net-comm     `bench comm --json` between two hosts (network namespaces over TCP,
+                 `scripts/netns_hosts.sh 1 -- build/sparsemoe bench comm --json`): its alpha is the
+                 per-message latency used for the projected networks, whose beta is the link rate;
+  --point LABEL=COMM_JSON=BENCH_MOE_LOG (repeatable): a measured configuration, the link's alpha
+                 and beta from its `bench comm --json`, and the `bench moe` log run over it under
+                 mpirun (2 processes); the model's exchange time is printed against the measured
+                 one, with and without overlap, and the points go on the figure.
+Writes markdown tables to stdout and the figure (SVG) to --svg.
 """
+import argparse
 import json
-import sys
+import re
 
 LAYERS = {
     # name: (H, F, E, k, tokens per machine)
@@ -27,42 +35,102 @@ LAYERS = {
     "DeepSeek-V3-sized MoE layer (H 7168, F 2048, E 256, k 8)": (7168, 2048, 256, 8, 16384),
 }
 CORES_PER_MACHINE = 32
-NET_ALPHA_S = 10e-6  # per message over TCP (assumed; the namespace runs will calibrate it)
 LINKS = {"25 Gb/s": 25e9 / 8, "100 Gb/s": 100e9 / 8, "400 Gb/s": 400e9 / 8}
 MACHINES = [2, 4, 8, 16, 32, 64, 128, 256]
 
 
-def step(layer, P, rate, alpha, beta):
+def exchange_time(bytes_per_exchange, P, alpha, beta):
+    return (P - 1) * alpha + bytes_per_exchange / beta
+
+
+def exposed(compute, t, P, overlap):
+    """Exposed time of the four all-to-alls of t seconds each, given the step's compute."""
+    if not overlap:
+        return 4 * t
+    own_fwd, own_bwd = compute / 3 / P, compute * 2 / 3 / P
+    return 2 * t + max(0.0, t - own_fwd) + max(0.0, t - own_bwd)
+
+
+def step(layer, P, rate, alpha, beta, overlap=True):
     H, F, E, k, n = layer
     compute = 3 * 2 * 2 * H * F * n * k / rate
-    per_exchange = n * k * H * 4 * (P - 1) / P
-    exchange = 4 * ((P - 1) * alpha + per_exchange / beta)
-    return compute, exchange
+    t = exchange_time(n * k * H * 4 * (P - 1) / P, P, alpha, beta)
+    return compute, exposed(compute, t, P, overlap)
+
+
+def read_comm(path):
+    c = json.load(open(path))
+    return c["latency_us"] * 1e-6, c["bandwidth_gbps"] * 1e9
+
+
+def read_bench_moe(path):
+    """Rows of a `bench moe` log under mpirun: router, tokens, bytes/token, times in seconds."""
+    rows = []
+    tokens = None
+    for line in open(path):
+        m = re.search(r"T=(\d+) batch=(\d+) per rank", line)
+        if m:
+            tokens = int(m.group(1)) * int(m.group(2))
+        m = re.search(r"^(\S+)\s+k=(\d).*fwd\+bwd\s+([\d.]+) ms.*exchange\s+([\d.]+) ms.*"
+                      r"expert compute\s+([\d.]+) ms,\s+(\d+) bytes sent per token.*alone\s+"
+                      r"([\d.]+) ms.*without overlap: fwd\+bwd\s+([\d.]+) ms, exchange\s+([\d.]+)",
+                      line)
+        if m:
+            rows.append(dict(router=f"{m.group(1)} k={m.group(2)}", tokens=tokens,
+                             step=float(m.group(3)) / 1e3, exch=float(m.group(4)) / 1e3,
+                             compute=float(m.group(5)) / 1e3, bytes_per_token=int(m.group(6)),
+                             alone=float(m.group(7)) / 1e3, step_no=float(m.group(8)) / 1e3,
+                             exch_no=float(m.group(9)) / 1e3))
+    return rows
 
 
 def main():
-    comm_json, core_gflops, measured, svg_out = sys.argv[1:5]
-    comm = json.load(open(comm_json))
-    loop_alpha = comm["latency_us"] * 1e-6
-    loop_beta = comm["bandwidth_gbps"] * 1e9
-    core = float(core_gflops) * 1e9
-    points = [float(x) for x in measured.split(",")]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--core-gflops", type=float, required=True)
+    ap.add_argument("--net-comm", required=True)
+    ap.add_argument("--point", action="append", default=[])
+    ap.add_argument("--svg", required=True)
+    a = ap.parse_args()
+    core = a.core_gflops * 1e9
+    net_alpha, net_beta = read_comm(a.net_comm)
     rate = core * CORES_PER_MACHINE
-    print(f"Calibration: loopback alpha {loop_alpha * 1e6:.2f} us, beta {loop_beta / 1e9:.2f} GB/s "
-          f"(bench comm); {core / 1e9:.0f} GFLOP/s per core (bench moe, 1 thread), "
-          f"{CORES_PER_MACHINE} cores per machine; network alpha {NET_ALPHA_S * 1e6:.0f} us (assumed).\n")
+    print(f"Calibration: {core / 1e9:.0f} GFLOP/s per core (bench moe, 1 thread), "
+          f"{CORES_PER_MACHINE} cores per machine; network alpha {net_alpha * 1e6:.1f} us per "
+          f"message (bench comm between two namespaces over TCP).\n")
+
+    # The measured points against the model at the same P, link and bytes.
+    points = []
+    print("| link (bench comm: alpha, beta) | router | model exchange, no overlap / overlap | "
+          "measured exposed exchange, no overlap / overlap | measured step, no overlap / overlap "
+          "| efficiency vs alone (overlap) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for spec in a.point:
+        label, comm_path, log_path = spec.split("=", 2)
+        alpha, beta = read_comm(comm_path)
+        for r in read_bench_moe(log_path):
+            t = exchange_time(r["bytes_per_token"] * r["tokens"] / 4, 2, alpha, beta)
+            m_no, m_ov = exposed(r["compute"], t, 2, False), exposed(r["compute"], t, 2, True)
+            eff = r["alone"] / r["step"]
+            points.append((label, m_no, m_ov, r["exch_no"], r["exch"], eff))
+            print(f"| {label} ({alpha * 1e6:.1f} us, {beta / 1e9:.2f} GB/s) | {r['router']} | "
+                  f"{m_no * 1e3:.0f} / {m_ov * 1e3:.0f} ms | {r['exch_no'] * 1e3:.0f} / "
+                  f"{r['exch'] * 1e3:.0f} ms | {r['step_no'] * 1e3:.0f} / {r['step'] * 1e3:.0f} ms "
+                  f"| {eff:.0%} |")
+    print()
+
     series = []
     for name, layer in LAYERS.items():
         H, F, E, k, n = layer
         expert_bytes = E * 2 * H * F * 4
-        print(f"### {name}, {n} tokens per machine\n")
+        print(f"### {name}, {n} tokens per machine (overlap as built; without overlap in brackets)\n")
         print("| machines | " + " | ".join(f"{l}: step, efficiency" for l in LINKS) + " |")
         print("| ---: | " + " | ".join("---:" for _ in LINKS) + " |")
         for P in MACHINES:
             cells = []
             for link, beta in LINKS.items():
-                c, x = step(layer, P, rate, NET_ALPHA_S, beta)
-                cells.append(f"{(c + x) * 1e3:.0f} ms, {c / (c + x):.0%}")
+                c, x = step(layer, P, rate, net_alpha, beta)
+                _, x0 = step(layer, P, rate, net_alpha, beta, overlap=False)
+                cells.append(f"{(c + x) * 1e3:.0f} ms, {c / (c + x):.0%} ({c / (c + x0):.0%})")
             print(f"| {P} | " + " | ".join(cells) + " |")
         a2a = 4 * n * k * H * 4
         print(f"\nBytes per machine and step: expert parallelism {a2a / 1e9:.2f} GB (all-to-alls, at "
@@ -71,19 +139,12 @@ def main():
               f"expert weights.\n")
         for link, beta in LINKS.items():
             series.append((f"{name.split(' (')[0]}, {link}",
-                           [step(layer, P, rate, NET_ALPHA_S, beta) for P in MACHINES]))
-    # The machine of the day: 2 processes on one host, 1 core each, the loopback's alpha and beta.
-    smb = list(LAYERS.values())[0]
-    loop = [step((smb[0], smb[1], smb[2], smb[3], 4096), 2, core, loop_alpha, loop_beta)]
-    c, x = loop[0]
-    print(f"Loopback model at the measured point (P = 2, 4096 tokens per rank, 1 core each): "
-          f"compute {c * 1e3:.0f} ms, exchange {x * 1e3:.1f} ms, efficiency {c / (c + x):.1%}; "
-          f"measured {min(points):.0%}-{max(points):.0%}.")
-    write_svg(svg_out, series, c / (c + x), points)
+                           [step(layer, P, rate, net_alpha, beta) for P in MACHINES]))
+    write_svg(a.svg, series, points)
 
 
-def write_svg(path, series, loop_model, points):
-    W, Hh, L, R, T, B = 760, 420, 60, 300, 20, 50
+def write_svg(path, series, points):
+    W, Hh, L, R, T, B = 980, 460, 60, 520, 20, 50
     pw, ph = W - L - R, Hh - T - B
     xs = {P: L + pw * i / (len(MACHINES) - 1) for i, P in enumerate(MACHINES)}
     y = lambda e: T + ph * (1 - e)
@@ -107,18 +168,33 @@ def write_svg(path, series, loop_model, points):
         ly = T + 14 + 16 * i
         out.append(f'<line x1="{L + pw + 12}" y1="{ly - 4}" x2="{L + pw + 36}" y2="{ly - 4}" '
                    f'stroke="{colours[i]}" stroke-width="2" stroke-dasharray="{dashes[i]}"/>')
-        out.append(f'<text x="{L + pw + 42}" y="{ly}">{label}</text>')
-    x2 = xs[2]
-    out.append(f'<circle cx="{x2}" cy="{y(loop_model):.1f}" r="5" fill="none" stroke="black"/>')
-    for e in points:
-        out.append(f'<circle cx="{x2}" cy="{y(e):.1f}" r="3" fill="black"/>')
-    ly = T + 14 + 16 * len(series) + 8
-    out.append(f'<circle cx="{L + pw + 24}" cy="{ly - 4}" r="3" fill="black"/>')
-    out.append(f'<text x="{L + pw + 42}" y="{ly}">measured, 2 processes on one host</text>')
-    out.append(f'<circle cx="{L + pw + 24}" cy="{ly + 12}" r="5" fill="none" stroke="black"/>')
-    out.append(f'<text x="{L + pw + 42}" y="{ly + 16}">model, loopback (same point)</text>')
+        out.append(f'<text x="{L + pw + 42}" y="{ly}">model: {label}</text>')
+    # Measured points at P = 2, one marker per link, offset sideways so that they stay readable.
+    shapes = ["circle", "square", "triangle"]
+    labels = []
+    for label, *_ in points:
+        if label not in labels:
+            labels.append(label)
+    for j, label in enumerate(labels):
+        xp = xs[2] - 10 + 10 * j
+        for lab, _, _, _, _, eff in points:
+            if lab == label:
+                out.append(marker(shapes[j % 3], xp, y(min(eff, 1.0))))
+        ly = T + 14 + 16 * (len(series) + j) + 8
+        out.append(marker(shapes[j % 3], L + pw + 24, ly - 4))
+        out.append(f'<text x="{L + pw + 42}" y="{ly}">measured, 2 processes: {label} '
+                   f'(vs alone)</text>')
     out.append("</svg>")
     open(path, "w").write("\n".join(out) + "\n")
+
+
+def marker(shape, x, y):
+    if shape == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="black"/>'
+    if shape == "square":
+        return f'<rect x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="none" stroke="black"/>'
+    return (f'<polygon points="{x:.1f},{y - 4:.1f} {x - 4:.1f},{y + 3:.1f} {x + 4:.1f},{y + 3:.1f}" '
+            f'fill="none" stroke="black"/>')
 
 
 if __name__ == "__main__":

@@ -11,52 +11,22 @@ if [[ $(id -u) -ne 0 ]] || ! command -v ip > /dev/null; then
   echo "netns test: needs root and iproute2 (ip); skipped"
   exit 77
 fi
-tag=sm$$
-a=${tag}a b=${tag}b
-tmp=$(mktemp -d)
-cleanup() { ip netns del "$a" 2> /dev/null; ip netns del "$b" 2> /dev/null; rm -rf "$tmp"; }
-trap cleanup EXIT
-set -e
-ip netns add "$a"
-ip netns add "$b"
-ip link add "${tag}va" type veth peer name "${tag}vb"
-ip link set "${tag}va" netns "$a"
-ip link set "${tag}vb" netns "$b"
-ip -n "$a" addr add 10.77.0.1/24 dev "${tag}va"
-ip -n "$b" addr add 10.77.0.2/24 dev "${tag}vb"
-for ns in "$a" "$b"; do
-  ip -n "$ns" link set lo up
-done
-ip -n "$a" link set "${tag}va" up
-ip -n "$b" link set "${tag}vb" up
-set +e
-
-# The launch agent: Open MPI calls it as ssh, "agent [options] HOST COMMAND...".
-cat > "$tmp/agent" << AGENT
-#!/bin/sh
-while [ "\${1#-}" != "\$1" ]; do shift; done
-host=\$1; shift
-case \$host in 10.77.0.1) ns=$a ;; 10.77.0.2) ns=$b ;; *) echo "agent: unknown host \$host" >&2; exit 1 ;; esac
-exec ip netns exec "\$ns" /bin/sh -c "\$*"
-AGENT
-chmod +x "$tmp/agent"
+source "$(dirname "$0")/../../scripts/netns_hosts.sh"
+netns_up || { echo "netns test: could not create the hosts"; exit 1; }
+export OMP_NUM_THREADS=1
 
 fail=0
-run() {  # np, command...
-  local np=$1; shift
-  timeout 300 ip netns exec "$a" "$mpirun" --hostfile "$tmp/hosts" -np "$np" \
-    --mca plm_rsh_agent "$tmp/agent" --mca btl tcp,self \
-    --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
-    -x OMP_NUM_THREADS=1 "$@" 2>&1
+run() {  # slots per host, np, command...
+  local slots=$1 np=$2
+  shift 2
+  NETNS_TIMEOUT=300 netns_mpirun "$mpirun" "$slots" "$np" "$@" 2>&1
 }
 # The ranks really are on two hosts: each sees only its own namespace's address.
-printf '10.77.0.1 slots=1\n10.77.0.2 slots=1\n' > "$tmp/hosts"
-seen=$(run 2 /bin/sh -c 'ip -o -4 addr show | grep -o "10\.77\.0\.[12]"' | sort | tr '\n' ' ')
+seen=$(run 1 2 /bin/sh -c 'ip -o -4 addr show | grep -o "10\.77\.0\.[12]"' | sort | tr '\n' ' ')
 [[ "$seen" == "10.77.0.1 10.77.0.2 " ]] || { echo "FAIL: ranks saw addresses '$seen'"; fail=1; }
 for slots in 1 2; do
-  printf '10.77.0.1 slots=%s\n10.77.0.2 slots=%s\n' $slots $slots > "$tmp/hosts"
   np=$((2 * slots))
-  out=$(run $np "$tests")
+  out=$(run $slots $np "$tests")
   status=$?
   passed=$(grep -c "PASSED" <<< "$out")
   if [[ $status -ne 0 || $passed -ne $np ]]; then

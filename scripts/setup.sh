@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sparsemoe needs (apt-get only: the libraries, the WordNet corpus,
-# Chromium for the report test) and builds it. Idempotent: packages already present are not
-# reinstalled and the build is incremental.
-#   scripts/setup.sh               release build in build/
+# Chromium for the report test, Python's headers, pybind11, numpy, PyTorch and pytest for the Python
+# package) and builds it. Idempotent: packages already present are not reinstalled and the build is
+# incremental.
+#   scripts/setup.sh               release build in build/, and the Python package installed into
+#                                  .venv (a virtual environment that sees Debian's numpy and torch)
 #   scripts/setup.sh --peer        also installs PyTorch/numpy for the benchmark peer (bench/)
 #   scripts/setup.sh --sanitize    AddressSanitizer + UBSan build in build-asan/
 set -euo pipefail
@@ -22,8 +24,10 @@ packages=(g++ cmake ninja-build pkg-config libdnnl-dev libopenblas-openmp-dev nl
           libcli11-dev libfmt-dev libkissfft-dev libgtest-dev libgmock-dev libbenchmark-dev python3
           libsentencepiece-dev wordnet-base chromium time
           openmpi-bin libopenmpi-dev  # many processes (dist/): mpirun, the MPI backend
+          python3-dev pybind11-dev python3-numpy python3-pytest python3-torch  # the Python package
+          python3-venv python3-pip python3-setuptools python3-wheel            # ... and its pip install
           clang libclang-rt-14-dev libomp-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
-if [[ $peer -eq 1 ]]; then packages+=(python3-torch python3-numpy); fi
+# --peer is kept for old scripts: PyTorch and numpy are now always installed (the Python tests).
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,3 +52,10 @@ else
 fi
 cmake -S . -B "$dir" -G Ninja "${flags[@]}" >/dev/null
 cmake --build "$dir" -j "$(nproc)"
+if [[ $sanitize -eq 0 ]]; then
+  # The Python package, built from the same build/ (only the extension is left to build), into a
+  # virtual environment with Debian's site packages (numpy, torch): Debian's own Python is
+  # "externally managed" and refuses pip installs.
+  if [[ ! -x .venv/bin/pip ]]; then /usr/bin/python3 -m venv --system-site-packages .venv; fi
+  .venv/bin/pip install -q --no-build-isolation --no-index . >/dev/null
+fi

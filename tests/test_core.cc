@@ -55,6 +55,34 @@ TEST(Tensor, CopiesOfEmptyTensorsStayEmpty) {
   EXPECT_EQ(t.to_vector(), (std::vector<float>{2, 2, 2}));
 }
 
+TEST(Tensor, BorrowedMemoryIsUsedInPlaceAndNeverFreed) {
+  // The Python bindings wrap numpy arrays this way: writes land in the caller's memory, a resize
+  // within it keeps it, a larger one moves to owned storage, and destruction frees nothing of the
+  // caller's (ASan would report a free of a stack array).
+  float buf[6] = {1, 2, 3, 4, 5, 6};
+  {
+    Tensor t = Tensor::borrow(buf, {2, 3});
+    EXPECT_TRUE(t.borrowed());
+    EXPECT_EQ(t.data(), buf);
+    t[4] = 50;
+    t.resize({3, 2});
+    EXPECT_EQ(t.data(), buf);
+    const Tensor copy = t;  // a copy owns its storage
+    EXPECT_FALSE(copy.borrowed());
+    EXPECT_NE(copy.data(), buf);
+    EXPECT_EQ(copy.to_vector(), (std::vector<float>{1, 2, 3, 4, 50, 6}));
+    t.resize({4, 2});
+    EXPECT_FALSE(t.borrowed());
+    EXPECT_NE(t.data(), buf);
+  }
+  EXPECT_EQ(buf[4], 50);
+  Tensor moved = Tensor::borrow(buf, {6});
+  Tensor other = std::move(moved);
+  EXPECT_TRUE(other.borrowed());
+  EXPECT_THROW(Tensor::borrow(nullptr, {2}), InvalidArgument);
+  EXPECT_FALSE(Tensor::borrow(nullptr, {0}).borrowed());
+}
+
 TEST(Gemm, MatchesReferenceForAllTransposes) {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {

@@ -27,15 +27,8 @@ struct RunArgs {
   int top = 3;
 };
 
-Split parse_split(const std::string& s) {
-  if (s == "train") return Split::kTrain;
-  if (s == "dev") return Split::kDev;
-  if (s == "test") return Split::kTest;
-  throw InvalidArgument("--split: expected train, dev or test, got '" + s + "'");
-}
-
 int run_eval(const RunArgs& a) {
-  const Split split = parse_split(a.split);
+  const Split split = parse_split(a.split, "--split");
   LoadedRun run = load_run(a.run_dir);
   const TaskData d =
       prepare_task_data(run.config.data, load_corpus(run.config.data), run.tokenizer);
@@ -76,17 +69,6 @@ int run_eval(const RunArgs& a) {
   for (const auto& [n, t, p] : pairs)
     std::cout << fmt::format("  {:>6}  {} -> {}\n", n, run.labels[t], run.labels[p]);
   return 0;
-}
-
-// Only a line's first bytes are tokenized: the model sees its first max_sequence_length tokens,
-// and no piece is longer than 64 bytes, so a longer prefix changes nothing but the memory (an
-// 8 MB line once took 2 GB). The cut falls on a UTF-8 character boundary.
-std::string_view predict_prefix(const std::string& line, int64_t max_len) {
-  const size_t limit = static_cast<size_t>(std::max<int64_t>(4096, 64 * max_len));
-  if (line.size() <= limit) return line;
-  size_t cut = limit;
-  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
-  return std::string_view(line).substr(0, cut);
 }
 
 int run_predict(const RunArgs& a) {

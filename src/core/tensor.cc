@@ -29,7 +29,20 @@ std::string shape_str(const Shape& shape) {
   return s + "]";
 }
 
-void Tensor::AlignedFree::operator()(float* p) const { std::free(p); }
+void Tensor::AlignedFree::operator()(float* p) const {
+  if (owned) std::free(p);
+}
+
+Tensor Tensor::borrow(float* data, Shape shape) {
+  Tensor t;
+  t.numel_ = shape_numel(shape);
+  check_arg(data != nullptr || t.numel_ == 0,
+            "Tensor::borrow: null data for shape " + shape_str(shape));
+  t.data_ = std::unique_ptr<float[], AlignedFree>(data, AlignedFree{false});
+  t.shape_ = std::move(shape);
+  t.capacity_ = t.numel_;
+  return t;
+}
 
 Tensor::Tensor(Shape shape) {
   resize(shape);
@@ -72,6 +85,7 @@ void Tensor::resize(const Shape& shape) {
     float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!p) throw std::bad_alloc();
     data_.reset(p);
+    data_.get_deleter().owned = true;  // a borrowed Tensor that grows owns its new storage
     capacity_ = n;
   }
   shape_ = shape;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/io/file_io.h"
 
@@ -19,6 +20,12 @@ const char* split_name(Split s) {
       return "test";
   }
   return "?";
+}
+
+Split parse_split(const std::string& name, const std::string& what) {
+  for (Split s : {Split::kTrain, Split::kDev, Split::kTest})
+    if (name == split_name(s)) return s;
+  throw InvalidArgument(what + ": expected train, dev or test, got '" + name + "'");
 }
 
 Split split_for_key(uint64_t key) {

@@ -280,4 +280,12 @@ std::vector<std::vector<float>> predict_probabilities(TaskModel& m,
   return out;
 }
 
+std::string_view predict_prefix(std::string_view text, int64_t max_len) {
+  const size_t limit = static_cast<size_t>(std::max<int64_t>(4096, 64 * max_len));
+  if (text.size() <= limit) return text;
+  size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut);
+}
+
 }  // namespace sparsemoe

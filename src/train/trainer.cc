@@ -417,6 +417,7 @@ void Trainer::write_record(const nlohmann::json& j) {
   // before each checkpoint (save()).
   if (!lead()) return;
   append_file(path("metrics.jsonl"), j.dump() + "\n");
+  if (options_.on_record) options_.on_record(j);
 }
 
 void Trainer::train_step() {

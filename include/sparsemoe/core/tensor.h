@@ -38,6 +38,12 @@ class Tensor {
   Tensor(Tensor&&) noexcept = default;
   Tensor& operator=(Tensor&&) noexcept = default;
 
+  // A Tensor over memory the caller owns and keeps alive (the Python bindings' numpy arrays, so
+  // that inputs and outputs are not copied). It reads and writes that memory in place; a resize
+  // within its size keeps it, a larger one moves to storage of its own. Copies own their storage.
+  static Tensor borrow(float* data, Shape shape);
+  bool borrowed() const { return data_ && !data_.get_deleter().owned; }
+
   // Changes the shape; reallocates only if the new size exceeds the current capacity.
   // Contents are unspecified afterwards (use zero() when needed).
   void resize(const Shape& shape);
@@ -59,6 +65,9 @@ class Tensor {
 
  private:
   struct AlignedFree {
+    AlignedFree() noexcept {}  // user-provided: a nested default member initializer is not enough
+    explicit AlignedFree(bool o) noexcept : owned(o) {}
+    bool owned = true;
     void operator()(float* p) const;
   };
   std::unique_ptr<float[], AlignedFree> data_;

@@ -14,6 +14,8 @@ namespace sparsemoe {
 
 enum class Split { kTrain = 0, kDev = 1, kTest = 2 };
 const char* split_name(Split s);
+// "train", "dev" or "test"; otherwise InvalidArgument "<what>: expected train, dev or test, ...".
+Split parse_split(const std::string& name, const std::string& what);
 
 // 80 / 10 / 10 by mix64(key) % 10: 0-7 train, 8 dev, 9 test.
 Split split_for_key(uint64_t key);

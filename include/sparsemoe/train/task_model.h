@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sparsemoe/data/batching.h"
@@ -94,6 +95,10 @@ EvalResult evaluate_classifier(TaskModel& m, const TokenizedSet& set, int64_t ba
 // so every evaluation of a run sees the same corruption.
 EvalResult evaluate_mlm(TaskModel& m, const TokenizedSet& set, int64_t batch_size,
                         const MlmOptions& mlm, uint64_t seed, int64_t max_batches = 0);
+// The part of a text worth tokenizing for a model of max_len tokens: its first
+// max(4096, 64 * max_len) bytes, cut on a UTF-8 character boundary (no piece is longer than 64
+// bytes, so a longer prefix changes nothing but the memory: an 8 MB line once took 2 GB).
+std::string_view predict_prefix(std::string_view text, int64_t max_len);
 // Class probabilities [N, C] for token rows.
 std::vector<std::vector<float>> predict_probabilities(TaskModel& m,
                                                       const std::vector<std::vector<int>>& rows,

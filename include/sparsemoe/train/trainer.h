@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -45,6 +46,9 @@ struct TrainOptions {
   // writes every file and the progress output; the others read nothing from it (they get the
   // config, tokenizer and checkpoint from rank 0) except the corpus, which each reads itself.
   Communicator* comm = nullptr;
+  // Called on rank 0 with each record as it is appended to metrics.jsonl (training windows,
+  // evaluations): the Python package's progress callback. It may set *stop_signal to stop.
+  std::function<void(const nlohmann::json&)> on_record = nullptr;
 };
 
 // kAlreadyFinished: --resume of a run that had finished; nothing was run or written.

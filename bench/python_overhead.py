@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+"""What calling the engine from Python costs (issue 15, item 5): the MoE layer's forward and
+forward+backward through `sparsemoe.MoeLayer` (numpy) and `sparsemoe.torch.MoeLayer` against
+`sparsemoe bench moe` running the same configuration in C++, in the same run, one after the other.
+The overhead is the difference of the medians; at 4096 tokens it is also given as a percentage.
+
+    PYTHONPATH=build/python OMP_NUM_THREADS=1 /usr/bin/python3 bench/python_overhead.py --threads 1
+
+H 512, F 2048, E 16, GELU-tanh experts, tokens-choose k = 1 (as `bench moe`): one token
+(dropless), one sequence of 128 tokens, and 8 x 512 = 4096 tokens (capacity factor 1)."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+import sparsemoe
+import sparsemoe.torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = [("1 token", 1, 1, True), ("128 tokens", 1, 128, False), ("4096 tokens", 8, 512, False)]
+
+
+def median_time(fn, min_time, min_runs=3):
+    fn()  # warm-up
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def cpp(args, B, T, dropless):
+    cmd = [args.binary, "bench", "moe", "--router", "tokens_choose", "--k", "1", "--batch", str(B),
+           "--tokens-per-group", str(T), "--min-time", str(args.min_time), "--json"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if dropless:
+        cmd.append("--dropless")
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return r["results"][0]["forward_ms"] / 1e3, r["results"][0]["forward_backward_ms"] / 1e3, r
+
+
+def config(dropless):
+    return {"hidden_size": 512,
+            "experts": {"num_experts": 16, "d_ff": 2048, "activation": "gelu_tanh"},
+            "router": {"type": "tokens_choose", "num_selected_experts": 1},
+            "train_capacity_factor": 1.0, "eval_capacity_factor": 1.0, "dropless": dropless}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=0, help="engine and torch threads")
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "build", "sparsemoe"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    env = None
+    for name, B, T, dropless in SCENARIOS:
+        c_fwd, c_fb, r = cpp(args, B, T, dropless)
+        env = r["environment"]
+        layer = sparsemoe.MoeLayer(config(dropless))
+        x = np.random.default_rng(1).uniform(-1, 1, (B, T, 512)).astype(np.float32)
+        dy = np.random.default_rng(2).uniform(-1, 1, (B, T, 512)).astype(np.float32)
+        n_fwd = median_time(lambda: layer.forward(x, training=True), args.min_time)
+
+        def fb():
+            layer.forward(x, training=True)
+            layer.backward(dy)
+        n_fb = median_time(fb, args.min_time)
+        mod = sparsemoe.torch.MoeLayer(config(dropless))
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def t_fwd():
+            with torch.no_grad():
+                mod(xt)
+        t_f = median_time(t_fwd, args.min_time)
+
+        def t_fb():
+            mod(xt).backward(dyt)
+        t_b = median_time(t_fb, args.min_time)
+        rows.append((name, c_fwd, n_fwd, t_f, c_fb, n_fb, t_b))
+    print(f"# {env['cpu']}, {env['simd']}, threads {env['threads']}; medians; overhead = "
+          f"Python - C++")
+    print("| tokens | C++ fwd | numpy fwd (overhead) | torch fwd (overhead) | C++ fwd+bwd | "
+          "numpy fwd+bwd (overhead) | torch fwd+bwd (overhead) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, c_f, n_f, t_f, c_b, n_b, t_b in rows:
+        def cell(t, ref):
+            d = t - ref
+            return f"{t * 1e3:.3f} ms ({d * 1e6:+.0f} us, {d / ref:+.1%})"
+        print(f"| {name} | {c_f * 1e3:.3f} ms | {cell(n_f, c_f)} | {cell(t_f, c_f)} | "
+              f"{c_b * 1e3:.3f} ms | {cell(n_b, c_b)} | {cell(t_b, c_b)} |")
+
+
+if __name__ == "__main__":
+    main()

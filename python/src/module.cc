@@ -1,0 +1,141 @@
+// The Python extension `sparsemoe._core` (pybind11): the MoE layers on float32 numpy arrays with
+// no copies. Inputs are read in place (Tensor::borrow); outputs are numpy arrays the engine writes
+// into directly; parameters and gradients are writable numpy views of the engine's own buffers,
+// each holding a reference to its layer so that a view never outlives its storage. Every compute
+// call releases the GIL. The Python package (python/sparsemoe/__init__.py) wraps these classes
+// with dict configs and keyword arguments.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/tensor.h"
+#include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/ops/simd.h"
+
+namespace py = pybind11;
+
+namespace sparsemoe::python {
+
+namespace {
+
+// The layer classes share everything but their config type.
+template <class Layer, class Config>
+struct PyLayer {
+  explicit PyLayer(const std::string& config_json)
+      : config(Config::from_json(py_to_json(config_json, "config"))), layer(config) {}
+
+  std::pair<py::array_t<float>, py::object> forward(const py::handle& x_obj, bool training,
+                                                    uint64_t step, const py::handle& paddings_obj) {
+    py::array x = checked_array(x_obj, "x");
+    if (x.ndim() != 3)
+      throw py::value_error("argument 'x': expected 3 dimensions [B, L, H], got shape " +
+                            shape_str(shape_of(x)));
+    py::array paddings;
+    Tensor x_t = borrow(x), p_t;
+    ForwardOptions opt;
+    opt.training = training;
+    opt.step = step;
+    if (!paddings_obj.is_none()) {
+      paddings = checked_array(paddings_obj, "paddings");
+      p_t = borrow(paddings);
+      opt.paddings = &p_t;
+    }
+    auto [y, y_t] = output(layer.output_shape(x_t.shape()));
+    MoeMetrics m;
+    {
+      py::gil_scoped_release release;
+      m = layer.forward(x_t, y_t, opt);
+    }
+    settle(y, y_t);
+    x_shape = x_t.shape();
+    nlohmann::json j = m.to_json();
+    j["loss"] = m.loss;  // what backward's routing-loss gradient is the gradient of
+    j["num_groups"] = m.num_groups;
+    j["tokens_per_group"] = m.tokens_per_group;
+    j["expert_capacity"] = m.expert_capacity;
+    return {std::move(y), json_to_py(j)};
+  }
+
+  py::array_t<float> backward(const py::handle& dy_obj, double loss_scale) {
+    py::array dy = checked_array(dy_obj, "dy");
+    check_arg(!x_shape.empty(), "backward: call forward first");
+    check_shape("dy", shape_of(dy), x_shape, "[B, L, H]");
+    Tensor dy_t = borrow(dy);
+    auto [dx, dx_t] = output(x_shape);
+    {
+      py::gil_scoped_release release;
+      layer.backward(dy_t, dx_t, loss_scale);
+    }
+    settle(dx, dx_t);
+    return dx;
+  }
+
+  Config config;
+  Layer layer;
+  Shape x_shape;  // of the last forward, empty before the first
+};
+
+// name -> view of each weight (or its gradient); the views keep `self` alive.
+template <class P>
+py::dict arrays(const py::object& self, bool grads) {
+  py::dict d;
+  for (const ParamRef& p : self.cast<P&>().layer.params())
+    d[py::str(p.name)] = view_of(grads ? *p.grad : *p.value, self);
+  return d;
+}
+
+template <class Layer, class Config>
+void bind_layer(py::module_& m, const char* name, const char* doc) {
+  using P = PyLayer<Layer, Config>;
+  py::class_<P>(m, name, doc)
+      .def(py::init<const std::string&>(), py::arg("config_json"))
+      .def("forward", &P::forward, py::arg("x"), py::arg("training") = false, py::arg("step") = 0,
+           py::arg("paddings") = py::none(),
+           "x [B, L, H] float32 -> (y [B, L, H], metrics dict). Reads x in place.")
+      .def("backward", &P::backward, py::arg("dy"), py::arg("loss_scale") = 1.0,
+           "dy [B, L, H] -> dx; accumulates the parameters' gradients (routing losses included, "
+           "scaled by loss_scale).")
+      .def(
+          "parameters", [](const py::object& self) { return arrays<P>(self, false); },
+          "name -> writable float32 view of the weight (no copy)")
+      .def(
+          "gradients", [](const py::object& self) { return arrays<P>(self, true); },
+          "name -> writable float32 view of the weight's gradient (no copy)")
+      .def("zero_grad", [](P& self) { zero_grads(self.layer.params()); })
+      .def("count_params", [](P& self) { return self.layer.count_params(); })
+      .def("config_json", [](P& self) { return self.config.to_json().dump(); });
+}
+
+}  // namespace
+
+}  // namespace sparsemoe::python
+
+PYBIND11_MODULE(_core, m) {
+  using namespace sparsemoe;
+  using namespace sparsemoe::python;
+  m.doc() = "sparsemoe's C++ engine (use the sparsemoe package, not this module directly)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const ConfigError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  bind_layer<MoeLayer, MoeLayerConfig>(
+      m, "MoeLayer", "Sparsely-gated MoE layer (tf-models MoeLayer): router, routing, experts");
+  bind_layer<MoeLayerWithBackbone, MoeLayerWithBackboneConfig>(
+      m, "MoeLayerWithBackbone", "MoeLayer plus a dense FFN added to its output");
+  bind_training(m);
+  m.def(
+      "simd", [] { return simd_target_name(simd_target()); },
+      "the instruction-set level the kernels run at");
+}

@@ -15,7 +15,8 @@ import os as _os
 
 from . import _core
 
-__all__ = ["MoeLayer", "MoeLayerWithBackbone", "Run", "load_run", "simd", "train"]
+__all__ = ["MoeLayer", "MoeLayerWithBackbone", "Run", "SparseMixer", "load_run", "presets",
+           "route", "simd", "train"]
 
 
 def _config_text(config):
@@ -74,6 +75,87 @@ class MoeLayer(_Layer):
 class MoeLayerWithBackbone(_Layer):
     """A MoeLayer plus a dense FFN added to its output: {"moe": {...}, "backbone": {...}}."""
     _core_class = _core.MoeLayerWithBackbone
+
+
+def presets():
+    """The names of the model presets shipped with the engine (presets/*.json)."""
+    return list(_core.preset_names())
+
+
+class SparseMixer:
+    """The Sparse Mixer encoder (docs/sparse_mixer.md): token ids [B, L] -> sequence output
+    [B, L, H] (or [B, output_range, H]), pooled output [B, H] and the MoE metrics.
+
+        model = sparsemoe.SparseMixer("sparse_mixer_base", vocab_size=32000)
+        seq, pooled, metrics = model.forward(ids, input_mask=mask)
+        model.backward(dsequence=dseq, dpooled=dpool)   # adds into model.gradients()
+
+    `config`: a preset name (see presets()), a dict or a JSON string (SparseMixerConfig);
+    keyword arguments override top-level keys. The outputs are new arrays (the engine reuses its
+    buffers); parameters() / gradients() are views of the engine's. backward() includes the MoE
+    layers' routing losses (metrics["loss"])."""
+
+    def __init__(self, config, **overrides):
+        if isinstance(config, str) and config in _core.preset_names():
+            cfg = _json.loads(_core.preset_json(config))
+        elif isinstance(config, str):
+            cfg = _json.loads(_config_text(config))
+        elif isinstance(config, dict):
+            cfg = dict(config)
+        else:
+            raise TypeError(f"argument 'config': expected a preset name, a dict or a JSON string, "
+                            f"got {type(config).__name__}")
+        cfg.update(overrides)
+        self._impl = _core.SparseMixer(_json.dumps(cfg))
+
+    @property
+    def config(self):
+        return _json.loads(self._impl.config_json())
+
+    def forward(self, input_word_ids, *, input_mask=None, input_type_ids=None, training=False,
+                step=0):
+        """-> (sequence_output, pooled_output, metrics)."""
+        return self._impl.forward(input_word_ids, input_mask, input_type_ids, training, step)
+
+    __call__ = forward
+
+    def backward(self, dsequence=None, dpooled=None):
+        """Gradients of the last forward's outputs -> added into gradients()."""
+        self._impl.backward(dsequence, dpooled)
+
+    def parameters(self):
+        return self._impl.parameters()
+
+    def gradients(self):
+        return self._impl.gradients()
+
+    def zero_grad(self):
+        self._impl.zero_grad()
+
+    def count_params(self):
+        return self._impl.count_params()
+
+
+def route(logits, router="tokens_choose", *, k=None, capacity=None, capacity_factor=None,
+          batch_prioritized_routing=False, second_expert_policy="all",
+          second_expert_threshold=0.0, legacy_mtf_behavior=True, expert_padding_idx=(),
+          paddings=None, seed=None):
+    """What a router does with these logits, as `sparsemoe route` answers it: logits [G, T, E]
+    (float32) routed as in training. Give `capacity` C, or `capacity_factor` (default 1, the
+    router's own capacity rule), not both; `k` defaults to the router's (1; 2 for top2); the
+    top2 options are lingvo's; `paddings` [G, T] of 0/1; `seed` for the routers that draw.
+    Returns a dict: capacity, dispatch and combine [G, T, E, C] (float32), aux_loss,
+    router_z_loss (unscaled) and metrics."""
+    if capacity is not None and capacity_factor is not None:
+        raise ValueError("give either capacity or capacity_factor, not both")
+    if capacity is not None and capacity < 0:
+        raise ValueError(f"argument 'capacity': expected >= 0, got {capacity}")
+    return _core.route(logits, router, -1 if k is None else int(k),
+                       -1 if capacity is None else int(capacity),
+                       1.0 if capacity_factor is None else float(capacity_factor),
+                       bool(batch_prioritized_routing), second_expert_policy,
+                       float(second_expert_threshold), bool(legacy_mtf_behavior),
+                       [int(i) for i in expert_padding_idx], paddings, seed)
 
 
 def simd():

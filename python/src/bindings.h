@@ -84,5 +84,6 @@ inline py::array view_of(Tensor& t, const py::handle& owner) {
 }
 
 void bind_training(py::module_& m);  // train_bindings.cc
+void bind_models(py::module_& m);    // model_bindings.cc
 
 }  // namespace sparsemoe::python

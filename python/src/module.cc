@@ -17,6 +17,7 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/moe/moe_layer.h"
+#include "sparsemoe/moe/routing.h"
 #include "sparsemoe/ops/simd.h"
 
 namespace py = pybind11;
@@ -37,14 +38,12 @@ struct PyLayer {
     if (x.ndim() != 3)
       throw py::value_error("argument 'x': expected 3 dimensions [B, L, H], got shape " +
                             shape_str(shape_of(x)));
-    py::array paddings;
     Tensor x_t = borrow(x), p_t;
     ForwardOptions opt;
     opt.training = training;
     opt.step = step;
     if (!paddings_obj.is_none()) {
-      paddings = checked_array(paddings_obj, "paddings");
-      p_t = borrow(paddings);
+      p_t = borrow(checked_array(paddings_obj, "paddings"));  // the caller keeps it alive
       opt.paddings = &p_t;
     }
     auto [y, y_t] = output(layer.output_shape(x_t.shape()));
@@ -113,6 +112,74 @@ void bind_layer(py::module_& m, const char* name, const char* doc) {
       .def("config_json", [](P& self) { return self.config.to_json().dump(); });
 }
 
+// sparsemoe.route: one routing problem, answered as `sparsemoe route` answers it.
+py::dict route(const py::handle& logits_obj, const std::string& router, int64_t k, int64_t capacity,
+               double capacity_factor, bool batch_prioritized_routing,
+               const std::string& second_expert_policy, double second_expert_threshold,
+               bool legacy_mtf_behavior, const std::vector<int64_t>& expert_padding_idx,
+               const py::handle& paddings_obj, const py::object& seed) {
+  py::array logits = checked_array(logits_obj, "logits");
+  if (logits.ndim() != 3)
+    throw py::value_error("argument 'logits': expected 3 dimensions [G, T, E], got shape " +
+                          shape_str(shape_of(logits)));
+  const int64_t G = logits.shape(0), T = logits.shape(1), E = logits.shape(2);
+  RouterConfig rc;
+  rc.type = parse_router_type(router);
+  rc.num_experts = E;
+  rc.num_selected_experts = k >= 0 ? k : make_policy(rc)->default_k();  // -1: the default
+  rc.batch_prioritized_routing = batch_prioritized_routing;
+  rc.top2.second_expert_policy =
+      kSecondExpertPolicies.parse(second_expert_policy, "second_expert_policy");
+  rc.top2.second_expert_threshold = second_expert_threshold;
+  rc.top2.legacy_mtf_behavior = legacy_mtf_behavior;
+  rc.top2.expert_padding_idx = expert_padding_idx;
+  rc.validate();
+  DenseRouteOptions o;
+  o.capacity = capacity;
+  o.capacity_factor = capacity_factor;
+  if (!paddings_obj.is_none()) {
+    const py::array paddings = checked_array(paddings_obj, "paddings");
+    check_shape("paddings", shape_of(paddings), {G, T}, "[G, T]");
+    o.paddings = static_cast<const float*>(paddings.data());
+  }
+  if (!seed.is_none()) {
+    o.seeded = true;
+    o.seed = seed.cast<uint64_t>();
+  }
+  o.max_cells = int64_t{1} << 28;  // 1 GiB per array
+  DenseRoute d;
+  {
+    py::gil_scoped_release release;
+    d = route_dense(rc, static_cast<const float*>(logits.data()), G, T, o);
+  }
+  auto dense = [&](const std::vector<float>& v) {
+    py::array_t<float> a(std::vector<py::ssize_t>{G, T, E, d.C});
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+  };
+  const RouteResult& r = d.result;
+  py::dict metrics;
+  metrics["load_balancing_loss"] = r.load_balancing_loss;
+  metrics["router_z_loss"] = r.unscaled_router_z_loss;
+  metrics["unscaled_router_z_loss"] = r.unscaled_router_z_loss;
+  metrics["fraction_tokens_left_behind"] = r.fraction_tokens_left_behind;
+  metrics["router_confidence"] = r.router_confidence;
+  metrics["expert_usage"] = r.expert_usage;
+  metrics["tokens_per_expert"] = r.tokens_per_expert;
+  if (d.reports_over_capacity) {
+    metrics["over_capacity_1_ratio"] = r.over_capacity_1_ratio;
+    metrics["over_capacity_2_ratio"] = r.over_capacity_2_ratio;
+  }
+  py::dict out;
+  out["capacity"] = d.C;
+  out["dispatch"] = dense(d.dispatch);
+  out["combine"] = dense(d.combine);
+  out["aux_loss"] = r.load_balancing_loss;
+  out["router_z_loss"] = r.unscaled_router_z_loss;
+  out["metrics"] = metrics;
+  return out;
+}
+
 }  // namespace
 
 }  // namespace sparsemoe::python
@@ -135,6 +202,12 @@ PYBIND11_MODULE(_core, m) {
   bind_layer<MoeLayerWithBackbone, MoeLayerWithBackboneConfig>(
       m, "MoeLayerWithBackbone", "MoeLayer plus a dense FFN added to its output");
   bind_training(m);
+  bind_models(m);
+  m.def("route", &route, py::arg("logits"), py::arg("router"), py::arg("k"), py::arg("capacity"),
+        py::arg("capacity_factor"), py::arg("batch_prioritized_routing"),
+        py::arg("second_expert_policy"), py::arg("second_expert_threshold"),
+        py::arg("legacy_mtf_behavior"), py::arg("expert_padding_idx"), py::arg("paddings"),
+        py::arg("seed"));
   m.def(
       "simd", [] { return simd_target_name(simd_target()); },
       "the instruction-set level the kernels run at");

@@ -151,40 +151,25 @@ std::string route_answer(const std::string& text) {
   } catch (const ConfigError& e) {
     throw InvalidArgument(e.what());
   }
-  const auto policy_ptr = make_policy(rc);
-  if (req.contains("seed") && !policy_ptr->draws_with_key())
-    throw InvalidArgument("seed: router '" + router + "' draws nothing at random");
   if (req.contains("capacity") && req.contains("capacity_factor"))
     throw InvalidArgument("give either capacity or capacity_factor, not both");
-  if (req.contains("capacity")) {
-    if (C < 0 || C > kMaxExpertCapacity)
-      throw InvalidArgument("capacity: expected 0 to " + std::to_string(kMaxExpertCapacity) +
-                            ", got " + std::to_string(C));
-  } else {
-    if (!(rule.capacity_factor >= 0) || !std::isfinite(rule.capacity_factor))
-      throw InvalidArgument("capacity_factor: expected a finite number >= 0");
-    C = policy_ptr->capacity(rule, T, E);  // default: the reference sources' factor, 1
-  }
-  // The answer is dense [G, T, E, C] twice: refuse one too large to print before allocating it.
-  const int64_t cells = checked_product({G, T, E, C}, "route: dispatch [G, T, E, C]");
-  if (cells > kMaxRouteCells)
-    throw InvalidArgument("route: the dense dispatch and combine [G, T, E, C] = [" +
-                          std::to_string(G) + ", " + std::to_string(T) + ", " + std::to_string(E) +
-                          ", " + std::to_string(C) + "] would hold " + std::to_string(cells) +
-                          " values each; the limit is " + std::to_string(kMaxRouteCells) +
-                          " (fewer tokens per group or a smaller capacity)");
+  if (req.contains("capacity"))
+    check_arg(C >= 0, "capacity: expected 0 to " + std::to_string(kMaxExpertCapacity) + ", got " +
+                          std::to_string(C));
   std::vector<float> paddings;
   if (!jpad.is_null()) paddings = read_paddings(jpad, G, T);
-  RoutingRecord rec;
-  const RouteResult r =
-      route_logits(*policy_ptr, rc, logits.data(), G, T, C,
-                   paddings.empty() ? nullptr : paddings.data(), /*training=*/true, seed, rec);
-  const RoutingPlan& plan = rec.plan;
-  std::vector<float> dispatch(G * T * E * plan.C), combine(G * T * E * plan.C);
-  plan.to_dense(dispatch.data(), combine.data());
-  json out = {{"capacity", plan.C},
-              {"dispatch", nested(dispatch, G, T, E, plan.C, true)},
-              {"combine", nested(combine, G, T, E, plan.C, false)},
+  DenseRouteOptions o;
+  o.capacity = req.contains("capacity") ? C : -1;
+  o.capacity_factor = rule.capacity_factor;
+  o.paddings = paddings.empty() ? nullptr : paddings.data();
+  o.seeded = req.contains("seed");
+  o.seed = seed;
+  o.max_cells = kMaxRouteCells;
+  const DenseRoute d = route_dense(rc, logits.data(), G, T, o);
+  const RouteResult& r = d.result;
+  json out = {{"capacity", d.C},
+              {"dispatch", nested(d.dispatch, G, T, E, d.C, true)},
+              {"combine", nested(d.combine, G, T, E, d.C, false)},
               {"aux_loss", r.load_balancing_loss},
               {"router_z_loss", r.unscaled_router_z_loss},
               {"metrics",
@@ -195,7 +180,7 @@ std::string route_answer(const std::string& text) {
                 {"router_confidence", r.router_confidence},
                 {"expert_usage", r.expert_usage},
                 {"tokens_per_expert", r.tokens_per_expert}}}};
-  if (policy_ptr->reports_over_capacity()) {
+  if (d.reports_over_capacity) {
     out["metrics"]["over_capacity_1_ratio"] = r.over_capacity_1_ratio;
     out["metrics"]["over_capacity_2_ratio"] = r.over_capacity_2_ratio;
   }

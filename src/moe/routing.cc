@@ -11,6 +11,7 @@
 #include "policies.h"
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/limits.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/ops/kernels.h"
 
@@ -253,6 +254,52 @@ Grouping compute_grouping(int64_t batch, int64_t length, double examples_per_gro
             "examples_per_group: tokens_per_group T=" + std::to_string(tokens_per_group) +
                 " must divide B*L=" + std::to_string(tokens));
   return {tokens / tokens_per_group, tokens_per_group};
+}
+
+DenseRoute route_dense(const RouterConfig& config, const float* logits, int64_t G, int64_t T,
+                       const DenseRouteOptions& o) {
+  const int64_t E = config.num_experts;
+  check_arg(G >= 1 && T >= 1 && E >= 1, "logits: expected a non-empty [G, T, E] array, got [" +
+                                            std::to_string(G) + ", " + std::to_string(T) + ", " +
+                                            std::to_string(E) + "]");
+  const int64_t N = checked_product({G, T, E}, "logits [G, T, E]");
+  for (int64_t i = 0; i < N; ++i)
+    check_arg(std::isfinite(logits[i]),
+              "logits: a non-finite value at [" + std::to_string(i / (T * E)) + ", " +
+                  std::to_string(i / E % T) + ", " + std::to_string(i % E) + "]");
+  const auto policy = make_policy(config);
+  check_arg(!o.seeded || policy->draws_with_key(),
+            "seed: router '" + router_type_name(config.type) + "' draws nothing at random");
+  int64_t C = o.capacity;
+  if (C >= 0) {
+    check_arg(C <= kMaxExpertCapacity, "capacity: expected 0 to " +
+                                           std::to_string(kMaxExpertCapacity) + ", got " +
+                                           std::to_string(C));
+  } else {
+    check_arg(o.capacity_factor >= 0 && std::isfinite(o.capacity_factor),
+              "capacity_factor: expected a finite number >= 0");
+    CapacityRule rule;
+    rule.capacity_factor = o.capacity_factor;
+    C = policy->capacity(rule, T, E);
+  }
+  // The answer is dense [G, T, E, C] twice: refuse one too large before allocating it.
+  const int64_t cells = checked_product({G, T, E, C}, "route: dispatch [G, T, E, C]");
+  if (cells > o.max_cells)
+    throw InvalidArgument("route: the dense dispatch and combine [G, T, E, C] = [" +
+                          std::to_string(G) + ", " + std::to_string(T) + ", " + std::to_string(E) +
+                          ", " + std::to_string(C) + "] would hold " + std::to_string(cells) +
+                          " values each; the limit is " + std::to_string(o.max_cells) +
+                          " (fewer tokens per group or a smaller capacity)");
+  RoutingRecord rec;
+  DenseRoute d;
+  d.result =
+      route_logits(*policy, config, logits, G, T, C, o.paddings, /*training=*/true, o.seed, rec);
+  d.C = rec.plan.C;
+  d.dispatch.resize(G * T * E * d.C);
+  d.combine.resize(G * T * E * d.C);
+  rec.plan.to_dense(d.dispatch.data(), d.combine.data());
+  d.reports_over_capacity = policy->reports_over_capacity();
+  return d;
 }
 
 }  // namespace sparsemoe

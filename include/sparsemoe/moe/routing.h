@@ -220,6 +220,28 @@ void route_logits_backward(const RoutingPolicy& policy, const RouterConfig& conf
                            RoutingRecord& rec, const float* dweight, double loss_scale,
                            float* dlogits);
 
+// A standalone routing problem, answered densely (`sparsemoe route`, the Python package's
+// route()): logits [G, T, E] routed by one router as in training, giving the capacity, the
+// dispatch and combine tensors [G, T, E, C] and the losses and metrics.
+struct DenseRouteOptions {
+  int64_t capacity = -1;            // C; -1: from capacity_factor (the router's own rule)
+  double capacity_factor = 1.0;     // the reference sources' default
+  const float* paddings = nullptr;  // [G, T] of 0/1 (1 = padding), for the kinds that take them
+  bool seeded = false;              // a seed given (refused by the kinds that draw nothing)
+  uint64_t seed = 0;
+  int64_t max_cells = int64_t{1} << 20;  // the most values each dense answer may hold
+};
+struct DenseRoute {
+  int64_t C = 0;
+  std::vector<float> dispatch, combine;  // [G, T, E, C]: 0/1, and the combine weights
+  RouteResult result;
+  bool reports_over_capacity = false;  // the kind has over_capacity_1/2 metrics (top2)
+};
+// Throws InvalidArgument naming the option at fault (a non-finite logit, a capacity out of range,
+// a seed for a router that draws nothing, an answer above max_cells).
+DenseRoute route_dense(const RouterConfig& config, const float* logits, int64_t G, int64_t T,
+                       const DenseRouteOptions& options);
+
 // Routing metrics computed from a plan; valid_tokens < 0 counts all tokens.
 RouteResult plan_metrics(const RoutingPlan& plan, int64_t valid_tokens);
 

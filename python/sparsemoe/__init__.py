@@ -28,16 +28,35 @@ def _config_text(config):
                     f"{type(config).__name__}")
 
 
-class _Layer:
-    _core_class = None
-
-    def __init__(self, config=None):
-        self._impl = self._core_class(_config_text({} if config is None else config))
+class _Engine:
+    """What every engine object has: its config, and its weights and gradients as views."""
+    _impl = None
 
     @property
     def config(self):
         """The full configuration, defaults filled in (a dict)."""
         return _json.loads(self._impl.config_json())
+
+    def parameters(self):
+        """name -> float32 array viewing the engine's weight (writes change the model)."""
+        return self._impl.parameters()
+
+    def gradients(self):
+        """name -> float32 array viewing the engine's gradient buffer."""
+        return self._impl.gradients()
+
+    def zero_grad(self):
+        self._impl.zero_grad()
+
+    def count_params(self):
+        return self._impl.count_params()
+
+
+class _Layer(_Engine):
+    _core_class = None
+
+    def __init__(self, config=None):
+        self._impl = self._core_class(_config_text({} if config is None else config))
 
     def forward(self, x, *, training=False, step=0, paddings=None):
         """x [B, L, H] float32 -> (y [B, L, H], metrics dict). `training` selects jitter, dropout
@@ -50,20 +69,6 @@ class _Layer:
         """dy [B, L, H] -> dx of the last forward; adds into the gradients (see zero_grad), with
         the routing losses' gradients scaled by loss_scale."""
         return self._impl.backward(dy, loss_scale)
-
-    def parameters(self):
-        """name -> float32 array viewing the engine's weight (writes change the layer)."""
-        return self._impl.parameters()
-
-    def gradients(self):
-        """name -> float32 array viewing the engine's gradient buffer."""
-        return self._impl.gradients()
-
-    def zero_grad(self):
-        self._impl.zero_grad()
-
-    def count_params(self):
-        return self._impl.count_params()
 
 
 class MoeLayer(_Layer):
@@ -82,7 +87,7 @@ def presets():
     return list(_core.preset_names())
 
 
-class SparseMixer:
+class SparseMixer(_Engine):
     """The Sparse Mixer encoder (docs/sparse_mixer.md): token ids [B, L] -> sequence output
     [B, L, H] (or [B, output_range, H]), pooled output [B, H] and the MoE metrics.
 
@@ -108,10 +113,6 @@ class SparseMixer:
         cfg.update(overrides)
         self._impl = _core.SparseMixer(_json.dumps(cfg))
 
-    @property
-    def config(self):
-        return _json.loads(self._impl.config_json())
-
     def forward(self, input_word_ids, *, input_mask=None, input_type_ids=None, training=False,
                 step=0):
         """-> (sequence_output, pooled_output, metrics)."""
@@ -122,18 +123,6 @@ class SparseMixer:
     def backward(self, dsequence=None, dpooled=None):
         """Gradients of the last forward's outputs -> added into gradients()."""
         self._impl.backward(dsequence, dpooled)
-
-    def parameters(self):
-        return self._impl.parameters()
-
-    def gradients(self):
-        return self._impl.gradients()
-
-    def zero_grad(self):
-        self._impl.zero_grad()
-
-    def count_params(self):
-        return self._impl.count_params()
 
 
 def route(logits, router="tokens_choose", *, k=None, capacity=None, capacity_factor=None,

@@ -2,7 +2,9 @@
 """What calling the engine from Python costs (issue 15, item 5): the MoE layer's forward and
 forward+backward through `sparsemoe.MoeLayer` (numpy) and `sparsemoe.torch.MoeLayer` against
 `sparsemoe bench moe` running the same configuration in C++, in the same run, one after the other.
-The overhead is the difference of the medians; at 4096 tokens it is also given as a percentage.
+The overhead is the difference of the medians, also given as a percentage. In the same run, the
+torch module against PyTorch's own sparse MoE layer (bench/torch_peer.py's gather / per-expert
+matmul / index_add formulation, the same shapes and router) as a speed ratio.
 
     PYTHONPATH=build/python OMP_NUM_THREADS=1 /usr/bin/python3 bench/python_overhead.py --threads 1
 
@@ -13,6 +15,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,6 +25,8 @@ import sparsemoe
 import sparsemoe.torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import torch_peer  # noqa: E402  (the PyTorch formulation of bench/compare.sh)
 SCENARIOS = [("1 token", 1, 1, True), ("128 tokens", 1, 128, False), ("4096 tokens", 8, 512, False)]
 
 
@@ -86,18 +91,30 @@ def main():
         def t_fb():
             mod(xt).backward(dyt)
         t_b = median_time(t_fb, args.min_time)
-        rows.append((name, c_fwd, n_fwd, t_f, c_fb, n_fb, t_b))
+        peer = torch_peer.Layer(512, 2048, 16)
+
+        def p_fwd():
+            with torch.no_grad():
+                peer.sparse(xt, "tokens_choose", 1, 1.0, dropless)
+        p_f = median_time(p_fwd, args.min_time)
+
+        def p_fb():
+            peer.sparse(xt, "tokens_choose", 1, 1.0, dropless).backward(dyt)
+        p_b = median_time(p_fb, args.min_time)
+        rows.append((name, c_fwd, n_fwd, t_f, c_fb, n_fb, t_b, p_f, p_b))
     print(f"# {env['cpu']}, {env['simd']}, threads {env['threads']}; medians; overhead = "
           f"Python - C++")
     print("| tokens | C++ fwd | numpy fwd (overhead) | torch fwd (overhead) | C++ fwd+bwd | "
-          "numpy fwd+bwd (overhead) | torch fwd+bwd (overhead) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, c_f, n_f, t_f, c_b, n_b, t_b in rows:
+          "numpy fwd+bwd (overhead) | torch fwd+bwd (overhead) | PyTorch sparse fwd, fwd+bwd "
+          "(torch module's speed-up) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, c_f, n_f, t_f, c_b, n_b, t_b, p_f, p_b in rows:
         def cell(t, ref):
             d = t - ref
             return f"{t * 1e3:.3f} ms ({d * 1e6:+.0f} us, {d / ref:+.1%})"
         print(f"| {name} | {c_f * 1e3:.3f} ms | {cell(n_f, c_f)} | {cell(t_f, c_f)} | "
-              f"{c_b * 1e3:.3f} ms | {cell(n_b, c_b)} | {cell(t_b, c_b)} |")
+              f"{c_b * 1e3:.3f} ms | {cell(n_b, c_b)} | {cell(t_b, c_b)} | "
+              f"{p_f * 1e3:.3f} ms ({p_f / t_f:.2f}x), {p_b * 1e3:.3f} ms ({p_b / t_b:.2f}x) |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,26 @@ namespace sparsemoe::python {
 
 namespace {
 
+// The metrics as a dict, built directly (no JSON text on the way: this is per call). The keys
+// are MoeMetrics::to_json()'s, plus what backward's routing-loss gradient is the gradient of.
+py::dict metrics_dict(const MoeMetrics& m) {
+  py::dict d;
+  d["load_balancing_loss"] = m.load_balancing_loss;
+  d["router_z_loss"] = m.router_z_loss;
+  d["unscaled_router_z_loss"] = m.unscaled_router_z_loss;
+  d["fraction_tokens_left_behind"] = m.fraction_tokens_left_behind;
+  d["router_confidence"] = m.router_confidence;
+  d["expert_usage"] = m.expert_usage;
+  d["tokens_per_expert"] = m.tokens_per_expert;
+  d["over_capacity_1_ratio"] = m.over_capacity_1_ratio;
+  d["over_capacity_2_ratio"] = m.over_capacity_2_ratio;
+  d["loss"] = m.loss;
+  d["num_groups"] = m.num_groups;
+  d["tokens_per_group"] = m.tokens_per_group;
+  d["expert_capacity"] = m.expert_capacity;
+  return d;
+}
+
 // The layer classes share everything but their config type.
 template <class Layer, class Config>
 struct PyLayer {
@@ -54,12 +74,7 @@ struct PyLayer {
     }
     settle(y, y_t);
     x_shape = x_t.shape();
-    nlohmann::json j = m.to_json();
-    j["loss"] = m.loss;  // what backward's routing-loss gradient is the gradient of
-    j["num_groups"] = m.num_groups;
-    j["tokens_per_group"] = m.tokens_per_group;
-    j["expert_capacity"] = m.expert_capacity;
-    return {std::move(y), json_to_py(j)};
+    return {std::move(y), metrics_dict(m)};
   }
 
   py::array_t<float> backward(const py::handle& dy_obj, double loss_scale) {

@@ -72,6 +72,14 @@ def check_layer(cfg, B=3, L=8, seed=0):
 def test_router_matches_pytorch(router):
     _, metrics = check_layer(config(ROUTERS[router]))
     assert sum(metrics["tokens_per_expert"]) > 0
+    assert set(metrics) == {
+        "load_balancing_loss", "router_z_loss", "unscaled_router_z_loss",
+        "fraction_tokens_left_behind", "router_confidence", "expert_usage", "tokens_per_expert",
+        "over_capacity_1_ratio", "over_capacity_2_ratio", "loss", "num_groups",
+        "tokens_per_group", "expert_capacity"}
+    assert metrics["loss"] == pytest.approx(0.01 * metrics["load_balancing_loss"] +
+                                            metrics["router_z_loss"])
+    assert metrics["router_z_loss"] == pytest.approx(0.001 * metrics["unscaled_router_z_loss"])
 
 
 def test_dropless_matches_pytorch():

@@ -44,8 +44,8 @@ class _EngineFunction(torch.autograd.Function):
         ctx.module, ctx.call = module, call
         ctx.save_for_backward(x)
         ctx.training, ctx.step = module._last_training, module._last_step
-        aux = torch.tensor(float(metrics["loss"]), dtype=torch.float32)
-        module.metrics = metrics
+        aux = torch.scalar_tensor(metrics["loss"])
+        module.__dict__["metrics"] = metrics
         return y, aux
 
     @staticmethod
@@ -79,6 +79,10 @@ class _EngineModule(torch.nn.Module):
                 owner = getattr(owner, part)
             owner.register_parameter(leaf, p)
             self._params.append((p, torch.from_numpy(grads[name])))
+        self._param_list = [p for p, _ in self._params]
+        # Where each parameter's storage sits relative to its gradient buffer: the check that the
+        # parameters are still the engine's buffers (float32 on the CPU) is one comparison each.
+        self._grad_offset = {id(p): g.data_ptr() - p.data_ptr() for p, g in self._params}
         self.step = 0  # keys dropout and jitter; advanced by every training forward
         self._call = 0
         self.metrics = None
@@ -89,16 +93,19 @@ class _EngineModule(torch.nn.Module):
         return self._engine.config
 
     def _run_forward(self, x):
-        for p, _ in self._params:
-            if p.dtype != torch.float32 or p.device.type != "cpu":
+        # Bookkeeping goes through __dict__: nn.Module.__setattr__ costs a microsecond a field.
+        state = self.__dict__
+        for p, g in self._params:
+            if p.data_ptr() != g.data_ptr() - self._grad_offset[id(p)]:
                 raise RuntimeError("sparsemoe.torch: the parameters must stay float32 on the CPU "
                                    "(they are the engine's buffers)")
-        self._last_training, self._last_step = self.training, self.step
-        y, metrics = self._engine.forward(_as_input(x, "x"), training=self.training, step=self.step)
-        if self.training:
-            self.step += 1
-        self._call += 1
-        return torch.from_numpy(y), metrics, self._call
+        training, step = self.training, state["step"]
+        state["_last_training"], state["_last_step"] = training, step
+        y, metrics = self._engine._impl.forward(_as_input(x, "x"), training, step, None)
+        if training:
+            state["step"] = step + 1
+        state["_call"] += 1
+        return torch.from_numpy(y), metrics, state["_call"]
 
     def _attach_grads(self):
         # .grad is the engine's gradient buffer, so its backward adds straight into it. A .grad set
@@ -113,8 +120,13 @@ class _EngineModule(torch.nn.Module):
             p.grad = g
 
     def forward(self, x):
-        params = [p for p, _ in self._params]
-        y, self.aux_loss = _EngineFunction.apply(self, x, *params)
+        if not torch.is_grad_enabled():  # inference: no graph, no autograd function
+            y, metrics, _ = self._run_forward(x)
+            self.__dict__["metrics"] = metrics
+            self.__dict__["aux_loss"] = torch.scalar_tensor(metrics["loss"])
+            return y
+        y, aux = _EngineFunction.apply(self, x, *self._param_list)
+        self.__dict__["aux_loss"] = aux
         return y
 
 

@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -91,9 +92,27 @@ struct PyLayer {
     return dx;
   }
 
+  // bench/python_overhead.py's yardstick: the seconds of the engine's own forward (and backward)
+  // on x, timed in C++ around the call alone, into an engine-owned output reused across calls
+  // (as `sparsemoe bench moe` does). Paired with the Python call it gives the bindings' cost.
+  double time_engine(const py::handle& x_obj, bool training, bool with_backward) {
+    const py::array x = checked_array(x_obj, "x");
+    Tensor x_t = borrow(x);
+    ForwardOptions opt;
+    opt.training = training;
+    py::gil_scoped_release release;
+    const auto start = std::chrono::steady_clock::now();
+    layer.forward(x_t, bench_y, opt);
+    if (with_backward) layer.backward(x_t, bench_dx);
+    const auto stop = std::chrono::steady_clock::now();
+    x_shape = x_t.shape();
+    return std::chrono::duration<double>(stop - start).count();
+  }
+
   Config config;
   Layer layer;
-  Shape x_shape;  // of the last forward, empty before the first
+  Shape x_shape;             // of the last forward, empty before the first
+  Tensor bench_y, bench_dx;  // time_engine's outputs
 };
 
 // name -> view of each weight (or its gradient); the views keep `self` alive.
@@ -123,6 +142,8 @@ void bind_layer(py::module_& m, const char* name, const char* doc) {
           "gradients", [](const py::object& self) { return arrays<P>(self, true); },
           "name -> writable float32 view of the weight's gradient (no copy)")
       .def("zero_grad", [](P& self) { zero_grads(self.layer.params()); })
+      .def("_time_engine", &P::time_engine, py::arg("x"), py::arg("training"),
+           py::arg("with_backward"), "seconds of the engine's own call (benchmarks)")
       .def("count_params", [](P& self) { return self.layer.count_params(); })
       .def("config_json", [](P& self) { return self.config.to_json().dump(); });
 }

@@ -169,3 +169,17 @@ def test_a_torch_model_with_the_engine_layer_learns():
         last = step()
     assert last < 0.25 * first, (first, last)
     assert moe.step == 301  # every training forward drew new noise keys
+
+
+def test_inference_path_and_moved_parameters():
+    layer = make()
+    layer.eval()
+    x = torch.randn(2, 8, H)
+    y = layer(x)
+    aux = float(layer.aux_loss)
+    with torch.no_grad():  # no autograd function: the same numbers
+        y2 = layer(x)
+    assert torch.equal(y, y2) and float(layer.aux_loss) == aux and not y2.requires_grad
+    layer.double()  # the parameters leave the engine's buffers: refused, not silently wrong
+    with pytest.raises(RuntimeError, match="must stay float32 on the CPU"):
+        layer(x)

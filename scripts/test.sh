@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite: the release build; an install of it used by an
-# outside project (tests/consumer); the suite again with the OpenBLAS GEMM backend; the suite under
+# outside project (tests/consumer); the Python package as pip installed it; the suite again with the OpenBLAS GEMM backend; the suite under
 # AddressSanitizer + UndefinedBehaviorSanitizer; every fuzzer (fuzz/, libFuzzer) on its regression
 # inputs and then for a minute each; then a clang-format check of every source file.
 set -euo pipefail
@@ -21,6 +21,11 @@ LD_LIBRARY_PATH="$libdir" "$prefix/consumer/consumer"
 pc_flags=$(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs sparsemoe)
 g++ -std=c++20 tests/consumer/main.cc $pc_flags -o "$prefix/consumer_pc"
 LD_LIBRARY_PATH="$libdir" "$prefix/consumer_pc"
+
+# The Python package as pip installed it (.venv, by setup.sh): its tests from outside the
+# checkout, so that nothing of the build tree is on the path.
+(cd "$prefix" && OMP_NUM_THREADS=2 SPARSEMOE_CLI="$OLDPWD/build/sparsemoe" \
+  "$OLDPWD/.venv/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests")
 
 # The other GEMM backend, selectable at configure time, passes the same suite.
 cmake -S . -B build-openblas -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEMOE_BLAS=openblas \

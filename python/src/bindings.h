@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -82,6 +83,15 @@ inline py::array view_of(Tensor& t, const py::handle& owner) {
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
   return py::array_t<float>(shape, t.data(), owner);
 }
+
+// The engine call of a method on one engine object: the GIL released, then the object's mutex
+// taken. An object holds one activation record, and without the GIL calls from two Python threads
+// would otherwise run on it at once; this way they take turns.
+struct Compute {
+  explicit Compute(std::mutex& mu) : lock(mu) {}
+  py::gil_scoped_release release;  // declared first: released before locking, taken back after
+  std::unique_lock<std::mutex> lock;
+};
 
 void bind_training(py::module_& m);  // train_bindings.cc
 void bind_models(py::module_& m);    // model_bindings.cc

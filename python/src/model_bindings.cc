@@ -69,7 +69,7 @@ struct PyMixer {
     opt.step = step;
     SparseMixerMetrics m;
     {
-      py::gil_scoped_release release;
+      Compute compute(mu);
       m = model.forward(in, opt);
     }
     have_forward = true;
@@ -95,19 +95,25 @@ struct PyMixer {
       check_shape("dpooled", shape_of(dpool), model.pooled_output().shape(), "[B, H]");
       dpool_t = borrow(dpool);
     }
-    py::gil_scoped_release release;
+    Compute compute(mu);
     model.backward(dseq_obj.is_none() ? nullptr : &dseq_t,
                    dpool_obj.is_none() ? nullptr : &dpool_t);
   }
 
   SparseMixer model;
   bool have_forward = false;
+  std::mutex mu;  // Compute
 };
 
 py::dict mixer_arrays(const py::object& self, bool grads) {
+  PyMixer& obj = self.cast<PyMixer&>();
+  std::vector<ParamRef> params;
+  {
+    Compute compute(obj.mu);
+    params = obj.model.params();
+  }
   py::dict d;
-  for (const ParamRef& p : self.cast<PyMixer&>().model.params())
-    d[py::str(p.name)] = view_of(grads ? *p.grad : *p.value, self);
+  for (const ParamRef& p : params) d[py::str(p.name)] = view_of(grads ? *p.grad : *p.value, self);
   return d;
 }
 
@@ -123,7 +129,11 @@ void bind_models(py::module_& m) {
       .def("backward", &PyMixer::backward, py::arg("dsequence"), py::arg("dpooled"))
       .def("parameters", [](const py::object& self) { return mixer_arrays(self, false); })
       .def("gradients", [](const py::object& self) { return mixer_arrays(self, true); })
-      .def("zero_grad", [](PyMixer& self) { zero_grads(self.model.params()); })
+      .def("zero_grad",
+           [](PyMixer& self) {
+             Compute compute(self.mu);
+             zero_grads(self.model.params());
+           })
       .def("count_params", [](PyMixer& self) { return self.model.count_params(); })
       .def("config_json", [](PyMixer& self) { return self.model.config().to_json().dump(); });
 }

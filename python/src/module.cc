@@ -70,7 +70,7 @@ struct PyLayer {
     auto [y, y_t] = output(layer.output_shape(x_t.shape()));
     MoeMetrics m;
     {
-      py::gil_scoped_release release;
+      Compute compute(mu);
       m = layer.forward(x_t, y_t, opt);
     }
     settle(y, y_t);
@@ -85,7 +85,7 @@ struct PyLayer {
     Tensor dy_t = borrow(dy);
     auto [dx, dx_t] = output(x_shape);
     {
-      py::gil_scoped_release release;
+      Compute compute(mu);
       layer.backward(dy_t, dx_t, loss_scale);
     }
     settle(dx, dx_t);
@@ -100,7 +100,7 @@ struct PyLayer {
     Tensor x_t = borrow(x);
     ForwardOptions opt;
     opt.training = training;
-    py::gil_scoped_release release;
+    Compute compute(mu);
     const auto start = std::chrono::steady_clock::now();
     layer.forward(x_t, bench_y, opt);
     if (with_backward) layer.backward(x_t, bench_dx);
@@ -113,14 +113,20 @@ struct PyLayer {
   Layer layer;
   Shape x_shape;             // of the last forward, empty before the first
   Tensor bench_y, bench_dx;  // time_engine's outputs
+  std::mutex mu;             // Compute
 };
 
 // name -> view of each weight (or its gradient); the views keep `self` alive.
 template <class P>
 py::dict arrays(const py::object& self, bool grads) {
+  P& obj = self.cast<P&>();
+  std::vector<ParamRef> params;
+  {
+    Compute compute(obj.mu);  // params() drops the packed inference copies a forward may read
+    params = obj.layer.params();
+  }
   py::dict d;
-  for (const ParamRef& p : self.cast<P&>().layer.params())
-    d[py::str(p.name)] = view_of(grads ? *p.grad : *p.value, self);
+  for (const ParamRef& p : params) d[py::str(p.name)] = view_of(grads ? *p.grad : *p.value, self);
   return d;
 }
 
@@ -141,7 +147,11 @@ void bind_layer(py::module_& m, const char* name, const char* doc) {
       .def(
           "gradients", [](const py::object& self) { return arrays<P>(self, true); },
           "name -> writable float32 view of the weight's gradient (no copy)")
-      .def("zero_grad", [](P& self) { zero_grads(self.layer.params()); })
+      .def("zero_grad",
+           [](P& self) {
+             Compute compute(self.mu);
+             zero_grads(self.layer.params());
+           })
       .def("_time_engine", &P::time_engine, py::arg("x"), py::arg("training"),
            py::arg("with_backward"), "seconds of the engine's own call (benchmarks)")
       .def("count_params", [](P& self) { return self.layer.count_params(); })

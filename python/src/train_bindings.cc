@@ -105,7 +105,7 @@ struct PyRun {
     std::string majority;
     double majority_acc = 0;
     {
-      py::gil_scoped_release release;
+      Compute compute(mu);
       const TaskData d =
           prepare_task_data(run.config.data, load_corpus(run.config.data), run.tokenizer);
       const TokenizedSet& set = d.classify[static_cast<int>(split)];
@@ -134,7 +134,7 @@ struct PyRun {
     const auto C = static_cast<py::ssize_t>(run.labels.size());
     py::array_t<float> out({static_cast<py::ssize_t>(texts.size()), C});
     {
-      py::gil_scoped_release release;
+      Compute compute(mu);
       std::vector<std::vector<int>> rows;
       rows.reserve(texts.size());
       for (const std::string& t : texts)
@@ -149,6 +149,7 @@ struct PyRun {
   }
 
   LoadedRun run;
+  std::mutex mu;  // Compute
 };
 
 }  // namespace

@@ -202,3 +202,33 @@ def dense_ffn(w, x):
 
 def test_simd_names_the_level():
     assert sparsemoe.simd().split()[0] in {"baseline", "avx2", "avx512"}
+
+
+def test_threads_sharing_a_layer_take_turns():
+    # The GIL is released during compute, so two Python threads could run one layer (one
+    # activation record) at once; the bindings serialise calls per object. Each thread's output
+    # and input gradient must be those of a layer run alone.
+    import threading
+    cfg = config(ROUTERS["tokens_choose_k2"])
+    rng = np.random.default_rng(7)
+    xs = [rng.normal(0, 1, (4, 64, H)).astype(np.float32) for _ in range(2)]
+    alone = sparsemoe.MoeLayer(cfg)
+    want = []
+    for x in xs:
+        y, _ = alone.forward(x)
+        want.append(y)
+    shared = sparsemoe.MoeLayer(cfg)
+    bad = []
+
+    def work(i):
+        for _ in range(30):
+            y, _ = shared.forward(xs[i])
+            if not np.array_equal(y, want[i]):
+                bad.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

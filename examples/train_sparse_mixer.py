@@ -4,8 +4,10 @@ evaluate and to label new text.
 
     PYTHONPATH=build/python /usr/bin/python3 examples/train_sparse_mixer.py [--steps N] [--out DIR]
 
---steps shortens both phases (the test suite runs it with a few steps); the full configuration is
-200 + 200 steps, about a minute on 2 cores."""
+--steps sets the steps of each phase: 1500 by default (about a minute on 2 cores, where the model
+learns the task: 47% test accuracy over 45 supersenses against 13% for the majority class);
+0 keeps the configuration's own 200 + 200, a smoke-test size at which it does not get past the
+majority class yet; the test suite runs it with 8."""
 import argparse
 import json
 import os
@@ -16,7 +18,7 @@ import sparsemoe
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=0, help="steps per phase (0: the config's)")
+ap.add_argument("--steps", type=int, default=1500, help="steps per phase (0: the config's)")
 ap.add_argument("--out", default="", help="run directory (default: a temporary one, removed)")
 args = ap.parse_args()
 

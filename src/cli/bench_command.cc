@@ -146,7 +146,9 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
     alone.backward(dy, dx);
   });
   MoeLayer layer(c);
-  layer.set_communicator(&w);
+  const int64_t whole_bytes = 4 * layer.count_params();
+  layer.set_communicator(&w, true);  // storage split too: a rank holds its own experts
+  const int64_t bytes_held = 4 * layer.count_params();
   opt.token_offset = rank * N;
   opt.global_tokens = P * N;
   opt.units = P;  // a rank's tokens are one data-parallel unit
@@ -180,6 +182,8 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
           {"processes", P},
           {"rank", rank},
           {"experts_owned", sh.count},
+          {"weight_bytes_per_rank", bytes_held},
+          {"weight_bytes_one_process", whole_bytes},
           {"tokens_per_rank", N},
           {"forward_ms", fwd * 1e3},
           {"forward_backward_ms", fb * 1e3},
@@ -223,7 +227,8 @@ int run_bench_moe_distributed(const BenchArgs& a,
           "%-15s k=%ld  fwd %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s (all ranks) | "
           "rank 0: exchange %7.3f ms (%.0f%%), expert compute %7.3f ms, %.0f bytes "
           "sent per token | alone %8.3f ms: scaling efficiency %.0f%% | without "
-          "overlap: fwd+bwd %8.3f ms, exchange %7.3f ms (%.0f%%)\n",
+          "overlap: fwd+bwd %8.3f ms, exchange %7.3f ms (%.0f%%) | layer weights on rank 0: "
+          "%.1f MiB (one process: %.1f MiB)\n",
           router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
           r["forward_backward_ms"].get<double>(), r["forward_backward_tokens_per_s"].get<double>(),
           r["exchange_ms"].get<double>(), 100 * r["exchange_share"].get<double>(),
@@ -231,7 +236,9 @@ int run_bench_moe_distributed(const BenchArgs& a,
           r["ideal_forward_backward_ms"].get<double>(), 100 * r["scaling_efficiency"].get<double>(),
           r["no_overlap_forward_backward_ms"].get<double>(),
           r["no_overlap_exchange_ms"].get<double>(),
-          100 * r["no_overlap_exchange_share"].get<double>());
+          100 * r["no_overlap_exchange_share"].get<double>(),
+          r["weight_bytes_per_rank"].get<double>() / 1048576.0,
+          r["weight_bytes_one_process"].get<double>() / 1048576.0);
       std::cout << line << std::flush;
     }
   }

@@ -97,6 +97,9 @@ struct Rig {
             static_cast<int64_t>(uniform01(2, rank * B * P + b * P + p) * c.vocab_size);
       }
     }
+    refresh_params();
+  }
+  void refresh_params() {  // after the MoE layers' storage is sharded
     params = net->params();
     for (auto& p : mlm->params()) params.push_back(p);
     for (auto& p : nsp->params()) params.push_back(p);
@@ -179,7 +182,17 @@ json bench_preset_distributed(const ModelBenchArgs& a, const std::string& name, 
     if (MoeLayer* m = rig.net->block(l).moe_layer()) moe.push_back(m);
   uint64_t step = 0;
   const double alone = time_collective(w, a.min_runs, [&] { rig.train_step({true, ++step}); });
-  for (MoeLayer* m : moe) m->set_communicator(&w);
+  // Experts split over the ranks, storage included: a rank keeps its own experts' weights and
+  // gradients, and the gradient sum leaves them out (each owner's is already the step's).
+  int64_t whole_bytes = 0;
+  for (const ParamRef& p : rig.params) whole_bytes += 4 * p.value->numel();
+  for (MoeLayer* m : moe) m->set_communicator(&w, true);
+  rig.refresh_params();
+  int64_t bytes = 0, summed = 0;
+  for (const ParamRef& p : rig.params) {
+    bytes += 4 * p.value->numel();
+    if (!p.sharded) summed += 4 * p.value->numel();
+  }
   ForwardOptions opt{true, 0};
   opt.token_offset = rank * B * L, opt.sequence_offset = rank * B;
   opt.global_tokens = P * B * L, opt.units = P;  // each rank's batch is one unit
@@ -213,6 +226,9 @@ json bench_preset_distributed(const ModelBenchArgs& a, const std::string& name, 
           {"train_step_ms", t * 1e3},
           {"train_tokens_per_s", P * B * L / t},
           {"gradient_sum_ms", sum_seconds * 1e3},
+          {"gradient_sum_bytes", summed},
+          {"weight_bytes_per_rank", bytes},
+          {"weight_bytes_one_process", whole_bytes},
           {"alone_train_step_ms", alone * 1e3},
           {"scaling_efficiency", alone / t},
           {"moe_layers", layers}};
@@ -234,11 +250,14 @@ int run_bench_model_distributed(const ModelBenchArgs& a, const std::vector<std::
     results.push_back(r);
     if (!print || a.json_out) continue;
     std::cout << fmt::format(
-        "{}: train step {:.1f} ms, {:.0f} tok/s (all ranks), gradient sum {:.1f} ms | alone "
-        "{:.1f} ms: scaling efficiency {:.0f}%\n",
+        "{}: train step {:.1f} ms, {:.0f} tok/s (all ranks), gradient sum {:.1f} ms ({} of "
+        "dense gradients) | alone {:.1f} ms: scaling efficiency {:.0f}% | weights per rank {} "
+        "(one process: {})\n",
         name, r["train_step_ms"].get<double>(), r["train_tokens_per_s"].get<double>(),
-        r["gradient_sum_ms"].get<double>(), r["alone_train_step_ms"].get<double>(),
-        100 * r["scaling_efficiency"].get<double>());
+        r["gradient_sum_ms"].get<double>(), format_bytes(r["gradient_sum_bytes"].get<double>()),
+        r["alone_train_step_ms"].get<double>(), 100 * r["scaling_efficiency"].get<double>(),
+        format_bytes(r["weight_bytes_per_rank"].get<double>()),
+        format_bytes(r["weight_bytes_one_process"].get<double>()));
     for (const auto& l : r["moe_layers"])
       std::cout << fmt::format(
           "  MoE layer {} (rank 0, {} experts): exchange {:.2f} ms, expert compute {:.2f} ms, "

@@ -212,6 +212,19 @@ double SparseMixerConfig::float_count() const {
   return n + H * H + H;  // the pooler
 }
 
+double SparseMixerConfig::expert_float_count(int64_t procs) const {
+  const double H = static_cast<double>(hidden_size), F = static_cast<double>(inner_dim);
+  double n = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    if (!is_moe_layer(l)) continue;
+    const MoeLayerConfig m = moe_layer(l);
+    const double F1 = m.experts.glu ? 2 * F : F;
+    const int64_t E = m.experts.num_experts, held = (E + procs - 1) / std::max<int64_t>(1, procs);
+    n += static_cast<double>(held) * (H * F1 + F1 + F * H + H);
+  }
+  return n;
+}
+
 namespace {
 const SparseMixerConfig& checked(const SparseMixerConfig& c) {
   c.validate();

@@ -23,24 +23,38 @@ double seconds_since(Clock::time_point t0) {
 }
 
 // The FFN's weights and gradients restricted to the shard's experts: their blocks of the stacked
-// tensors. Packed inference copies index all E experts, so the shard reads the weights in place.
-FfnParams shard_params(FfnParams p, const ExpertShard& s) {
-  const int64_t F1 = p.width1();
-  p.w1 += s.first * p.H * F1;
-  p.w2 += s.first * p.F * p.H;
-  if (p.b1) p.b1 += s.first * F1;
-  if (p.b2) p.b2 += s.first * p.H;
+// tensors, which hold experts [expert0, expert0 + p.E) (all of them unless the storage is sharded).
+// Packed inference copies index all held experts, so the shard reads the weights in place.
+FfnParams shard_params(FfnParams p, const ExpertShard& s, int64_t expert0 = 0) {
+  const int64_t F1 = p.width1(), at = s.first - expert0;
+  check_arg(at >= 0 && at + s.count <= p.E,
+            "MoeLayer: experts [" + std::to_string(s.first) + ", " +
+                std::to_string(s.first + s.count) + ") are not held by this process (it holds [" +
+                std::to_string(expert0) + ", " + std::to_string(expert0 + p.E) + "))");
+  p.w1 += at * p.H * F1;
+  p.w2 += at * p.F * p.H;
+  if (p.b1) p.b1 += at * F1;
+  if (p.b2) p.b2 += at * p.H;
   p.E = s.count;
   p.w1_packed = p.w2_packed = nullptr;
   return p;
 }
-FfnGrads shard_grads(FfnGrads g, const FfnParams& p, const ExpertShard& s) {
-  const int64_t F1 = p.width1();
-  if (g.w1) g.w1 += s.first * p.H * F1;
-  if (g.w2) g.w2 += s.first * p.F * p.H;
-  if (g.b1) g.b1 += s.first * F1;
-  if (g.b2) g.b2 += s.first * p.H;
+FfnGrads shard_grads(FfnGrads g, const FfnParams& p, const ExpertShard& s, int64_t expert0 = 0) {
+  const int64_t F1 = p.width1(), at = s.first - expert0;
+  if (g.w1) g.w1 += at * p.H * F1;
+  if (g.w2) g.w2 += at * p.F * p.H;
+  if (g.b1) g.b1 += at * F1;
+  if (g.b2) g.b2 += at * p.H;
   return g;
+}
+
+// Every expert's weights, for the single-process paths.
+FfnParams whole_params(FeedForwardExperts& experts) {
+  const FfnWeights& w = experts.weights();
+  check_arg(w.whole(), "MoeLayer: this process holds experts [" + std::to_string(w.expert0) + ", " +
+                           std::to_string(w.expert0 + w.held) + ") of " + std::to_string(w.E) +
+                           " (expert-sharded storage): it runs only with its communicator");
+  return w.params();
 }
 
 // Who sends what where (collective: every rank's per-expert row counts and unit are gathered).
@@ -179,8 +193,8 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   rows.ys.resize({plan.rows(), H});
   if (!comm || comm->size() == 1) {
     rows.drop = experts.dropout(opt, rows.row_ids.data());
-    ffn_forward(experts.weights().params(), plan.expert_offsets.data(), rows.xs.data(),
-                rows.ys.data(), rows.drop, rows.ffn);
+    ffn_forward(whole_params(experts), plan.expert_offsets.data(), rows.xs.data(), rows.ys.data(),
+                rows.drop, rows.ffn);
     combine(plan, rows, H, y);
     return;
   }
@@ -192,6 +206,7 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   const int P = comm->size(), me = comm->rank();
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
+  ep.replicated = false;
   plan_exchange(plan, unit, *comm, ep);
   for (int p = 0; p < P; ++p)
     check_arg(ep.source_unit[p] >= 0 && ep.source_unit[p] < units,
@@ -211,7 +226,8 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   ep.drop = experts.dropout(opt, nullptr);
   ep.ffn.resize(P);
   ep.own_ffn.resize(n);
-  const FfnParams sp = shard_params(experts.weights().params(), ep.shard);
+  const FfnParams sp =
+      shard_params(experts.weights().params(), ep.shard, experts.weights().expert0);
   const int64_t self0 = plan.expert_offsets[ep.shard.first];  // my rows for my experts
   const int64_t* self_off = ep.offsets.data() + me * (n + 1);
   auto run = [&](int p) {  // source p's rows (received), one call
@@ -256,6 +272,44 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   combine(plan, rows, H, y);
 }
 
+void experts_forward_replicated(const RoutingPlan& plan, FeedForwardExperts& experts,
+                                const float* x, float* y, const ForwardOptions& opt,
+                                ExpertRows& rows, Communicator& comm) {
+  const int64_t H = experts.weights().H, E = plan.E;
+  const int P = comm.size();
+  check_arg(!opt.training,
+            "MoeLayer: a replicated call (ForwardOptions::replicated) is inference "
+            "only: set training=false");
+  dispatch(plan, x, H, rows);
+  rows.ys.resize({plan.rows(), H});
+  ExchangeRows& ep = rows.ep;
+  const int64_t bytes0 = comm.bytes_sent();
+  ep.replicated = true;
+  ep.shard = expert_shard(E, comm.rank(), P);
+  // My experts on my copy of their rows: one contiguous block of the expert-major plan.
+  auto t0 = Clock::now();
+  const int64_t r0 = plan.expert_offsets[ep.shard.first];
+  std::vector<int64_t> off(ep.shard.count + 1);
+  for (int64_t e = 0; e <= ep.shard.count; ++e)
+    off[e] = plan.expert_offsets[ep.shard.first + e] - r0;
+  rows.drop = experts.dropout(opt, rows.row_ids.data() + r0);
+  ffn_forward(shard_params(experts.weights().params(), ep.shard, experts.weights().expert0),
+              off.data(), rows.xs.data() + r0 * H, rows.ys.data() + r0 * H, rows.drop, rows.ffn);
+  ep.compute_seconds = seconds_since(t0);
+  // Every owner's block to every rank.
+  t0 = Clock::now();
+  for (int q = 0; q < P; ++q) {
+    const ExpertShard sh = expert_shard(E, q, P);
+    const int64_t b = plan.expert_offsets[sh.first],
+                  n = plan.expert_offsets[sh.first + sh.count] - b;
+    if (n > 0)
+      comm.broadcast(rows.ys.data() + b * H, n * H * static_cast<int64_t>(sizeof(float)), q);
+  }
+  ep.exchange_seconds = seconds_since(t0);
+  ep.bytes_sent = comm.bytes_sent() - bytes0;
+  combine(plan, rows, H, y);
+}
+
 void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* dy,
                       float* dx, ExpertRows& rows, Communicator* comm) {
   const int64_t H = experts.weights().H;
@@ -263,15 +317,17 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
   rows.dxs.resize({plan.rows(), H});
   if (!comm || comm->size() == 1) {
     rows.drop.row_id = rows.row_ids.data();
-    ffn_backward(experts.weights().params(), plan.expert_offsets.data(), rows.xs.data(),
-                 rows.dys.data(), rows.dxs.data(), rows.drop, rows.ffn, experts.weights().grads());
+    ffn_backward(whole_params(experts), plan.expert_offsets.data(), rows.xs.data(), rows.dys.data(),
+                 rows.dxs.data(), rows.drop, rows.ffn, experts.weights().grads());
     dispatch_backward(plan, rows, H, dx);
     return;
   }
   ExchangeRows& ep = rows.ep;
   const int P = comm->size(), me = comm->rank();
-  check_arg(static_cast<int>(ep.ffn.size()) == P && ep.recv.numel() == ep.base[P] * H,
-            "experts_backward: the forward ran without expert parallelism");
+  check_arg(
+      static_cast<int>(ep.ffn.size()) == P && ep.recv.numel() == ep.base[P] * H && !ep.replicated,
+      "experts_backward: the forward ran without expert parallelism, or replicated "
+      "(inference only)");
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
   const int64_t owned = ep.base[P], n = ep.shard.count;
@@ -281,8 +337,9 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
   ep.exchange_seconds += seconds_since(t0);
   ep.own_dxs.resize({owned, H});
   const FfnParams p = experts.weights().params();
-  const FfnParams sp = shard_params(p, ep.shard);
-  const FfnGrads owned_grads = shard_grads(experts.weights().grads(), p, ep.shard);
+  const int64_t expert0 = experts.weights().expert0;
+  const FfnParams sp = shard_params(p, ep.shard, expert0);
+  const FfnGrads owned_grads = shard_grads(experts.weights().grads(), p, ep.shard, expert0);
   const PartLayout layout = part_layout(p, owned_grads, n);
   ExpertGradParts& parts = ep.parts;
   const int64_t units = static_cast<int64_t>(parts.filled.size());

@@ -25,6 +25,12 @@ FeedForwardExperts::FeedForwardExperts(const FeedForwardExpertsConfig& config, i
       weights_((config.validate(), config), config.num_experts, hidden_size, true, seed) {}
 
 Shape FeedForwardExperts::output_shape(const Shape& s) const {
+  check_arg(weights_.whole(),
+            "FeedForwardExperts: the dense API needs every expert, and this "
+            "process holds experts [" +
+                std::to_string(weights_.expert0) + ", " +
+                std::to_string(weights_.expert0 + weights_.held) + ") of " +
+                std::to_string(weights_.E) + " (expert-sharded storage)");
   check_arg(s.size() == 4 && s[1] == weights_.E && s[3] == weights_.H,
             "FeedForwardExperts input: expected shape [G, E=" + std::to_string(weights_.E) +
                 ", C, H=" + std::to_string(weights_.H) + "], got " + shape_str(s));

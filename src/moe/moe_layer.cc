@@ -66,6 +66,15 @@ Shape MoeLayer::output_shape(const Shape& s) const {
   return s;
 }
 
+void MoeLayer::set_communicator(Communicator* comm, bool shard_storage) {
+  FfnWeights& w = experts_.weights();
+  if (comm && comm->size() > 1 && (shard_storage || w.sharded)) {
+    const ExpertShard s = expert_shard(w.E, comm->rank(), comm->size());
+    if (s.first != w.expert0 || s.count != w.held) w.keep_experts(s.first, s.count);
+  }
+  comm_ = comm;
+}
+
 std::vector<ParamRef> MoeLayer::params() {
   std::vector<ParamRef> p = {{"router/router_weights/kernel", &gate_.kernel, &gate_.kernel_grad}};
   if (gate_.bias.numel())
@@ -99,8 +108,9 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   // Expert parallelism: every call on every rank is one data-parallel unit of the step, whose
   // owned experts' gradients are kept apart until the step's units are all in (dispatch.h).
   const bool parallel = comm_ && comm_->size() > 1;
+  const bool replicated = parallel && opt.replicated;
   int64_t unit = 0;
-  if (parallel) {
+  if (parallel && !replicated) {
     const int P = comm_->size();
     check_arg(opt.units >= P && opt.units % P == 0 && B * L * opt.units == global_tokens &&
                   opt.token_offset % (B * L) == 0,
@@ -128,8 +138,11 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
 
   // Dispatch -> experts -> combine.
   y.resize(x.shape());
-  experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts, comm_, unit,
-                  parallel ? opt.units : 1);
+  if (replicated)
+    experts_forward_replicated(plan, experts_, x.data(), y.data(), opt, act_.experts, *comm_);
+  else
+    experts_forward(plan, experts_, x.data(), y.data(), opt, act_.experts, comm_, unit,
+                    parallel ? opt.units : 1);
 
   MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;

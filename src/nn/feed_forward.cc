@@ -1,6 +1,7 @@
 // FeedForward (dense FFN), the shared FFN config and the stacked FFN weights.
 #include "sparsemoe/nn/feed_forward.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "sparsemoe/core/errors.h"
@@ -20,7 +21,7 @@ FeedForwardConfig FeedForwardConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
-FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked,
+FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked_,
                        uint64_t seed_)
     : E(E_),
       H(H_),
@@ -30,9 +31,10 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
       inner_dropout(static_cast<float>(c.inner_dropout)),
       output_dropout(static_cast<float>(c.output_dropout)),
       seed(seed_) {
+  held = E, stacked = stacked_;
   check_arg(H >= 1, "hidden_size: expected >= 1, got " + std::to_string(H));
   auto sh = [&](Shape s) {
-    if (stacked) s.insert(s.begin(), E);
+    if (stacked_) s.insert(s.begin(), E);
     return s;
   };
   const int64_t F1 = glu ? 2 * F : F;
@@ -48,7 +50,7 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
 
 FfnParams FfnWeights::params() const {
   FfnParams p;
-  p.E = E, p.H = H, p.F = F;
+  p.E = held, p.H = H, p.F = F;
   p.glu = glu;
   p.w1 = w1.data(), p.w2 = w2.data();
   p.b1 = b1.numel() ? b1.data() : nullptr;
@@ -67,8 +69,26 @@ FfnGrads FfnWeights::grads() {
 
 void FfnWeights::prepare_inference() {
   const int64_t F1 = glu ? 2 * F : F;
-  w1_packed.pack(E, H, F1, w1.data(), H * F1);
-  w2_packed.pack(E, F, H, w2.data(), F * H);
+  w1_packed.pack(held, H, F1, w1.data(), H * F1);
+  w2_packed.pack(held, F, H, w2.data(), F * H);
+}
+
+void FfnWeights::keep_experts(int64_t first, int64_t count) {
+  check_arg(stacked && first >= expert0 && count >= 0 && first + count <= expert0 + held,
+            "FfnWeights::keep_experts: experts [" + std::to_string(first) + ", " +
+                std::to_string(first + count) + ") are not among the held [" +
+                std::to_string(expert0) + ", " + std::to_string(expert0 + held) + ")");
+  release_inference();
+  for (Tensor* t : {&w1, &b1, &w2, &b2, &dw1, &db1, &dw2, &db2}) {
+    if (t->numel() == 0) continue;  // no biases
+    const int64_t per = t->numel() / held;
+    Shape s = t->shape();
+    s[0] = count;
+    Tensor kept(s);
+    std::copy_n(t->data() + (first - expert0) * per, count * per, kept.data());
+    *t = std::move(kept);
+  }
+  expert0 = first, held = count, sharded = true;
 }
 
 void FfnWeights::release_inference() {
@@ -82,6 +102,8 @@ std::vector<ParamRef> FfnWeights::refs() {
   if (b1.numel()) r.push_back({"intermediate/bias", &b1, &db1});
   r.push_back({"output/kernel", &w2, &dw2});
   if (b2.numel()) r.push_back({"output/bias", &b2, &db2});
+  if (stacked)
+    for (ParamRef& p : r) p.experts = E, p.expert0 = expert0, p.sharded = sharded;
   return r;
 }
 

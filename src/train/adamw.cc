@@ -16,16 +16,36 @@ namespace {
 constexpr int64_t kChunk = 1 << 14;  // fixed reduction chunks: thread-count independent sums
 
 // Every parameter's chunks as one list, so that a step opens one parallel region, not one per
-// parameter (a small network has dozens of parameters and a step of a few milliseconds).
+// parameter (a small network has dozens of parameters and a step of a few milliseconds). A stacked
+// expert parameter's chunks restart at each expert, so that a rank holding some of the experts
+// forms the same chunks as one process. `slot` is the chunk's place in its parameter's whole list
+// (expert-major), which global_grad_norm adds in order.
 struct Chunk {
   size_t param;
-  int64_t begin, end;
+  int64_t begin, end, slot;
 };
+int64_t per_expert(
+    const ParamRef& p) {  // elements of one expert (of the whole tensor if not stacked)
+  if (p.experts == 0) return p.value->numel();
+  int64_t n = 1;
+  for (size_t d = 1; d < p.value->shape().size(); ++d) n *= p.value->dim(static_cast<int>(d));
+  return n;
+}
+int64_t chunks_per_block(int64_t n) { return (n + kChunk - 1) / kChunk; }
+// Chunk slots of p's whole tensor: every expert's (or the tensor's) chunks.
+int64_t slots_of(const ParamRef& p) {
+  return (p.experts > 0 ? p.experts : 1) * chunks_per_block(per_expert(p));
+}
 std::vector<Chunk> chunks_of(const std::vector<ParamRef>& params) {
   std::vector<Chunk> out;
-  for (size_t k = 0; k < params.size(); ++k)
-    for (int64_t b = 0, n = params[k].grad->numel(); b < n; b += kChunk)
-      out.push_back({k, b, std::min(n, b + kChunk)});
+  for (size_t k = 0; k < params.size(); ++k) {
+    const ParamRef& p = params[k];
+    const int64_t per = per_expert(p), blocks = p.experts > 0 ? p.value->dim(0) : 1;
+    const int64_t first = p.experts > 0 ? p.expert0 : 0, cpb = chunks_per_block(per);
+    for (int64_t j = 0; j < blocks; ++j)
+      for (int64_t b = 0, c = 0; b < per; b += kChunk, ++c)
+        out.push_back({k, j * per + b, j * per + std::min(per, b + kChunk), (first + j) * cpb + c});
+  }
   return out;
 }
 }  // namespace
@@ -52,19 +72,68 @@ double learning_rate_at(const AdamWConfig& c, int64_t step) {
          static_cast<double>(c.total_steps - c.warmup_steps);
 }
 
-double global_grad_norm(const std::vector<ParamRef>& params) {
+double global_grad_norm(const std::vector<ParamRef>& params, Communicator* comm) {
   const std::vector<Chunk> chunks = chunks_of(params);
-  std::vector<double> part(chunks.size());
+  std::vector<int64_t> at(params.size() + 1, 0);  // each parameter's first slot
+  bool sharded = false;
+  for (size_t k = 0; k < params.size(); ++k) {
+    at[k + 1] = at[k] + slots_of(params[k]);
+    sharded = sharded || params[k].sharded;
+  }
+  const bool share = sharded && comm && comm->size() > 1;
+  std::vector<double> part(static_cast<size_t>(at.back()), 0.0);
   parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
-    const float* g = params[ch.param].grad->data();
+    const ParamRef& p = params[ch.param];
+    // Shared: every whole parameter's chunks come from rank 0 (all ranks hold the same), every
+    // sharded one's from its holder; each slot then has one non-zero term and the sum is exact.
+    if (share && !p.sharded && comm->rank() != 0) return;
+    const float* g = p.grad->data();
     double s = 0;
     for (int64_t i = ch.begin; i < ch.end; ++i) s += static_cast<double>(g[i]) * g[i];
-    part[static_cast<size_t>(c)] = s;
+    part[static_cast<size_t>(at[ch.param] + ch.slot)] = s;
   });
+  if (share) comm->allreduce_sum(part.data(), static_cast<int64_t>(part.size()));
   double total = 0;
-  for (double s : part) total += s;  // in parameter and chunk order
+  for (double s : part) total += s;  // in parameter, expert and chunk order
   return std::sqrt(total);
+}
+
+Tensor gather_experts(const ParamRef& p, const Tensor& local, Communicator& comm, int root) {
+  check_arg(p.sharded && local.shape() == p.value->shape(),
+            "gather_experts: '" + p.name + "' is not an expert-sharded parameter of this shape");
+  const int P = comm.size(), me = comm.rank();
+  const int64_t per = per_expert(p);
+  int64_t mine[2] = {p.expert0, p.value->dim(0)};
+  std::vector<int64_t> blocks(2 * static_cast<size_t>(P));
+  comm.allgather(mine, sizeof mine, blocks.data());
+  Tensor whole(me == root ? p.full_shape() : Shape{0});
+  std::vector<float> scratch;
+  for (int q = 0; q < P; ++q) {
+    const int64_t first = blocks[2 * q], n = blocks[2 * q + 1] * per;
+    if (n == 0) continue;
+    float* dst = nullptr;
+    if (me == root) {
+      dst = whole.data() + first * per;
+      if (q == root) std::copy_n(local.data(), n, dst);
+    } else {
+      scratch.resize(static_cast<size_t>(n));
+      dst = scratch.data();
+      if (q == me) std::copy_n(local.data(), n, dst);
+    }
+    if (q != root) comm.broadcast(dst, n * static_cast<int64_t>(sizeof(float)), q);
+  }
+  return whole;
+}
+
+Tensor take_experts(const ParamRef& p, const Tensor& whole) {
+  check_arg(p.sharded && whole.shape() == p.full_shape(),
+            "'" + p.name + "': expected the whole shape " + shape_str(p.full_shape()) + ", got " +
+                shape_str(whole.shape()));
+  const int64_t per = per_expert(p);
+  Tensor out(p.value->shape());
+  std::copy_n(whole.data() + p.expert0 * per, out.numel(), out.data());
+  return out;
 }
 
 AdamW::AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params, Communicator* comm)
@@ -72,20 +141,26 @@ AdamW::AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params, Com
   config_.validate();
   // Owners: parameter k goes to the rank whose equal share of all elements its first element
   // falls in, so each rank owns one run of consecutive parameters.
+  // Expert-sharded parameters are not dealt: each rank keeps its own experts' moments.
   const int P = sharded() ? comm_->size() : 1;
   int64_t total = 0, at = 0;
-  for (const auto& p : params) total += p.value->numel();
+  for (const auto& p : params)
+    if (!p.sharded) total += p.value->numel();
   for (const auto& p : params) {
-    owner_.push_back(total > 0 ? static_cast<int>(at * P / total) : 0);
-    at += p.value->numel();
+    check_arg(!p.sharded || sharded(),
+              "AdamW: '" + p.name + "' is expert-sharded: give the optimizer its communicator");
+    owner_.push_back(p.sharded ? kEveryRank : total > 0 ? static_cast<int>(at * P / total) : 0);
+    if (!p.sharded) at += p.value->numel();
   }
   const int me = sharded() ? comm_->rank() : 0;
+  refs_ = params;
   for (size_t k = 0; k < params.size(); ++k) {
     const ParamRef& p = params[k];
+    const bool mine = owner_[k] == me || owner_[k] == kEveryRank;
     names_.push_back(p.name);
-    shapes_.push_back(p.value->shape());
-    m_.emplace_back(owner_[k] == me ? p.value->shape() : Shape{0});
-    v_.emplace_back(owner_[k] == me ? p.value->shape() : Shape{0});
+    shapes_.push_back(p.full_shape());
+    m_.emplace_back(mine ? p.value->shape() : Shape{0});
+    v_.emplace_back(mine ? p.value->shape() : Shape{0});
     decay_.push_back(
         std::none_of(config_.no_decay.begin(), config_.no_decay.end(),
                      [&](const std::string& s) { return p.name.find(s) != std::string::npos; }));
@@ -96,7 +171,7 @@ double AdamW::step(const std::vector<ParamRef>& params) {
   check_arg(params.size() == names_.size(),
             "AdamW::step: expected the " + std::to_string(names_.size()) +
                 " parameters given at construction, got " + std::to_string(params.size()));
-  const double norm = global_grad_norm(params);
+  const double norm = global_grad_norm(params, comm_);
   const double clip =
       config_.clip_norm > 0 && norm > config_.clip_norm ? config_.clip_norm / norm : 1.0;
   ++step_;
@@ -117,7 +192,9 @@ double AdamW::step(const std::vector<ParamRef>& params) {
   }
   std::vector<Chunk> chunks = chunks_of(params);
   const int me = sharded() ? comm_->rank() : 0;
-  std::erase_if(chunks, [&](const Chunk& ch) { return owner_[ch.param] != me; });
+  std::erase_if(chunks, [&](const Chunk& ch) {
+    return owner_[ch.param] != me && owner_[ch.param] != kEveryRank;
+  });
   parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
     const size_t k = ch.param;
@@ -135,8 +212,9 @@ double AdamW::step(const std::vector<ParamRef>& params) {
   });
   if (sharded())  // every parameter from its owner, in order
     for (size_t k = 0; k < params.size(); ++k)
-      comm_->broadcast(params[k].value->data(),
-                       params[k].value->numel() * static_cast<int64_t>(sizeof(float)), owner_[k]);
+      if (owner_[k] != kEveryRank)
+        comm_->broadcast(params[k].value->data(),
+                         params[k].value->numel() * static_cast<int64_t>(sizeof(float)), owner_[k]);
   return norm;
 }
 
@@ -155,7 +233,10 @@ std::vector<std::pair<std::string, Tensor>> AdamW::gather_state(int root) const 
   const int me = sharded() ? comm_->rank() : 0;
   for (size_t k = 0; k < names_.size(); ++k) {
     Tensor m = m_[k], v = v_[k];
-    if (sharded() && owner_[k] != root) {
+    if (owner_[k] == kEveryRank) {  // each rank's experts in turn
+      m = gather_experts(refs_[k], m_[k], *comm_, root);
+      v = gather_experts(refs_[k], v_[k], *comm_, root);
+    } else if (sharded() && owner_[k] != root) {
       if (me != owner_[k]) m = Tensor(shapes_[k]), v = Tensor(shapes_[k]);
       const int64_t bytes = m.numel() * static_cast<int64_t>(sizeof(float));
       // A fresh optimizer's moments are zeros everywhere: nothing to send.
@@ -188,7 +269,10 @@ void AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& tensor
       if (it->second.shape() != shapes_[k])
         throw IoError("optimizer state: '" + name + "' has shape " + shape_str(it->second.shape()) +
                       ", expected " + shape_str(shapes_[k]));
-      if (dst.numel() > 0 || it->second.numel() == 0) dst = it->second;  // this rank's own
+      if (owner_[k] == kEveryRank)
+        dst = take_experts(refs_[k], it->second);  // this rank's experts
+      else if (dst.numel() > 0 || it->second.numel() == 0)
+        dst = it->second;  // this rank's own
     }
   step_ = step;
 }

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "sparsemoe/core/errors.h"
 #include "sparsemoe/io/file_io.h"
 #include "sparsemoe/io/safetensors.h"
 
@@ -64,8 +65,20 @@ void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* opt
 void save_checkpoint(const std::string& path, TaskModel& model,
                      const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
                      const CheckpointState& state) {
-  std::vector<std::pair<std::string, const Tensor*>> tensors;
-  for (const ParamRef& p : model.all_params()) tensors.emplace_back(p.name, p.value);
+  std::vector<std::pair<std::string, const Tensor*>> weights;
+  for (const ParamRef& p : model.all_params()) {
+    check_arg(!p.sharded, "save_checkpoint: '" + p.name +
+                              "' is expert-sharded: gather it first (gather_experts)");
+    weights.emplace_back(p.name, p.value);
+  }
+  save_checkpoint(path, weights, optimizer_state, state);
+}
+
+void save_checkpoint(const std::string& path,
+                     const std::vector<std::pair<std::string, const Tensor*>>& weights,
+                     const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
+                     const CheckpointState& state) {
+  std::vector<std::pair<std::string, const Tensor*>> tensors = weights;
   for (const auto& [name, t] : optimizer_state) tensors.emplace_back("optimizer/" + name, t);
   const std::map<std::string, std::string> meta = {
       {"format", kCheckpointFormat},
@@ -102,11 +115,12 @@ CheckpointState load_checkpoint(const SafetensorsFile& f, TaskModel& model, Adam
     const auto it = by_name.find(p.name);
     if (it == by_name.end())
       throw IoError("checkpoint '" + path + "': no tensor '" + p.name + "' (the model has it)");
-    if (it->second->shape() != p.value->shape())
+    if (it->second->shape() != p.full_shape())
       throw IoError("checkpoint '" + path + "': '" + p.name + "' has shape " +
                     shape_str(it->second->shape()) + ", the model expects " +
-                    shape_str(p.value->shape()));
-    *p.value = *it->second;
+                    shape_str(p.full_shape()));
+    // An expert-sharded parameter takes the experts this process holds.
+    *p.value = p.sharded ? take_experts(p, *it->second) : *it->second;
     by_name.erase(it);
   }
   if (!by_name.empty())

@@ -111,7 +111,16 @@ void GradientTree::finish(const std::vector<ParamRef>& params, Communicator& com
   check_arg(stack_.size() == 1,
             "GradientTree: the unit count must be a power of two (the sum is a balanced tree)");
   std::vector<float>& total = stack_.back().values;
-  comm.allreduce_sum(total.data(), static_cast<int64_t>(total.size()));
+  // Over the ranks: every run of whole parameters. An expert-sharded parameter's gradient is its
+  // holder's alone and already the step's sum (the MoE layer's tree of unit parts).
+  for (size_t k = 0, at = 0; k < params.size();) {
+    size_t end = k, n = 0;
+    while (end < params.size() && params[end].sharded == params[k].sharded)
+      n += static_cast<size_t>(params[end++].grad->numel());
+    if (!params[k].sharded) comm.allreduce_sum(total.data() + at, static_cast<int64_t>(n));
+    at += n;
+    k = end;
+  }
   int64_t at = 0;
   for (const ParamRef& p : params) {
     std::memcpy(p.grad->data(), total.data() + at,

@@ -200,7 +200,7 @@ EvalResult evaluate_classifier(TaskModel& m, const TokenizedSet& set, int64_t B,
   double loss_sum = 0, correct_sum = 0;
   for (int64_t i = 0, n = num_batches(set, B, max_batches); i < n; ++i) {
     const int64_t real = pack_eval_batch(set, i * B, B, L, batch);
-    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false}));
+    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false, .replicated = true}));
     m.classifier.forward(m.net.pooled_output(), logits, {.training = false});
     std::vector<float> w(B, 0.0f);
     std::fill(w.begin(), w.begin() + real, 1.0f);
@@ -235,7 +235,7 @@ EvalResult evaluate_mlm(TaskModel& m, const TokenizedSet& set, int64_t B, const 
     mask_batch(batch, mlm, V, derive_key(seed, kDevMask, i));
     const int64_t P = batch.positions.dim(1);
     std::fill(batch.mlm_weights.begin() + real * P, batch.mlm_weights.end(), 0.0f);
-    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false}));
+    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false, .replicated = true}));
     m.mlm.forward(m.net.sequence_output(), batch.positions, m.net.embeddings().word, logits);
     double w = 0, correct = 0;
     for (float x : batch.mlm_weights) w += x;

@@ -112,10 +112,14 @@ double estimate_training_memory(const TrainConfig& c, int procs) {
   const double V = static_cast<double>(std::max(m.vocab_size, c.tokenizer.vocab_size));
   const double W = m.embedding_width > 0 ? static_cast<double>(m.embedding_width) : H;
   // Weights and gradients of the network and the masked-LM head, AdamW's two moments sharded over
-  // the processes, and the gradient tree's copies when there are units.
-  const double weights = m.float_count() + H * W + 2 * W + V;
+  // the processes, and the gradient tree's copies when there are units; with expert parallelism
+  // each process holds 1/P of the experts (the largest share, when P does not divide E).
+  const double P = static_cast<double>(std::max(1, procs));
+  const double unheld =
+      c.expert_parallel && procs > 1 ? m.expert_float_count() - m.expert_float_count(procs) : 0.0;
+  const double weights = m.float_count() - unheld + H * W + 2 * W + V;
   const double tree = c.units > 1 || procs > 1 ? 2 : 0;
-  double floats = weights * (2 + 2.0 / std::max(1, procs) + tree);
+  double floats = weights * (2 + 2.0 / P + tree);
   // Saved activations per layer: about a dozen [B, L, H] buffers and the FFN's [B, L, F] ones
   // (k times for the MoE layers, whose capacity can dispatch each token k times).
   const double k = static_cast<double>(m.moe.router.num_selected_experts);
@@ -223,46 +227,58 @@ void Trainer::prepare(bool fresh) {
     if (lead()) prepare_directory(fresh, P > 1 && fresh ? &corpus : nullptr);
   });
   if (P > 1) share_run(fresh ? &corpus : nullptr, together);
-  expert_parallel(true);
+  if (save_initial_) together([&] { save(); });  // collective: the experts come to rank 0
+  save_initial_ = false;
   if (comm_->size() > 1) report_processes();
 }
 
 void Trainer::report_processes() {
-  // What each process holds: whole weights and gradients, its share of the optimizer's moments.
+  // What each process holds: the whole dense weights and gradients and its own experts' (with
+  // expert_parallel), its share of the optimizer's moments.
   const int P = comm_->size();
-  int64_t mine = optimizer_->state_bytes();
-  std::vector<int64_t> all(static_cast<size_t>(P));
-  comm_->allgather(&mine, sizeof mine, all.data());
-  int64_t weights = 0, moments = 0;
-  for (const ParamRef& p : model_->all_params()) weights += p.value->numel();
-  for (const ParamRef& p : params_) moments += 2 * p.value->numel();
+  int64_t mine[2] = {optimizer_->state_bytes(), 0};
+  for (const ParamRef& p : model_->all_params()) mine[1] += 4 * p.value->numel();
+  std::vector<int64_t> all(2 * static_cast<size_t>(P));
+  comm_->allgather(mine, sizeof mine, all.data());
+  int64_t whole = 0, moments = 0;
+  for (const ParamRef& p : model_->all_params()) whole += 4 * shape_numel(p.full_shape());
+  for (const ParamRef& p : params_) moments += 8 * shape_numel(p.full_shape());
+  int64_t lo[2] = {all[0], all[1]}, hi[2] = {all[0], all[1]};
+  for (int q = 0; q < P; ++q)
+    for (int i = 0; i < 2; ++i) {
+      lo[i] = std::min(lo[i], all[2 * q + i]);
+      hi[i] = std::max(hi[i], all[2 * q + i]);
+    }
   if (!options_.log) return;
+  auto range = [](int64_t a, int64_t b) {
+    return a == b ? format_bytes(static_cast<double>(a))
+                  : format_bytes(static_cast<double>(a)) + " to " +
+                        format_bytes(static_cast<double>(b));
+  };
   *options_.log << fmt::format(
-      "{} processes, {} units of {} sequences per step, experts {}; per process: {} of weights, "
-      "{} of gradients, {} to {} of AdamW moments (sharded; {} in one process)\n",
+      "{} processes, {} units of {} sequences per step, experts {}; per process: {} of weights "
+      "and as much of gradients ({} in one process), {} of AdamW moments ({} in one process)\n",
       P, config_.units, config_.batch_size / config_.units,
       config_.expert_parallel ? "split over the processes" : "on every process",
-      format_bytes(4.0 * static_cast<double>(weights)),
-      format_bytes(4.0 * static_cast<double>(weights)),
-      format_bytes(static_cast<double>(*std::min_element(all.begin(), all.end()))),
-      format_bytes(static_cast<double>(*std::max_element(all.begin(), all.end()))),
-      format_bytes(4.0 * static_cast<double>(moments)));
+      range(lo[1], hi[1]), format_bytes(static_cast<double>(whole)), range(lo[0], hi[0]),
+      format_bytes(static_cast<double>(moments)));
 }
 
-void Trainer::expert_parallel(bool on) {
-  const bool split = on && comm_->size() > 1 && config_.expert_parallel;
+void Trainer::build_model() {
+  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  const bool split = comm_->size() > 1 && config_.expert_parallel;
   for (int64_t l = 0; l < config_.model.num_layers; ++l)
     if (MoeLayer* moe = model_->net.block(l).moe_layer())
-      moe->set_communicator(split ? comm_ : nullptr);
+      moe->set_communicator(split ? comm_ : nullptr, split);
 }
 
 void Trainer::share_run(const Corpus* corpus,
                         const std::function<void(const std::function<void()>&)>& together) {
   std::string config_text, tokenizer_bytes, checkpoint_bytes;
-  if (lead()) {
+  if (lead()) {  // a fresh start has no checkpoint yet: every rank builds the same initial model
     config_text = read_file(path("config.json"));
     tokenizer_bytes = tokenizer_.bytes();
-    checkpoint_bytes = read_file(path("checkpoint.safetensors"));
+    if (!save_initial_) checkpoint_bytes = read_file(path("checkpoint.safetensors"));
   }
   broadcast_bytes(*comm_, config_text, 0);
   broadcast_bytes(*comm_, tokenizer_bytes, 0);
@@ -281,7 +297,12 @@ void Trainer::take_run(const std::string& config_text, const std::string& tokeni
   check_training_memory(config_, comm_->size());
   tokenizer_ = Tokenizer::from_bytes(tokenizer_bytes, path("tokenizer.model") + from);
   data_ = prepare_task_data(config_.data, corpus ? *corpus : load_corpus(config_.data), tokenizer_);
-  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  build_model();
+  if (checkpoint_bytes.empty()) {  // a fresh start
+    save_initial_ = true;
+    enter_phase(in_pretrain(0));
+    return;
+  }
   const SafetensorsFile f =
       decode_safetensors(checkpoint_bytes, path("checkpoint.safetensors") + from);
   const CheckpointState s = checkpoint_state(f);
@@ -353,10 +374,10 @@ void Trainer::prepare_directory(bool fresh, const Corpus* loaded) {
     corpus = load_corpus(config_.data);
   }
   data_ = prepare_task_data(config_.data, corpus, tokenizer_);
-  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  build_model();
   if (fresh) {
     enter_phase(in_pretrain(0));
-    save();
+    save_initial_ = true;  // by prepare(), once every rank holds the model
     return;
   }
   const CheckpointState s = read_checkpoint_state(path("checkpoint.safetensors"));
@@ -392,9 +413,14 @@ void Trainer::enter_phase(bool pretrain) {
 }
 
 void Trainer::save() {
-  // Sharded moments come to rank 0 first (collective), which writes the one-process layout.
+  // Sharded moments and expert weights come to rank 0 first (collective), which writes the
+  // one-process layout.
   std::vector<std::pair<std::string, Tensor>> gathered;
   if (optimizer_->sharded()) gathered = optimizer_->gather_state(0);
+  std::vector<Tensor> experts;  // the expert-sharded weights, whole on rank 0
+  const std::vector<ParamRef> all = model_->all_params();
+  for (const ParamRef& p : all)
+    if (p.sharded) experts.push_back(gather_experts(p, *p.value, *comm_, 0));
   if (!lead()) return;
   CheckpointState s;
   s.step = step_;
@@ -407,9 +433,11 @@ void Trainer::save() {
     save_checkpoint(path("checkpoint.safetensors"), *model_, optimizer_.get(), s);
     return;
   }
-  std::vector<std::pair<std::string, const Tensor*>> moments;
+  std::vector<std::pair<std::string, const Tensor*>> moments, weights;
   for (const auto& [name, t] : gathered) moments.emplace_back(name, &t);
-  save_checkpoint(path("checkpoint.safetensors"), *model_, moments, s);
+  size_t e = 0;
+  for (const ParamRef& p : all) weights.emplace_back(p.name, p.sharded ? &experts[e++] : p.value);
+  save_checkpoint(path("checkpoint.safetensors"), weights, moments, s);
 }
 
 void Trainer::write_record(const nlohmann::json& j) {
@@ -571,16 +599,14 @@ void Trainer::log_window(bool force) {
 }
 
 void Trainer::evaluate_dev() {
-  // Rank 0 evaluates alone: every rank holds the whole model, and one process's evaluation is
-  // the same whatever the process count.
-  if (!lead()) return;
-  expert_parallel(false);  // rank 0 alone: its whole copy of the experts
+  // Every rank evaluates the same batches (collective when the experts are split: each runs its
+  // own experts and shares their outputs, ForwardOptions::replicated), so every rank computes one
+  // process's evaluation; rank 0 writes it.
   const bool pre = optimizer_pretrain_;
   const EvalResult r = pre ? evaluate_mlm(*model_, data_.pretrain[1], config_.batch_size,
                                           config_.mlm, config_.seed, config_.eval_batches)
                            : evaluate_classifier(*model_, data_.classify[1], config_.batch_size,
                                                  config_.eval_batches);
-  expert_parallel(true);
   write_record({{"event", "eval"},
                 {"phase", pre ? "pretrain" : "finetune"},
                 {"split", "dev"},
@@ -661,9 +687,9 @@ TrainResult Trainer::run() {
   checkpoint();
   result.step = step_;
   result.seconds = seconds_since(start);
-  if (!lead()) return result;  // rank 0 evaluates the test split and writes the results
-  expert_parallel(false);
+  // Every rank evaluates the test split (collective, as evaluate_dev); rank 0 writes the results.
   result.test = evaluate_classifier(*model_, data_.classify[2], config_.batch_size);
+  if (!lead()) return result;
   int64_t majority = 0;
   for (int64_t label : data_.classify[2].labels) majority += label == data_.majority_label;
   result.majority_accuracy =

@@ -5,12 +5,15 @@
 // gradients of the experts it owns, must equal the reference's bit for bit: with jitter, both
 // dropouts, the four routers, capacity and dropless routing, and an expert count the ranks do not
 // divide. The step is 2P data-parallel units, one per call: the owned experts' gradients must equal
-// one process's tree over the units' gradients, and the router's each unit's own.
+// one process's tree over the units' gradients, and the router's each unit's own. With sharded
+// storage a rank holds its own experts' weights and gradients only, and a replicated inference
+// call (every rank the whole batch) gives every rank one process's output.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
+#include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/moe/moe_layer.h"
@@ -65,8 +68,9 @@ std::vector<float> grads_of(MoeLayer& layer) {
   return g;
 }
 
-void check_case(const Case& c, bool overlap) {
-  SCOPED_TRACE(c.name + (overlap ? ", overlap" : ", no overlap"));
+void check_case(const Case& c, bool overlap, bool sharded) {
+  SCOPED_TRACE(c.name + (overlap ? ", overlap" : ", no overlap") +
+               (sharded ? ", sharded storage" : ""));
   Communicator& w = world();
   const int P = w.size(), r = w.rank();
   // 2P units of B / 2P sequences (whole routing groups); each rank runs two, one call each.
@@ -74,8 +78,24 @@ void check_case(const Case& c, bool overlap) {
   ASSERT_EQ(B % U, 0);
   const MoeLayerConfig cfg = config(c);
   MoeLayer ref(cfg), dist(cfg);
-  dist.set_communicator(&w);
+  dist.set_communicator(&w, sharded);
   dist.set_overlap(overlap);
+  const ExpertShard sh = expert_shard(c.E, r, P);
+  if (sharded) {  // the stacked expert tensors hold this rank's experts only, in the whole's layout
+    int64_t wrong = 0;
+    for (const ParamRef& p : dist.params())
+      if (p.experts > 0)
+        wrong += !p.sharded || p.value->dim(0) != sh.count || p.expert0 != sh.first ||
+                 p.grad->shape() != p.value->shape() || p.full_shape()[0] != c.E;
+    EXPECT_EQ(wrong, 0) << "the expert tensors are not this rank's shard";
+    // Their values are the whole layer's rows for these experts.
+    const Tensor& whole = ref.experts().weights().w1;
+    const Tensor& part = dist.experts().weights().w1;
+    const int64_t per = whole.numel() / c.E;
+    int64_t differ = 0;
+    for (int64_t i = 0; i < part.numel(); ++i) differ += part[i] != whole[sh.first * per + i];
+    EXPECT_EQ(differ, 0) << "the kept experts' weights changed";
+  }
   const Tensor x = global_tensor({B, L, H}, 1), dy = global_tensor({B, L, H}, 2);
   auto unit_of = [&](const Tensor& t, int64_t u) {
     Tensor part({Bu, L, H});
@@ -130,27 +150,40 @@ void check_case(const Case& c, bool overlap) {
     EXPECT_EQ(bad_router, 0) << "router gradients differ, step " << step;
     EXPECT_EQ(bad_loss, 0) << "losses differ, step " << step;
     // After the step's last unit: the owned experts' gradients are the tree over all units (the
-    // units of every rank), bit for bit; experts owned elsewhere get nothing here.
-    const ExpertShard sh = expert_shard(c.E, r, P);
+    // units of every rank), bit for bit; experts owned elsewhere get nothing here (sharded: are
+    // not held at all).
     const FfnWeights& a = ref.experts().weights();
     const int64_t F1 = a.glu ? 2 * a.F : a.F;
     const std::vector<float> g = grads_of(dist);
-    size_t at = router_floats;
+    size_t at = router_floats, held = router_floats;
     int64_t differ = 0, stray = 0;
     // params() order: w1, b1, w2, b2.
     for (const auto& [t, per] : {std::pair{&a.dw1, H * F1}, std::pair{&a.db1, F1},
                                  std::pair{&a.dw2, a.F * H}, std::pair{&a.db2, H}}) {
       for (int64_t i = 0; i < t->numel(); ++i, ++at) {
         if (i >= sh.first * per && i < (sh.first + sh.count) * per)
-          differ += g[at] != tree[at];
-        else
+          differ += (sharded ? g[held++] : g[at]) != tree[at];
+        else if (!sharded)
           stray += g[at] != 0.f;
       }
     }
-    EXPECT_EQ(at, g.size());
+    EXPECT_EQ(sharded ? held : at, g.size());
     EXPECT_EQ(differ, 0) << "gradients of this rank's experts differ, step " << step;
     EXPECT_EQ(stray, 0) << "gradients of other ranks' experts, step " << step;
   }
+  // Inference with every rank holding the whole batch: each runs its own experts, the outputs are
+  // shared; every rank gets one process's output and metrics.
+  Tensor y_ref, y;
+  const MoeMetrics m_ref = ref.forward(x, y_ref, {.training = false, .step = 5});
+  const MoeMetrics m = dist.forward(x, y, {.training = false, .step = 5, .replicated = true});
+  int64_t bad = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) bad += y[i] != y_ref[i];
+  EXPECT_EQ(bad, 0) << "replicated inference differs from one process's";
+  EXPECT_EQ(m.router_z_loss, m_ref.router_z_loss);
+  EXPECT_EQ(m.tokens_per_expert, m_ref.tokens_per_expert);
+  // It is inference only: a backward is refused (on every rank alike, no collective involved).
+  Tensor dx;
+  EXPECT_THROW(dist.backward(dy, dx), InvalidArgument);
 }
 
 TEST(MpiMoe, ExpertParallelEqualsOneProcess) {
@@ -164,7 +197,8 @@ TEST(MpiMoe, ExpertParallelEqualsOneProcess) {
       {"experts_choose, 3 experts (a rank may own none)", RouterType::kExpertsChoose, 3, 1},
   };
   for (const Case& c : cases)
-    for (bool overlap : {true, false}) check_case(c, overlap);
+    for (bool overlap : {true, false})
+      for (bool sharded : {false, true}) check_case(c, overlap, sharded);
 }
 
 }  // namespace

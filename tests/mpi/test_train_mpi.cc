@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <sstream>
@@ -21,6 +23,7 @@
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/dist/communicator.h"
 #include "sparsemoe/io/file_io.h"
+#include "sparsemoe/moe/dispatch.h"
 #include "sparsemoe/train/adamw.h"
 #include "sparsemoe/train/checkpoint.h"
 #include "sparsemoe/train/trainer.h"
@@ -111,7 +114,20 @@ TEST_P(TrainMpi, ByteIdenticalToOneProcessAndResumesAtAnotherProcessCount) {
   }
   w.barrier();
   {
-    const TrainResult r = Trainer(c, many, {.comm = &w}).run();
+    Trainer t(c, many, {.comm = &w});
+    // With expert parallelism a rank holds its own experts only (sharded storage); without, all.
+    int64_t expert_tensors = 0, wrong = 0;
+    for (const ParamRef& p : t.model().all_params()) {
+      if (p.experts == 0) continue;
+      ++expert_tensors;
+      const ExpertShard sh = expert_shard(p.experts, w.rank(), w.size());
+      wrong += v.expert_parallel
+                   ? !p.sharded || p.expert0 != sh.first || p.value->dim(0) != sh.count
+                   : p.sharded || p.value->dim(0) != p.experts;
+    }
+    EXPECT_GT(expert_tensors, 0);
+    EXPECT_EQ(wrong, 0) << "rank " << w.rank() << ": expert storage not as configured";
+    const TrainResult r = t.run();
     EXPECT_EQ(r.outcome, TrainOutcome::kFinished);
     EXPECT_EQ(r.step, 12);
   }
@@ -212,6 +228,94 @@ TEST(AdamWMpi, ShardedStateEqualsOneProcessAndShrinksWithTheRanks) {
   } else {
     EXPECT_TRUE(gathered.empty());
   }
+}
+
+TEST(AdamWMpi, ExpertShardedParametersEqualOneProcess) {
+  // Stacked expert tensors held in shards (each rank its experts' rows, as MoeLayer's sharded
+  // storage) next to whole ones: after three clipped steps every rank's rows equal one process's,
+  // the norm is one process's (it decides the clipping), and the gathered moments are the whole.
+  Communicator& w = world();
+  const int P = w.size(), r = w.rank();
+  const int64_t E = 3;  // uneven over 2 ranks; a rank holds none on 4
+  // [E, 100, 70]: 7000 floats per expert, so chunks restart inside the tensor's first chunk.
+  const std::vector<Shape> shapes = {{40, 30}, {E, 100, 70}, {E, 70}, {30}};
+  const ExpertShard sh = expert_shard(E, r, P);
+  auto value = [](size_t k, int64_t i) { return uniform01(k, i) - 0.5f; };
+  std::vector<Tensor> v1, g1, vp, gp;
+  std::vector<ParamRef> one, many;
+  v1.reserve(4), g1.reserve(4), vp.reserve(4), gp.reserve(4);
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    const bool stacked = shapes[k].size() > 1 && shapes[k][0] == E;
+    Shape local = shapes[k];
+    if (stacked) local[0] = sh.count;
+    v1.emplace_back(shapes[k]), g1.emplace_back(shapes[k]);
+    vp.emplace_back(local), gp.emplace_back(local);
+    const int64_t off = stacked ? sh.first * (v1[k].numel() / E) : 0;
+    for (int64_t i = 0; i < v1[k].numel(); ++i) v1[k][i] = value(k, i);
+    for (int64_t i = 0; i < vp[k].numel(); ++i) vp[k][i] = value(k, off + i);
+    std::string name = "p";  // (GCC 12 warns falsely on "p" + to_string)
+    name += std::to_string(k);
+    one.push_back({name, &v1[k], &g1[k], stacked ? E : 0, 0, false});
+    many.push_back({name, &vp[k], &gp[k], stacked ? E : 0, stacked ? sh.first : 0, stacked});
+  }
+  AdamWConfig c;
+  c.learning_rate = 1e-2;
+  c.clip_norm = 0.5;
+  AdamW a1(c, one), ap(c, many, &w);
+  int64_t norms = 0;
+  for (int step = 0; step < 3; ++step) {
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const int64_t off = many[k].sharded ? sh.first * (g1[k].numel() / E) : 0;
+      for (int64_t i = 0; i < g1[k].numel(); ++i)
+        g1[k][i] = 2.f * uniform01(100 + step * 10 + k, i) - 1.f;
+      for (int64_t i = 0; i < gp[k].numel(); ++i) gp[k][i] = g1[k][off + i];
+    }
+    norms += a1.step(one) != ap.step(many);
+  }
+  EXPECT_EQ(norms, 0) << "rank " << r << ": the gradient norm differs from one process's";
+  int64_t differ = 0;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    const int64_t off = many[k].sharded ? sh.first * (v1[k].numel() / E) : 0;
+    for (int64_t i = 0; i < vp[k].numel(); ++i) differ += vp[k][i] != v1[k][off + i];
+  }
+  EXPECT_EQ(differ, 0) << "rank " << r << ": weights differ from one process's";
+  const auto gathered = ap.gather_state(0);
+  if (r == 0) {
+    const auto want = a1.state();
+    ASSERT_EQ(gathered.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_TRUE(test::bitwise_equal(gathered[i].second, *want[i].second)) << want[i].first;
+  }
+  // And back: each rank takes its experts' rows of the whole moments.
+  std::vector<std::pair<std::string, Tensor>> whole;
+  for (const auto& [name, t] : a1.state()) whole.emplace_back(name, *t);
+  AdamW back(c, many, &w);
+  back.load_state(whole, a1.steps_done());
+  const auto again = back.gather_state(0);
+  if (r == 0) {
+    for (size_t i = 0; i < whole.size(); ++i)
+      EXPECT_TRUE(test::bitwise_equal(again[i].second, whole[i].second)) << whole[i].first;
+  }
+}
+
+TEST(AdamWMpi, ShardedGradientNormHasOneProcessBits) {
+  // The norm over stacked experts held in shards equals one process's bit for bit: each expert's
+  // chunk sums land in their global places. Experts of very different scales and two chunks per
+  // expert make any other order of the additions visible.
+  Communicator& w = world();
+  const int64_t E = 8;
+  const ExpertShard sh = expert_shard(E, w.rank(), w.size());
+  Tensor whole({E, 160, 125}), part({sh.count, 160, 125}), dense({999});
+  const int64_t per = whole.numel() / E;
+  for (int64_t i = 0; i < whole.numel(); ++i)
+    whole[i] = (uniform01(5, i) - 0.5f) * std::ldexp(1.f, static_cast<int>((i / per) * 7 % 23));
+  std::copy_n(whole.data() + sh.first * per, part.numel(), part.data());
+  for (int64_t i = 0; i < dense.numel(); ++i) dense[i] = uniform01(6, i) * 1e3f;
+  const std::vector<ParamRef> one = {{"d", &dense, &dense}, {"e", &whole, &whole, E, 0, false}};
+  const std::vector<ParamRef> many = {{"d", &dense, &dense},
+                                      {"e", &part, &part, E, sh.first, true}};
+  const double a = global_grad_norm(one), b = global_grad_norm(many, &w);
+  EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << "rank " << w.rank() << ": " << a << " vs " << b;
 }
 
 INSTANTIATE_TEST_SUITE_P(Routing, TrainMpi,

@@ -108,6 +108,9 @@ struct SparseMixerConfig {
   // double, so that no product of hostile sizes can overflow). SparseMixer refuses, before
   // allocating, a config whose weights and gradients do not fit the machine's memory.
   double float_count() const;
+  // Of those, the MoE layers' expert FFNs: all of them, or with experts split over `procs`
+  // processes, the largest process's share (ceil(E / procs) experts of each layer).
+  double expert_float_count(int64_t procs = 1) const;
 };
 
 // MoE losses and metrics of one forward: one entry per MoE layer (in layer order) and totals.

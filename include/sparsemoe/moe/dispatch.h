@@ -55,6 +55,7 @@ struct ExchangeRows {
   std::vector<FfnSaved> own_ffn;     // [count] with overlap: this rank's own rows, per expert
   bool overlap = true;               // compute own rows while the others' travel
   bool overlapped = false;           // the last forward did (its backward does the same)
+  bool replicated = false;           // the last forward was replicated (no backward)
   FfnDropout drop;                   // the call's keys (row ids point into recv_ids)
   ExpertGradParts parts;             // across the step's calls
   double exchange_seconds = 0, compute_seconds = 0;  // of the last forward + backward
@@ -89,6 +90,13 @@ void dispatch_backward(const RoutingPlan& plan, const ExpertRows& rows, int64_t 
 void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* x, float* y,
                      const ForwardOptions& opt, ExpertRows& rows, Communicator* comm = nullptr,
                      int64_t unit = 0, int64_t units = 1);
+// Inference on every rank of `comm` holding the same tokens (evaluation with expert-sharded
+// storage, ForwardOptions::replicated): each rank runs its own experts on its copy of their rows,
+// one block of the expert-major plan, and broadcasts the outputs, so every rank gets the layer's
+// whole output, bit for bit what one process computes. No backward.
+void experts_forward_replicated(const RoutingPlan& plan, FeedForwardExperts& experts,
+                                const float* x, float* y, const ForwardOptions& opt,
+                                ExpertRows& rows, Communicator& comm);
 // dy [N, H] -> dx [N, H] (overwritten) and rows.dweight; accumulates the experts' gradients (under
 // expert parallelism: when the step's last unit is in, the owned experts' tree of unit parts).
 void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* dy,

@@ -111,8 +111,11 @@ class MoeLayer {
   // experts it owns (expert_shard) and adds their weight gradients, a fixed tree over the step's
   // units, when the last unit's backward is done. Every other gradient (the router's) is the
   // call's own, like any layer's: the caller sums them over units and ranks
-  // (train/data_parallel.h). The expert weights stay whole on every rank for now.
-  void set_communicator(Communicator* comm) { comm_ = comm; }
+  // (train/data_parallel.h). With `shard_storage`, the rank also keeps only its own experts'
+  // weights and gradients (their current values; the rest are freed): params() then lists the
+  // stacked expert tensors with those experts only (ParamRef::partial), and the layer runs only
+  // with a communicator of the same rank and size. Sharding cannot be undone.
+  void set_communicator(Communicator* comm, bool shard_storage = false);
   // Under expert parallelism: compute this rank's own rows for its experts while the other rows
   // travel (on by default; the same bits either way).
   void set_overlap(bool on) { act_.experts.ep.overlap = on; }

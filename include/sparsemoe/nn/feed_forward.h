@@ -56,11 +56,18 @@ class FfnWeights {
   void prepare_inference();
   void release_inference();
   int64_t packed_bytes() const { return w1_packed.bytes() + w2_packed.bytes(); }
+  // Expert-sharded storage (stacked only): keeps experts [first, first + count) of the E, their
+  // current values, and frees the rest. params() and grads() then cover the held experts only.
+  void keep_experts(int64_t first, int64_t count);
+  bool whole() const { return held == E; }
 
-  Tensor w1, b1, w2, b2;      // [E,H,F1] [E,F1] [E,F,H] [E,H] (no E axis when not stacked)
+  Tensor w1, b1, w2, b2;      // [held,H,F1] [held,F1] [held,F,H] [held,H] (no E axis: unstacked)
   Tensor dw1, db1, dw2, db2;  // gradients
   int64_t E, H, F;
-  bool glu;  // F1 = glu ? 2F : F
+  int64_t expert0 = 0, held;  // the experts held: [expert0, expert0 + held); all E unless sharded
+  bool stacked;
+  bool sharded = false;  // keep_experts was called: the storage is split over processes
+  bool glu;              // F1 = glu ? 2F : F
   Activation activation;
   float inner_dropout, output_dropout;
   uint64_t seed;

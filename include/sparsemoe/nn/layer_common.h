@@ -29,12 +29,28 @@ struct ForwardOptions {
   // MoeLayer reads it: its calls are one unit each, and it keeps each unit's expert gradients
   // apart until the step's last unit is in.
   int64_t units = 1;
+  // Inference with every process holding the same tokens (evaluation during a many-process
+  // training): an expert-parallel MoeLayer runs each expert on its owner and shares the outputs,
+  // and the call is the whole batch (units and offsets as for one process). No backward follows.
+  bool replicated = false;
 };
 
 struct ParamRef {
   std::string name;  // e.g. "experts/intermediate/kernel"
   Tensor* value;
   Tensor* grad;
+  // Stacked expert weights ([E, ...], dim 0 the expert): experts = E of the whole parameter (0 for
+  // any other). Under expert-sharded storage (MoeLayer::set_communicator) a process holds experts
+  // [expert0, expert0 + value->dim(0)) only, the others live on other processes, and `sharded`
+  // is set on every process alike (even where a process happens to hold all, or none).
+  int64_t experts = 0, expert0 = 0;
+  bool sharded = false;
+  // The whole parameter's shape (value's, with dim 0 = experts when sharded).
+  Shape full_shape() const {
+    Shape s = value->shape();
+    if (sharded) s[0] = experts;
+    return s;
+  }
 };
 
 // Prefixes every name with "prefix/".

@@ -49,15 +49,28 @@ struct AdamWConfig {
 // to 0 at total_steps.
 double learning_rate_at(const AdamWConfig& c, int64_t step);
 
-// sqrt(sum of squares) of every gradient, accumulated in double over fixed chunks.
-double global_grad_norm(const std::vector<ParamRef>& params);
+// sqrt(sum of squares) of every gradient, accumulated in double over fixed chunks (a stacked
+// expert parameter's chunks restart at each expert), the chunks' sums added in parameter, expert
+// and chunk order. With expert-sharded parameters (ParamRef::sharded) and `comm`, collective: each
+// rank sums the chunks of the experts it holds and the chunk sums are shared (exactly: each has
+// one non-zero contributor) before they are added, so the norm has one process's bits.
+double global_grad_norm(const std::vector<ParamRef>& params, Communicator* comm = nullptr);
+
+// Expert-sharded parameters (ParamRef::sharded) in the whole layout, for checkpoints.
+// gather_experts: `local` holds p's experts on this rank; `root` gets the whole [E, ...] tensor
+// (collective: each rank's block in turn; the other ranks get an empty tensor).
+Tensor gather_experts(const ParamRef& p, const Tensor& local, Communicator& comm, int root);
+// take_experts: the rows of `whole` ([E, ...]) that p holds.
+Tensor take_experts(const ParamRef& p, const Tensor& whole);
 
 // With a communicator of P > 1 processes the optimizer state is sharded (ZeRO-1): the parameters
 // are dealt out in order, each to one rank, in P runs of about equal size; a rank keeps the
 // moments of its own parameters only and updates only them, then every parameter is broadcast
 // from its owner. Every rank must hold the same gradients (summed over the ranks): the norm is
 // then computed alike everywhere and every element is updated as in one process, so the weights
-// have one process's bits.
+// have one process's bits. Expert-sharded parameters (ParamRef::sharded) are not dealt: every
+// rank keeps the moments of the experts it holds and updates them with its own gradients (the
+// owner's are already the sum over the step; nothing to broadcast); their norm is shared.
 class AdamW {
  public:
   AdamW(const AdamWConfig& config, const std::vector<ParamRef>& params,
@@ -79,7 +92,9 @@ class AdamW {
   // Restores what state() saved (each rank keeps its own parameters'); throws IoError naming a
   // missing or mis-shaped moment.
   void load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t step);
-  // The rank that keeps parameter k's moments and updates it (0 when not sharded).
+  // The rank that keeps parameter k's moments and updates it (0 when not sharded; kEveryRank for
+  // an expert-sharded parameter: each rank its own experts').
+  static constexpr int kEveryRank = -1;
   int owner(size_t k) const { return owner_[k]; }
   // Bytes of moments this rank keeps.
   int64_t state_bytes() const;
@@ -89,7 +104,8 @@ class AdamW {
   AdamWConfig config_;
   Communicator* comm_ = nullptr;
   std::vector<std::string> names_;
-  std::vector<Shape> shapes_;
+  std::vector<Shape> shapes_;   // whole shapes (an expert-sharded parameter's with all E)
+  std::vector<ParamRef> refs_;  // at construction, for the layout of sharded parameters
   std::vector<int> owner_;
   std::vector<Tensor> m_, v_;  // empty for parameters another rank owns
   std::vector<bool> decay_;

@@ -30,7 +30,13 @@ void save_checkpoint(const std::string& path, TaskModel& model, const AdamW* opt
 void save_checkpoint(const std::string& path, TaskModel& model,
                      const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
                      const CheckpointState& state);
-// Loads the weights into `model` and, when `optimizer` is given, its state. Throws IoError naming
+// The same with the weights given as named tensors too (expert-sharded ones gathered whole).
+void save_checkpoint(const std::string& path,
+                     const std::vector<std::pair<std::string, const Tensor*>>& weights,
+                     const std::vector<std::pair<std::string, const Tensor*>>& optimizer_state,
+                     const CheckpointState& state);
+// Loads the weights into `model` and, when `optimizer` is given, its state (an expert-sharded
+// parameter takes its own experts from the whole tensor). Throws IoError naming
 // the file and the problem: not a checkpoint, a missing or extra tensor, a shape mismatch.
 CheckpointState load_checkpoint(const std::string& path, TaskModel& model, AdamW* optimizer);
 // Just the metadata (validated), without building a model.

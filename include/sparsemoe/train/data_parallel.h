@@ -23,7 +23,8 @@ void slice_batch(const Batch& batch, int64_t first, int64_t count, Batch& out);
 // The gradients of a process's units, added as tree_sum's tree while they arrive: after unit j
 // (of a power-of-two count), adjacent subtrees of equal size are merged, left + right, so at most
 // log2(units) + 1 copies are held. finish() writes the sum into the parameters' gradients, summed
-// over the processes of `comm` as well.
+// over the processes of `comm` as well (except expert-sharded ones: their holder's gradient is
+// already the step's whole sum).
 class GradientTree {
  public:
   // Takes the gradients of `params` as the next unit's.

@@ -88,7 +88,9 @@ struct EvalResult {
 };
 
 // Classification of `set` in batches of `batch_size` (the last batch is padded with copies of
-// its first row, which are not counted); `max_batches` 0 = all.
+// its first row, which are not counted); `max_batches` 0 = all. Both evaluations run the network
+// with ForwardOptions::replicated: when its MoE layers are expert-parallel, every rank of their
+// communicator must call them together with the same set (each runs its own experts).
 EvalResult evaluate_classifier(TaskModel& m, const TokenizedSet& set, int64_t batch_size,
                                int64_t max_batches = 0);
 // Masked-LM loss and accuracy on `set`; batch i is masked with key derive_key(seed, kDevMask, i),

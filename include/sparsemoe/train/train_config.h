@@ -53,8 +53,9 @@ struct TrainConfig {
   // forward and backward on its own, and their gradients added as one fixed pairwise tree. Any
   // process count that divides it (a power of two) trains to the same bits (docs/distributed.md).
   int64_t units = 1;
-  // On several processes: each MoE layer's experts are split over them (expert parallelism);
-  // false runs every expert on every rank (data parallelism only). The same bits either way.
+  // On several processes: each MoE layer's experts are split over them (expert parallelism: their
+  // compute, weights, gradients and optimizer state); false runs and holds every expert on every
+  // rank (data parallelism only). The same bits either way.
   bool expert_parallel = true;
   double classifier_dropout = 0.1;
   int64_t log_every = 50;          // steps between metrics.jsonl records (and plain log lines)
@@ -77,7 +78,8 @@ struct TrainConfig {
       "it)",
       at_least(1));
     v("expert_parallel", expert_parallel,
-      "on several processes, split each MoE layer's experts over them (same results either way)");
+      "on several processes, split each MoE layer's experts (compute and storage) over them (same "
+      "results either way)");
     v("classifier_dropout", classifier_dropout, "dropout before the classifier",
       in_half_open(0, 1));
     v("log_every", log_every, "steps between metrics.jsonl records", at_least(1));

@@ -119,8 +119,9 @@ class Trainer {
                 const std::string& checkpoint_bytes, const Corpus* corpus);
   void report_processes();  // per-process memory, from rank 0 (collective)
   bool lead() const { return comm_->rank() == 0; }
-  // Splits (on) or unsplits the MoE layers' experts over the processes (config expert_parallel).
-  void expert_parallel(bool on);
+  // Builds the task model; on several processes with expert_parallel, each MoE layer's experts
+  // are split over them, storage included (every rank holds its own experts only).
+  void build_model();
   bool in_pretrain(int64_t step) const { return step < config_.pretrain.steps; }
   void enter_phase(bool pretrain);
   void train_step();
@@ -136,6 +137,8 @@ class Trainer {
   TrainOptions options_;
   Communicator* comm_ = nullptr;
   std::string config_hash_;
+  bool save_initial_ = false;  // a fresh start: the step-0 checkpoint is written once all ranks
+                               // hold the model (collective: sharded experts come to rank 0)
   Tokenizer tokenizer_;
   TaskData data_;
   std::unique_ptr<TaskModel> model_;

@@ -31,7 +31,7 @@ EncoderBlock::EncoderBlock(const EncoderBlockConfig& c)
     MoeLayerConfig m = c.moe_layer;
     m.hidden_size = c.hidden_size;
     m.seed = derive_key(c.seed, 3);
-    moe_ = std::make_unique<MoeLayer>(m);
+    moe_ = std::make_unique<MoeLayer>(m, c.placement);
   } else {
     FeedForwardConfig f = c.ffn;
     if (c.tf_models_compat) f.output_dropout = 0.0;  // the scaffold's filtered dropout_rate

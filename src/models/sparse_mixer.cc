@@ -226,23 +226,28 @@ double SparseMixerConfig::expert_float_count(int64_t procs) const {
 }
 
 namespace {
-const SparseMixerConfig& checked(const SparseMixerConfig& c) {
+const SparseMixerConfig& checked(const SparseMixerConfig& c, ExpertPlacement p) {
   c.validate();
-  check_memory(2 * 4 * c.float_count(), "SparseMixer (hidden_size " + str(c.hidden_size) +
-                                            ", inner_dim " + str(c.inner_dim) + ", num_layers " +
-                                            str(c.num_layers) + ", vocab_size " +
-                                            str(c.vocab_size) + "), weights and gradients");
+  // A process holding some of the experts allocates only those.
+  const double floats = c.float_count() - c.expert_float_count() + c.expert_float_count(p.size);
+  check_memory(2 * 4 * floats, "SparseMixer (hidden_size " + str(c.hidden_size) + ", inner_dim " +
+                                   str(c.inner_dim) + ", num_layers " + str(c.num_layers) +
+                                   ", vocab_size " + str(c.vocab_size) +
+                                   "), weights and gradients");
   return c;
 }
 }  // namespace
 
-SparseMixer::SparseMixer(const SparseMixerConfig& config)
-    : config_(checked(config)),
+SparseMixer::SparseMixer(const SparseMixerConfig& config, ExpertPlacement placement)
+    : config_(checked(config, placement)),
       embeddings_(embeddings_config(config)),
       pooler_(config.hidden_size, config.hidden_size, Activation::kTanh, true,
               config.initializer_range, derive_key(config.seed, kPoolerTag)) {
-  for (int64_t l = 0; l < config.num_layers; ++l)
-    blocks_.push_back(std::make_unique<EncoderBlock>(block_config(config, l)));
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    EncoderBlockConfig b = block_config(config, l);
+    b.placement = placement;
+    blocks_.push_back(std::make_unique<EncoderBlock>(b));
+  }
   hidden_.resize(config.num_layers + 1);
 }
 

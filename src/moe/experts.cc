@@ -20,9 +20,10 @@ FeedForwardExpertsConfig FeedForwardExpertsConfig::from_json(const nlohmann::jso
 }
 
 FeedForwardExperts::FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
-                                       uint64_t seed)
+                                       uint64_t seed, int64_t first, int64_t count)
     : config_(config),
-      weights_((config.validate(), config), config.num_experts, hidden_size, true, seed) {}
+      weights_((config.validate(), config), config.num_experts, hidden_size, true, seed, first,
+               count) {}
 
 Shape FeedForwardExperts::output_shape(const Shape& s) const {
   check_arg(weights_.whole(),

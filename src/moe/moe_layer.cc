@@ -51,13 +51,23 @@ nlohmann::json MoeMetrics::to_json() const {
           {"over_capacity_2_ratio", over_capacity_2_ratio}};
 }
 
-MoeLayer::MoeLayer(const MoeLayerConfig& config)
+namespace {
+ExpertShard placed(const MoeLayerConfig& c, ExpertPlacement p) {
+  check_arg(p.size >= 1 && p.rank >= 0 && p.rank < p.size,
+            "ExpertPlacement: rank " + std::to_string(p.rank) + " of " + std::to_string(p.size) +
+                " processes");
+  return p.size > 1 ? expert_shard(c.experts.num_experts, p.rank, p.size) : ExpertShard{0, -1};
+}
+}  // namespace
+
+MoeLayer::MoeLayer(const MoeLayerConfig& config, ExpertPlacement placement)
     : config_((config.validate(), config)),
       policy_(make_policy(config.router)),
       gate_(config.hidden_size, config.router.num_experts, config.router.use_bias,
             config.router.kernel_init_stddev,
             derive_key(derive_key(config.seed, kRouterTag), kGateInitTag)),
-      experts_(config.experts, config.hidden_size, derive_key(config.seed, kExpertsTag)) {}
+      experts_(config.experts, config.hidden_size, derive_key(config.seed, kExpertsTag),
+               placed(config, placement).first, placed(config, placement).count) {}
 
 Shape MoeLayer::output_shape(const Shape& s) const {
   check_arg(s.size() == 3 && s[2] == config_.hidden_size,

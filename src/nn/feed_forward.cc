@@ -22,7 +22,7 @@ FeedForwardConfig FeedForwardConfig::from_json(const nlohmann::json& j) {
 }
 
 FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool stacked_,
-                       uint64_t seed_)
+                       uint64_t seed_, int64_t first, int64_t count)
     : E(E_),
       H(H_),
       F(c.d_ff),
@@ -31,10 +31,15 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
       inner_dropout(static_cast<float>(c.inner_dropout)),
       output_dropout(static_cast<float>(c.output_dropout)),
       seed(seed_) {
-  held = E, stacked = stacked_;
+  stacked = stacked_, use_bias = c.use_bias;
+  sharded = count >= 0;
+  expert0 = sharded ? first : 0, held = sharded ? count : E;
   check_arg(H >= 1, "hidden_size: expected >= 1, got " + std::to_string(H));
+  check_arg(!sharded || (stacked && first >= 0 && first + count <= E),
+            "FfnWeights: experts [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                ") are not among the " + std::to_string(E));
   auto sh = [&](Shape s) {
-    if (stacked_) s.insert(s.begin(), E);
+    if (stacked_) s.insert(s.begin(), held);
     return s;
   };
   const int64_t F1 = glu ? 2 * F : F;
@@ -44,8 +49,9 @@ FfnWeights::FfnWeights(const FeedForwardConfig& c, int64_t E_, int64_t H_, bool 
   b2 = Tensor(c.use_bias ? sh({H}) : Shape{0});
   dw1 = Tensor(w1.shape()), dw2 = Tensor(w2.shape());
   db1 = Tensor(b1.shape()), db2 = Tensor(b2.shape());
-  fill_truncated_normal(w1, c.kernel_init_stddev, derive_key(seed, 0x5731));
-  fill_truncated_normal(w2, c.kernel_init_stddev, derive_key(seed, 0x5732));
+  // A block of experts draws the whole tensors' values for them (counter-based init).
+  fill_truncated_normal(w1, c.kernel_init_stddev, derive_key(seed, 0x5731), expert0 * H * F1);
+  fill_truncated_normal(w2, c.kernel_init_stddev, derive_key(seed, 0x5732), expert0 * F * H);
 }
 
 FfnParams FfnWeights::params() const {
@@ -99,9 +105,9 @@ void FfnWeights::release_inference() {
 std::vector<ParamRef> FfnWeights::refs() {
   release_inference();
   std::vector<ParamRef> r = {{"intermediate/kernel", &w1, &dw1}};
-  if (b1.numel()) r.push_back({"intermediate/bias", &b1, &db1});
+  if (use_bias) r.push_back({"intermediate/bias", &b1, &db1});
   r.push_back({"output/kernel", &w2, &dw2});
-  if (b2.numel()) r.push_back({"output/bias", &b2, &db2});
+  if (use_bias) r.push_back({"output/bias", &b2, &db2});
   if (stacked)
     for (ParamRef& p : r) p.experts = E, p.expert0 = expert0, p.sharded = sharded;
   return r;

@@ -95,8 +95,8 @@ TaskData prepare_task_data(const DataConfig& data, const Corpus& corpus, const T
   return d;
 }
 
-TaskModel::TaskModel(const TrainConfig& c, int64_t num_classes)
-    : net(c.model),
+TaskModel::TaskModel(const TrainConfig& c, int64_t num_classes, ExpertPlacement placement)
+    : net(c.model, placement),
       mlm(c.model.hidden_size,
           c.model.embedding_width > 0 ? c.model.embedding_width : c.model.hidden_size,
           c.model.vocab_size, parse_activation(c.model.inner_activation), c.model.initializer_range,

@@ -265,8 +265,12 @@ void Trainer::report_processes() {
 }
 
 void Trainer::build_model() {
-  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()));
+  // Split: each rank allocates and initialises its own experts only.
   const bool split = comm_->size() > 1 && config_.expert_parallel;
+  const ExpertPlacement placement =
+      split ? ExpertPlacement{comm_->rank(), comm_->size()} : ExpertPlacement{};
+  model_ = std::make_unique<TaskModel>(config_, static_cast<int64_t>(data_.label_names.size()),
+                                       placement);
   for (int64_t l = 0; l < config_.model.num_layers; ++l)
     if (MoeLayer* moe = model_->net.block(l).moe_layer())
       moe->set_communicator(split ? comm_ : nullptr, split);

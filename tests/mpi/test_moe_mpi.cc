@@ -88,6 +88,9 @@ void check_case(const Case& c, bool overlap, bool sharded) {
         wrong += !p.sharded || p.value->dim(0) != sh.count || p.expert0 != sh.first ||
                  p.grad->shape() != p.value->shape() || p.full_shape()[0] != c.E;
     EXPECT_EQ(wrong, 0) << "the expert tensors are not this rank's shard";
+    // Every rank lists the same parameters (a rank holding no experts too): collectives over
+    // parameter lists depend on it.
+    EXPECT_EQ(dist.params().size(), ref.params().size());
     // Their values are the whole layer's rows for these experts.
     const Tensor& whole = ref.experts().weights().w1;
     const Tensor& part = dist.experts().weights().w1;

@@ -28,9 +28,10 @@ struct EncoderBlockConfig {
   bool use_fft = false;
   int64_t num_heads = 8;
   double attention_dropout = 0.1;
-  bool moe = false;          // else the dense FFN below
-  MoeLayerConfig moe_layer;  // hidden_size is taken from above
-  FeedForwardConfig ffn;     // the dense FFN (inner_dim, activation, output dropout)
+  bool moe = false;           // else the dense FFN below
+  MoeLayerConfig moe_layer;   // hidden_size is taken from above
+  ExpertPlacement placement;  // the MoE layer's experts: all, or one process's (moe_layer.h)
+  FeedForwardConfig ffn;      // the dense FFN (inner_dim, activation, output dropout)
   bool norm_first = false;
   bool tf_models_compat = false;
   double init_stddev = 0.02;

@@ -154,7 +154,8 @@ struct SparseMixerInputs {
 
 class SparseMixer {
  public:
-  explicit SparseMixer(const SparseMixerConfig& config);
+  // placement: every MoE layer holds all experts, or one process's (ExpertPlacement).
+  explicit SparseMixer(const SparseMixerConfig& config, ExpertPlacement placement = {});
 
   SparseMixerMetrics forward(const SparseMixerInputs& in, const ForwardOptions& opt = {});
   // dsequence [B, Lout, H] and/or dpooled [B, H] (either may be null) -> accumulates every

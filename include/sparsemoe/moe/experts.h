@@ -31,8 +31,9 @@ struct FeedForwardExpertsConfig : FeedForwardConfig {
 
 class FeedForwardExperts {
  public:
-  FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size,
-                     uint64_t seed = 0);
+  // count >= 0: holds only experts [first, first + count) (expert-sharded storage from the start).
+  FeedForwardExperts(const FeedForwardExpertsConfig& config, int64_t hidden_size, uint64_t seed = 0,
+                     int64_t first = 0, int64_t count = -1);
   // The dense API: x [G, E, C, H] -> y [G, E, C, H].
   void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
   void backward(const Tensor& dy, Tensor& dx);

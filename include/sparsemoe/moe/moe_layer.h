@@ -80,9 +80,16 @@ struct MoeActivations {
   Tensor dgate_in;  // [N, H]
 };
 
+// The process that builds a layer, of how many: with size > 1 the layer allocates and initialises
+// only that process's experts (expert_shard(E, rank, size)), the values the whole layer has for
+// them, as set_communicator(comm, true) would keep, without ever holding the others.
+struct ExpertPlacement {
+  int rank = 0, size = 1;
+};
+
 class MoeLayer {
  public:
-  explicit MoeLayer(const MoeLayerConfig& config);
+  explicit MoeLayer(const MoeLayerConfig& config, ExpertPlacement placement = {});
 
   // x: [B, L, H] -> y: [B, L, H].
   MoeMetrics forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});

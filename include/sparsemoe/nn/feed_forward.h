@@ -46,7 +46,10 @@ struct FeedForwardConfig {
 // Weights and gradients of E stacked FFNs (E = 1 for the dense layer).
 class FfnWeights {
  public:
-  FfnWeights(const FeedForwardConfig& c, int64_t E, int64_t H, bool stacked, uint64_t seed);
+  // Stacked with count >= 0: holds only experts [first, first + count) of the E (expert-sharded
+  // storage from the start), initialised to exactly the whole tensors' values for them.
+  FfnWeights(const FeedForwardConfig& c, int64_t E, int64_t H, bool stacked, uint64_t seed,
+             int64_t first = 0, int64_t count = -1);
   FfnParams params() const;
   FfnGrads grads();
   // Writable views of the weights: drops the packed copies.
@@ -67,6 +70,7 @@ class FfnWeights {
   int64_t expert0 = 0, held;  // the experts held: [expert0, expert0 + held); all E unless sharded
   bool stacked;
   bool sharded = false;  // keep_experts was called: the storage is split over processes
+  bool use_bias;         // (b1 and b2 may be empty on a process holding no experts)
   bool glu;              // F1 = glu ? 2F : F
   Activation activation;
   float inner_dropout, output_dropout;

@@ -48,7 +48,8 @@ TaskData prepare_task_data(const DataConfig& data, const Corpus& corpus, const T
 
 class TaskModel {
  public:
-  TaskModel(const TrainConfig& config, int64_t num_classes);
+  // placement: the MoE layers' experts, all or one process's (ExpertPlacement).
+  TaskModel(const TrainConfig& config, int64_t num_classes, ExpertPlacement placement = {});
 
   // Every parameter: "model/..." (the network), "cls/predictions/..." (the masked-LM head) and
   // "classifier/..." (the checkpoint's names).

@@ -15,7 +15,7 @@ run() { timeout 120 "$mpirun" -np 2 --oversubscribe "$@"; }
 out=$(run "$bin" bench moe --hidden 32 --d-ff 64 --experts 4 --tokens-per-group 64 --batch 2 \
         --router tokens_choose --k 2 --runs 2 --json 2>&1) || { echo "FAIL: bench moe exit status"; fail=1; }
 for want in '"processes": 2' '"backend": "mpi"' '"scaling_efficiency"' '"exchange_ms"' \
-            '"bytes_sent_per_token"' '"experts_owned": 2' '"tokens_per_rank": 128'; do
+            '"bytes_sent_per_token"' '"experts_owned": 2' '"tokens_per_rank": 128' '"return_chunks": 4'; do
   [[ "$out" == *"$want"* ]] || { echo "FAIL: bench moe output lacks $want"; fail=1; }
 done
 [[ $(grep -c '"results"' <<< "$out") -eq 1 ]] || { echo "FAIL: expected one report (rank 0's)"; fail=1; }

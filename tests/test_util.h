@@ -154,8 +154,9 @@ class MirrorRanks : public Communicator {
     for (int r = 0; r < size_; ++r) std::memcpy(static_cast<char*>(recv) + r * bytes, send, bytes);
   }
   void exchange_counts(const int64_t*, int64_t*) override { ADD_FAILURE() << "exchange_counts"; }
-  std::unique_ptr<CommRequest> start_alltoallv(const void*, const int64_t*, void*, const int64_t*,
-                                               int64_t) override {
+  std::unique_ptr<CommRequest> start_alltoallv_at(const void*, const int64_t*, const int64_t*,
+                                                  void*, const int64_t*, const int64_t*,
+                                                  int64_t) override {
     ADD_FAILURE() << "start_alltoallv";
     return nullptr;
   }

@@ -38,7 +38,8 @@ struct BenchArgs {
   double min_time = 1.0;
   bool dropless = false;
   bool json_out = false;
-  int runs = 5;  // timed calls under mpirun (a fixed count: every call is collective)
+  int runs = 5;    // timed calls under mpirun (a fixed count: every call is collective)
+  int chunks = 4;  // under mpirun, with overlap: return-exchange chunks
 };
 
 MoeLayerConfig bench_config(const BenchArgs& a, const std::string& router, int64_t k) {
@@ -157,7 +158,7 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
   // default), then without: exchange is the time spent waiting for transfers (exposed).
   int64_t bytes = 0;
   auto timed = [&](bool overlap, double& ex, double& co) {
-    layer.set_overlap(overlap);
+    layer.set_overlap(overlap, a.chunks);
     std::vector<double> exchange, compute;
     const double t = time_collective(w, a.runs, [&] {
       layer.forward(x, y, opt);
@@ -175,13 +176,14 @@ json bench_distributed(const BenchArgs& a, const std::string& router, int64_t k,
   double ex = 0, co = 0, ex_plain = 0, co_plain = 0;
   const double fb = timed(true, ex, co);
   const double fb_plain = timed(false, ex_plain, co_plain);
-  layer.set_overlap(true);
+  layer.set_overlap(true, a.chunks);
   const ExpertShard sh = layer.activations().experts.ep.shard;
   return {{"router", router},
           {"k", k},
           {"processes", P},
           {"rank", rank},
           {"experts_owned", sh.count},
+          {"return_chunks", a.chunks},
           {"weight_bytes_per_rank", bytes_held},
           {"weight_bytes_one_process", whole_bytes},
           {"tokens_per_rank", N},
@@ -343,6 +345,10 @@ void add_bench_command(CLI::App& app, std::function<int()>& run) {
   moe->add_option("--runs", a->runs, "under mpirun: timed calls per measurement (median)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  moe->add_option("--chunks", a->chunks,
+                  "under mpirun, with overlap: the expert outputs go home in this many chunks")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   moe->callback([&run, a] { run = [a] { return run_bench_moe(*a); }; });
   add_bench_model_command(*bench, run);
   add_bench_cases_command(*bench, run);

@@ -27,14 +27,17 @@ class SingleProcess : public Communicator {
     if (bytes > 0 && send != recv) std::memmove(recv, send, static_cast<size_t>(bytes));
   }
   void exchange_counts(const int64_t* send, int64_t* recv) override { recv[0] = send[0]; }
-  std::unique_ptr<CommRequest> start_alltoallv(const void* send, const int64_t* send_rows,
-                                               void* recv, const int64_t* recv_rows,
-                                               int64_t row_bytes) override {
+  std::unique_ptr<CommRequest> start_alltoallv_at(const void* send, const int64_t* send_rows,
+                                                  const int64_t* send_at, void* recv,
+                                                  const int64_t* recv_rows, const int64_t* recv_at,
+                                                  int64_t row_bytes) override {
     check_arg(send_rows[0] == recv_rows[0],
               "alltoallv: one process sends " + std::to_string(send_rows[0]) +
                   " rows to itself but expects " + std::to_string(recv_rows[0]));
     const int64_t bytes = send_rows[0] * row_bytes;
-    if (bytes > 0 && send != recv) std::memmove(recv, send, static_cast<size_t>(bytes));
+    const char* from = static_cast<const char*>(send) + (send_at ? send_at[0] * row_bytes : 0);
+    char* to = static_cast<char*>(recv) + (recv_at ? recv_at[0] * row_bytes : 0);
+    if (bytes > 0 && from != to) std::memmove(to, from, static_cast<size_t>(bytes));
     return std::make_unique<detail::Completed>();
   }
   void sendrecv(const void* send, void* recv, int64_t bytes, int partner) override {

@@ -114,9 +114,10 @@ class Mpi : public Communicator {
     bytes_sent_ += 8 * (size_ - 1);
   }
 
-  std::unique_ptr<CommRequest> start_alltoallv(const void* send, const int64_t* send_rows,
-                                               void* recv, const int64_t* recv_rows,
-                                               int64_t row_bytes) override {
+  std::unique_ptr<CommRequest> start_alltoallv_at(const void* send, const int64_t* send_rows,
+                                                  const int64_t* send_at, void* recv,
+                                                  const int64_t* recv_rows, const int64_t* recv_at,
+                                                  int64_t row_bytes) override {
     if (row_bytes <= 0) return std::make_unique<Completed>();
     auto req = std::make_unique<MpiRequest>(row_bytes, size_);
     int* sc = req->counts.data();
@@ -127,8 +128,8 @@ class Mpi : public Communicator {
     for (int p = 0; p < size_; ++p) {
       sc[p] = as_int(send_rows[p], "alltoallv send rows");
       rc[p] = as_int(recv_rows[p], "alltoallv receive rows");
-      sd[p] = as_int(soff, "alltoallv send offset");
-      rd[p] = as_int(roff, "alltoallv receive offset");
+      sd[p] = as_int(send_at ? send_at[p] : soff, "alltoallv send offset");
+      rd[p] = as_int(recv_at ? recv_at[p] : roff, "alltoallv receive offset");
       soff += send_rows[p], roff += recv_rows[p];
       if (p != rank_) bytes_sent_ += send_rows[p] * row_bytes;
     }

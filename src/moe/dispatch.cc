@@ -122,6 +122,46 @@ void finish_parts(ExchangeRows& ep, const PartLayout& l, const FfnGrads& owned) 
   std::fill(parts.filled.begin(), parts.filled.end(), 0);
 }
 
+// The return chunks: chunk c of K is each owner's experts [c * n / K, (c + 1) * n / K) of its
+// shard (n its experts; empty chunks allowed). Sending a chunk home as soon as it is computed lets
+// the next chunk's compute hide its transfer.
+struct Chunk {
+  int64_t lo, hi;
+};
+Chunk chunk_of(int64_t n, int c, int K) { return {c * n / K, (c + 1) * n / K}; }
+
+// Chunk c's rows from the owner's buffer (source-major: each source's rows of my experts) to each
+// source's plan-ordered buffer, where owner q's chunk is one contiguous block.
+std::unique_ptr<CommRequest> start_return(const RoutingPlan& plan, const ExchangeRows& ep, int c,
+                                          int K, const float* own, float* home, int64_t H,
+                                          Communicator& comm) {
+  const int P = comm.size();
+  const int64_t n = ep.shard.count;
+  const Chunk mine = chunk_of(n, c, K);
+  std::vector<int64_t> send_rows(P), send_at(P), recv_rows(P), recv_at(P);
+  for (int p = 0; p < P; ++p) {
+    const int64_t* off = ep.offsets.data() + p * (n + 1);
+    send_at[p] = ep.base[p] + off[mine.lo];
+    send_rows[p] = off[mine.hi] - off[mine.lo];
+    const ExpertShard sh = expert_shard(plan.E, p, P);
+    const Chunk theirs = chunk_of(sh.count, c, K);
+    recv_at[p] = plan.expert_offsets[sh.first + theirs.lo];
+    recv_rows[p] = plan.expert_offsets[sh.first + theirs.hi] - recv_at[p];
+  }
+  return comm.start_alltoallv_at(own, send_rows.data(), send_at.data(), home, recv_rows.data(),
+                                 recv_at.data(), H * static_cast<int64_t>(sizeof(float)));
+}
+
+// Source p's rows of my experts in chunk r: their offsets from the chunk's first row, and where
+// that row is in the source-major buffers.
+int64_t chunk_rows(const ExchangeRows& ep, int p, Chunk r, std::vector<int64_t>& local) {
+  const int64_t n = ep.shard.count;
+  const int64_t* off = ep.offsets.data() + p * (n + 1);
+  local.resize(static_cast<size_t>(r.hi - r.lo + 1));
+  for (int64_t i = 0; i <= r.hi - r.lo; ++i) local[i] = off[r.lo + i] - off[r.lo];
+  return ep.base[p] + off[r.lo];
+}
+
 }  // namespace
 
 void dispatch(const RoutingPlan& plan, const float* x, int64_t H, ExpertRows& rows) {
@@ -224,25 +264,32 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   ep.compute_seconds = 0;
   ep.own_ys.resize({owned, H});
   ep.drop = experts.dropout(opt, nullptr);
-  ep.ffn.resize(P);
+  // Received rows are computed per (source, chunk of my experts); with overlap each chunk's
+  // outputs start home while the next chunk computes.
+  const int K = ep.used_chunks = ep.overlap ? std::max(1, ep.chunks) : 1;
+  ep.ffn.resize(static_cast<size_t>(P) * K);
   ep.own_ffn.resize(n);
   const FfnParams sp =
       shard_params(experts.weights().params(), ep.shard, experts.weights().expert0);
   const int64_t self0 = plan.expert_offsets[ep.shard.first];  // my rows for my experts
   const int64_t* self_off = ep.offsets.data() + me * (n + 1);
-  auto run = [&](int p) {  // source p's rows (received), one call
+  std::vector<int64_t> local;
+  auto run = [&](int p, int c) {  // source p's received rows of chunk c, one call
+    const Chunk r = chunk_of(n, c, K);
+    if (r.hi == r.lo) return;
+    const int64_t at = chunk_rows(ep, p, r, local);
     FfnDropout d = ep.drop;
-    d.row_id = ep.recv_ids.data() + ep.base[p];
-    ffn_forward(sp, ep.offsets.data() + p * (n + 1), ep.recv.data() + ep.base[p] * H,
-                ep.own_ys.data() + ep.base[p] * H, d, ep.ffn[p]);
+    d.row_id = ep.recv_ids.data() + at;
+    ffn_forward(shard_params(sp, {r.lo, r.hi - r.lo}), local.data(), ep.recv.data() + at * H,
+                ep.own_ys.data() + at * H, d, ep.ffn[static_cast<size_t>(p) * K + c]);
   };
   t0 = Clock::now();
   if (ep.overlap) {
     for (int64_t e = 0; e < n; ++e) {
-      const int64_t r0 = self_off[e], local[2] = {0, self_off[e + 1] - r0};
+      const int64_t r0 = self_off[e], one[2] = {0, self_off[e + 1] - r0};
       FfnDropout d = ep.drop;
       d.row_id = rows.row_ids.data() + self0 + r0;
-      ffn_forward(shard_params(sp, {e, 1}), local, rows.xs.data() + (self0 + r0) * H,
+      ffn_forward(shard_params(sp, {e, 1}), one, rows.xs.data() + (self0 + r0) * H,
                   ep.own_ys.data() + (ep.base[me] + r0) * H, d, ep.own_ffn[e]);
       xs->test();
     }
@@ -252,13 +299,20 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   ids->wait();
   xs->wait();
   ep.exchange_seconds += seconds_since(t0);
+  std::vector<std::unique_ptr<CommRequest>> back;
+  for (int c = 0; c < K; ++c) {
+    t0 = Clock::now();
+    for (int p = 0; p < P; ++p) {
+      if (p != me || !ep.overlap) run(p, c);
+      for (auto& b : back) b->test();
+    }
+    ep.compute_seconds += seconds_since(t0);
+    t0 = Clock::now();
+    back.push_back(start_return(plan, ep, c, K, ep.own_ys.data(), rows.ys.data(), H, *comm));
+    ep.exchange_seconds += seconds_since(t0);
+  }
   t0 = Clock::now();
-  for (int p = 0; p < P; ++p)
-    if (p != me || !ep.overlap) run(p);
-  ep.compute_seconds += seconds_since(t0);
-  t0 = Clock::now();
-  comm->alltoallv(ep.own_ys.data(), ep.recv_rows.data(), rows.ys.data(), ep.send_rows.data(),
-                  H * static_cast<int64_t>(sizeof(float)));
+  for (auto& b : back) b->wait();
   ep.exchange_seconds += seconds_since(t0);
   ep.bytes_sent = comm->bytes_sent() - bytes0;
   ep.overlapped = ep.overlap;
@@ -324,10 +378,10 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
   }
   ExchangeRows& ep = rows.ep;
   const int P = comm->size(), me = comm->rank();
-  check_arg(
-      static_cast<int>(ep.ffn.size()) == P && ep.recv.numel() == ep.base[P] * H && !ep.replicated,
-      "experts_backward: the forward ran without expert parallelism, or replicated "
-      "(inference only)");
+  check_arg(ep.ffn.size() == static_cast<size_t>(P) * ep.used_chunks &&
+                ep.recv.numel() == ep.base[P] * H && !ep.replicated,
+            "experts_backward: the forward ran without expert parallelism, or replicated "
+            "(inference only)");
   const int64_t bytes0 = comm->bytes_sent();
   auto t0 = Clock::now();
   const int64_t owned = ep.base[P], n = ep.shard.count;
@@ -356,24 +410,31 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
     ++parts.count;
     return part_grads(part, layout, owned_grads);
   };
-  auto run = [&](int s) {
+  const int K = ep.used_chunks;
+  std::vector<int64_t> local;
+  std::vector<FfnGrads> part(static_cast<size_t>(P));
+  auto run = [&](int s, int c) {  // the forward's (source, chunk) call, backward
+    const Chunk r = chunk_of(n, c, K);
+    if (r.hi == r.lo) return;
+    const int64_t at = chunk_rows(ep, s, r, local);
     FfnDropout d = ep.drop;
-    d.row_id = ep.recv_ids.data() + ep.base[s];
-    ffn_backward(sp, ep.offsets.data() + s * (n + 1), ep.recv.data() + ep.base[s] * H,
-                 ep.own_dys.data() + ep.base[s] * H, ep.own_dxs.data() + ep.base[s] * H, d,
-                 ep.ffn[s], part_of(s));
+    d.row_id = ep.recv_ids.data() + at;
+    ffn_backward(shard_params(sp, {r.lo, r.hi - r.lo}), local.data(), ep.recv.data() + at * H,
+                 ep.own_dys.data() + at * H, ep.own_dxs.data() + at * H, d,
+                 ep.ffn[static_cast<size_t>(s) * K + c],
+                 shard_grads(part[s], p, {r.lo, r.hi - r.lo}));
   };
   t0 = Clock::now();
   if (ep.overlapped) {  // my own rows, expert by expert, while the others' gradients travel
     const int64_t self0 = plan.expert_offsets[ep.shard.first];
     const int64_t* self_off = ep.offsets.data() + me * (n + 1);
-    const FfnGrads g = part_of(me);
+    const FfnGrads g = part[me] = part_of(me);
     for (int64_t e = 0; e < n; ++e) {
-      const int64_t r0 = self_off[e], local[2] = {0, self_off[e + 1] - r0};
+      const int64_t r0 = self_off[e], one[2] = {0, self_off[e + 1] - r0};
       FfnDropout d = ep.drop;
       d.row_id = rows.row_ids.data() + self0 + r0;
       const FfnGrads ge = shard_grads(g, p, {e, 1});  // expert e's blocks of the part
-      ffn_backward(shard_params(sp, {e, 1}), local, rows.xs.data() + (self0 + r0) * H,
+      ffn_backward(shard_params(sp, {e, 1}), one, rows.xs.data() + (self0 + r0) * H,
                    rows.dys.data() + (self0 + r0) * H, ep.own_dxs.data() + (ep.base[me] + r0) * H,
                    d, ep.own_ffn[e], ge);
       dys->test();
@@ -383,14 +444,25 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
   t0 = Clock::now();
   dys->wait();
   ep.exchange_seconds += seconds_since(t0);
-  t0 = Clock::now();
   for (int s = 0; s < P; ++s)
-    if (s != me || !ep.overlapped) run(s);
-  finish_parts(ep, layout, owned_grads);
+    if (s != me || !ep.overlapped) part[s] = part_of(s);
+  std::vector<std::unique_ptr<CommRequest>> back;
+  for (int c = 0; c < K; ++c) {
+    t0 = Clock::now();
+    for (int s = 0; s < P; ++s) {
+      if (s != me || !ep.overlapped) run(s, c);
+      for (auto& b : back) b->test();
+    }
+    ep.compute_seconds += seconds_since(t0);
+    t0 = Clock::now();
+    back.push_back(start_return(plan, ep, c, K, ep.own_dxs.data(), rows.dxs.data(), H, *comm));
+    ep.exchange_seconds += seconds_since(t0);
+  }
+  t0 = Clock::now();
+  finish_parts(ep, layout, owned_grads);  // while the last chunk travels
   ep.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
-  comm->alltoallv(ep.own_dxs.data(), ep.recv_rows.data(), rows.dxs.data(), ep.send_rows.data(),
-                  H * static_cast<int64_t>(sizeof(float)));
+  for (auto& b : back) b->wait();
   ep.exchange_seconds += seconds_since(t0);
   ep.bytes_sent += comm->bytes_sent() - bytes0;
   dispatch_backward(plan, rows, H, dx);

@@ -5,11 +5,13 @@
 // gradients of the experts it owns, must equal the reference's bit for bit: with jitter, both
 // dropouts, the four routers, capacity and dropless routing, and an expert count the ranks do not
 // divide. The step is 2P data-parallel units, one per call: the owned experts' gradients must equal
-// one process's tree over the units' gradients, and the router's each unit's own. With sharded
+// one process's tree over the units' gradients, and the router's each unit's own; with overlap
+// and the return exchange in chunks or without. With sharded
 // storage a rank holds its own experts' weights and gradients only, and a replicated inference
 // call (every rank the whole batch) gives every rank one process's output.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -68,9 +70,11 @@ std::vector<float> grads_of(MoeLayer& layer) {
   return g;
 }
 
-void check_case(const Case& c, bool overlap, bool sharded) {
-  SCOPED_TRACE(c.name + (overlap ? ", overlap" : ", no overlap") +
-               (sharded ? ", sharded storage" : ""));
+void check_case(const Case& c, bool overlap, int chunks, bool sharded) {
+  SCOPED_TRACE(
+      c.name +
+      (overlap ? ", overlap, " + std::to_string(chunks) + " return chunks" : ", no overlap") +
+      (sharded ? ", sharded storage" : ""));
   Communicator& w = world();
   const int P = w.size(), r = w.rank();
   // 2P units of B / 2P sequences (whole routing groups); each rank runs two, one call each.
@@ -79,7 +83,7 @@ void check_case(const Case& c, bool overlap, bool sharded) {
   const MoeLayerConfig cfg = config(c);
   MoeLayer ref(cfg), dist(cfg);
   dist.set_communicator(&w, sharded);
-  dist.set_overlap(overlap);
+  dist.set_overlap(overlap, chunks);
   const ExpertShard sh = expert_shard(c.E, r, P);
   if (sharded) {  // the stacked expert tensors hold this rank's experts only, in the whole's layout
     int64_t wrong = 0;
@@ -199,9 +203,10 @@ TEST(MpiMoe, ExpertParallelEqualsOneProcess) {
       {"tokens_choose, 6 experts (uneven shards)", RouterType::kTokensChoose, 6, 1},
       {"experts_choose, 3 experts (a rank may own none)", RouterType::kExpertsChoose, 3, 1},
   };
+  // Overlap with the return exchange in 1, 3 (uneven blocks, some empty) and 4 chunks.
   for (const Case& c : cases)
-    for (bool overlap : {true, false})
-      for (bool sharded : {false, true}) check_case(c, overlap, sharded);
+    for (int chunks : {0, 1, 3, 4})
+      for (bool sharded : {false, true}) check_case(c, chunks > 0, std::max(chunks, 1), sharded);
 }
 
 }  // namespace

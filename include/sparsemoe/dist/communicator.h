@@ -58,9 +58,17 @@ class Communicator {
   // Variable all-to-all of rows of `row_bytes` bytes: send_rows[d] rows, consecutive in `send`
   // in rank order, go to rank d; recv_rows[s] rows from rank s land consecutively in `recv` in
   // rank order. Buffers must stay alive and untouched until wait().
-  virtual std::unique_ptr<CommRequest> start_alltoallv(const void* send, const int64_t* send_rows,
-                                                       void* recv, const int64_t* recv_rows,
-                                                       int64_t row_bytes) = 0;
+  std::unique_ptr<CommRequest> start_alltoallv(const void* send, const int64_t* send_rows,
+                                               void* recv, const int64_t* recv_rows,
+                                               int64_t row_bytes) {
+    return start_alltoallv_at(send, send_rows, nullptr, recv, recv_rows, nullptr, row_bytes);
+  }
+  // The same with each rank's rows at a row offset of its own: send_at[d] in `send` (the block
+  // for rank d), recv_at[s] in `recv` (the block from rank s); null: consecutive in rank order.
+  // The count and offset arrays are read before the call returns; the rows, until wait().
+  virtual std::unique_ptr<CommRequest> start_alltoallv_at(
+      const void* send, const int64_t* send_rows, const int64_t* send_at, void* recv,
+      const int64_t* recv_rows, const int64_t* recv_at, int64_t row_bytes) = 0;
   void alltoallv(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
                  int64_t row_bytes) {
     start_alltoallv(send, send_rows, recv, recv_rows, row_bytes)->wait();

@@ -51,9 +51,12 @@ struct ExchangeRows {
   std::vector<uint64_t> recv_ids;    // [R_own] the rows' dropout counters
   Tensor recv, own_ys, own_dys;      // [R_own, H] received rows, outputs, output gradients
   Tensor own_dxs;                    // [R_own, H] input gradients
-  std::vector<FfnSaved> ffn;         // [P] each source's FFN activations
+  std::vector<FfnSaved> ffn;         // [P, used_chunks] each (source, chunk) call's activations
   std::vector<FfnSaved> own_ffn;     // [count] with overlap: this rank's own rows, per expert
-  bool overlap = true;               // compute own rows while the others' travel
+  bool overlap = true;               // compute own rows while the others' travel, and send the
+                                     // outputs home in chunks while the next chunk computes
+  int chunks = 4;                    // with overlap: return chunks (of each owner's experts)
+  int used_chunks = 1;               // the last forward's (its backward uses the same)
   bool overlapped = false;           // the last forward did (its backward does the same)
   bool replicated = false;           // the last forward was replicated (no backward)
   FfnDropout drop;                   // the call's keys (row ids point into recv_ids)

@@ -124,8 +124,13 @@ class MoeLayer {
   // with a communicator of the same rank and size. Sharding cannot be undone.
   void set_communicator(Communicator* comm, bool shard_storage = false);
   // Under expert parallelism: compute this rank's own rows for its experts while the other rows
-  // travel (on by default; the same bits either way).
-  void set_overlap(bool on) { act_.experts.ep.overlap = on; }
+  // travel, and send the outputs (input gradients) home in `chunks` blocks of each owner's
+  // experts while the next block computes (on by default, 4 chunks; the same bits either way).
+  void set_overlap(bool on, int chunks = 4) {
+    check_arg(chunks >= 1, "set_overlap: chunks must be >= 1, got " + std::to_string(chunks));
+    act_.experts.ep.overlap = on;
+    act_.experts.ep.chunks = chunks;
+  }
   Communicator* communicator() const { return comm_; }
 
  private:

@@ -9,7 +9,10 @@ global batch and E / P experts:
              t = (P - 1) * alpha + x / beta
   overlap (as built, the default): the two inbound all-to-alls (rows out, output gradients out)
              run while the machine computes its own rows, 1/P of that pass's compute, so each
-             shows only max(0, t - own compute); the two return all-to-alls are exposed.
+             shows only max(0, t - own compute); the two return all-to-alls go in K chunks
+             (--chunks, 4 as built), each chunk's transfer t_K = (P - 1) * alpha + x / K / beta
+             hidden behind the next chunk's compute (C_K = the received rows' compute of that
+             pass / K), a pipeline that shows max(t_K, K * t_K - (K - 1) * C_K).
   step     = compute + exposed exchange, efficiency = compute / step.
 The alternative, data parallelism of the experts, all-reduces their gradients instead: about
 2 * (expert parameters) * 4 bytes per machine and step (a ring), independent of the tokens.
@@ -19,10 +22,12 @@ Calibration, all from the machine of the day:
   --net-comm     `bench comm --json` between two hosts (network namespaces over TCP,
                  `scripts/netns_hosts.sh 1 -- build/sparsemoe bench comm --json`): its alpha is the
                  per-message latency used for the projected networks, whose beta is the link rate;
-  --point LABEL=COMM_JSON=BENCH_MOE_LOG (repeatable): a measured configuration, the link's alpha
-                 and beta from its `bench comm --json`, and the `bench moe` log run over it under
-                 mpirun (2 processes); the model's exchange time is printed against the measured
-                 one, with and without overlap, and the points go on the figure.
+  --point LABEL=COMM_JSON=BENCH_MOE_LOG[=CHUNKS] (repeatable): a measured configuration, the
+                 link's alpha and beta from its `bench comm --json`, and the `bench moe` log run
+                 over it under mpirun (2 processes) with CHUNKS return chunks (1 for logs from
+                 before they were built, the default); the model's exchange time is printed
+                 against the measured one, with and without overlap, and the points go on the
+                 figure.
 Writes markdown tables to stdout and the figure (SVG) to --svg.
 """
 import argparse
@@ -43,19 +48,28 @@ def exchange_time(bytes_per_exchange, P, alpha, beta):
     return (P - 1) * alpha + bytes_per_exchange / beta
 
 
-def exposed(compute, t, P, overlap):
-    """Exposed time of the four all-to-alls of t seconds each, given the step's compute."""
+def exposed(compute, x, P, alpha, beta, overlap, chunks=4):
+    """Exposed time of the four all-to-alls of x bytes each per machine, given the step's compute."""
+    t = exchange_time(x, P, alpha, beta)
     if not overlap:
         return 4 * t
     own_fwd, own_bwd = compute / 3 / P, compute * 2 / 3 / P
-    return 2 * t + max(0.0, t - own_fwd) + max(0.0, t - own_bwd)
+    inbound = max(0.0, t - own_fwd) + max(0.0, t - own_bwd)
+    K = chunks
+    t_k = exchange_time(x / K, P, alpha, beta)
+
+    def ret(pass_compute):  # the return pipeline behind the received rows' compute
+        c_k = pass_compute * (P - 1) / P / K
+        return max(t_k, K * t_k - (K - 1) * c_k)
+
+    return inbound + ret(compute / 3) + ret(compute * 2 / 3)
 
 
-def step(layer, P, rate, alpha, beta, overlap=True):
+def step(layer, P, rate, alpha, beta, overlap=True, chunks=4):
     H, F, E, k, n = layer
     compute = 3 * 2 * 2 * H * F * n * k / rate
-    t = exchange_time(n * k * H * 4 * (P - 1) / P, P, alpha, beta)
-    return compute, exposed(compute, t, P, overlap)
+    x = n * k * H * 4 * (P - 1) / P
+    return compute, exposed(compute, x, P, alpha, beta, overlap, chunks)
 
 
 def read_comm(path):
@@ -90,6 +104,7 @@ def main():
     ap.add_argument("--net-comm", required=True)
     ap.add_argument("--point", action="append", default=[])
     ap.add_argument("--svg", required=True)
+    ap.add_argument("--chunks", type=int, default=4, help="return chunks of the projections")
     a = ap.parse_args()
     core = a.core_gflops * 1e9
     net_alpha, net_beta = read_comm(a.net_comm)
@@ -105,11 +120,13 @@ def main():
           "| efficiency vs alone (overlap) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for spec in a.point:
-        label, comm_path, log_path = spec.split("=", 2)
+        label, comm_path, log_path, *rest = spec.split("=", 3)
+        chunks = int(rest[0]) if rest else 1
         alpha, beta = read_comm(comm_path)
         for r in read_bench_moe(log_path):
-            t = exchange_time(r["bytes_per_token"] * r["tokens"] / 4, 2, alpha, beta)
-            m_no, m_ov = exposed(r["compute"], t, 2, False), exposed(r["compute"], t, 2, True)
+            x = r["bytes_per_token"] * r["tokens"] / 4
+            m_no = exposed(r["compute"], x, 2, alpha, beta, False)
+            m_ov = exposed(r["compute"], x, 2, alpha, beta, True, chunks)
             eff = r["alone"] / r["step"]
             points.append((label, m_no, m_ov, r["exch_no"], r["exch"], eff))
             print(f"| {label} ({alpha * 1e6:.1f} us, {beta / 1e9:.2f} GB/s) | {r['router']} | "
@@ -128,7 +145,7 @@ def main():
         for P in MACHINES:
             cells = []
             for link, beta in LINKS.items():
-                c, x = step(layer, P, rate, net_alpha, beta)
+                c, x = step(layer, P, rate, net_alpha, beta, chunks=a.chunks)
                 _, x0 = step(layer, P, rate, net_alpha, beta, overlap=False)
                 cells.append(f"{(c + x) * 1e3:.0f} ms, {c / (c + x):.0%} ({c / (c + x0):.0%})")
             print(f"| {P} | " + " | ".join(cells) + " |")
@@ -139,7 +156,8 @@ def main():
               f"expert weights.\n")
         for link, beta in LINKS.items():
             series.append((f"{name.split(' (')[0]}, {link}",
-                           [step(layer, P, rate, net_alpha, beta) for P in MACHINES]))
+                           [step(layer, P, rate, net_alpha, beta, chunks=a.chunks)
+                            for P in MACHINES]))
     write_svg(a.svg, series, points)
 
 

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
@@ -150,6 +151,34 @@ std::unique_ptr<CommRequest> start_return(const RoutingPlan& plan, const Exchang
   }
   return comm.start_alltoallv_at(own, send_rows.data(), send_at.data(), home, recv_rows.data(),
                                  recv_at.data(), H * static_cast<int64_t>(sizeof(float)));
+}
+
+// The received rows of every source, chunk by chunk (run(source, chunk)), each chunk sent home
+// from `own` to `home` as soon as it is computed while the next one computes, the transfers polled
+// between calls; `meanwhile` runs after the last chunk has left, then the transfers are awaited.
+// The own rows were computed already when `skip_own` (overlap). Times go to ep's counters.
+void compute_and_return(const RoutingPlan& plan, ExchangeRows& ep, int K, bool skip_own,
+                        const std::function<void(int, int)>& run, const float* own, float* home,
+                        int64_t H, Communicator& comm, const std::function<void()>& meanwhile) {
+  const int P = comm.size(), me = comm.rank();
+  std::vector<std::unique_ptr<CommRequest>> back;
+  for (int c = 0; c < K; ++c) {
+    auto t0 = Clock::now();
+    for (int p = 0; p < P; ++p) {
+      if (p != me || !skip_own) run(p, c);
+      for (auto& b : back) b->test();
+    }
+    ep.compute_seconds += seconds_since(t0);
+    t0 = Clock::now();
+    back.push_back(start_return(plan, ep, c, K, own, home, H, comm));
+    ep.exchange_seconds += seconds_since(t0);
+  }
+  auto t0 = Clock::now();
+  if (meanwhile) meanwhile();
+  ep.compute_seconds += seconds_since(t0);
+  t0 = Clock::now();
+  for (auto& b : back) b->wait();
+  ep.exchange_seconds += seconds_since(t0);
 }
 
 // Source p's rows of my experts in chunk r: their offsets from the chunk's first row, and where
@@ -299,21 +328,7 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   ids->wait();
   xs->wait();
   ep.exchange_seconds += seconds_since(t0);
-  std::vector<std::unique_ptr<CommRequest>> back;
-  for (int c = 0; c < K; ++c) {
-    t0 = Clock::now();
-    for (int p = 0; p < P; ++p) {
-      if (p != me || !ep.overlap) run(p, c);
-      for (auto& b : back) b->test();
-    }
-    ep.compute_seconds += seconds_since(t0);
-    t0 = Clock::now();
-    back.push_back(start_return(plan, ep, c, K, ep.own_ys.data(), rows.ys.data(), H, *comm));
-    ep.exchange_seconds += seconds_since(t0);
-  }
-  t0 = Clock::now();
-  for (auto& b : back) b->wait();
-  ep.exchange_seconds += seconds_since(t0);
+  compute_and_return(plan, ep, K, ep.overlap, run, ep.own_ys.data(), rows.ys.data(), H, *comm, {});
   ep.bytes_sent = comm->bytes_sent() - bytes0;
   ep.overlapped = ep.overlap;
   // This step's parts: sized for its units on first use, then reused.
@@ -446,24 +461,9 @@ void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, cons
   ep.exchange_seconds += seconds_since(t0);
   for (int s = 0; s < P; ++s)
     if (s != me || !ep.overlapped) part[s] = part_of(s);
-  std::vector<std::unique_ptr<CommRequest>> back;
-  for (int c = 0; c < K; ++c) {
-    t0 = Clock::now();
-    for (int s = 0; s < P; ++s) {
-      if (s != me || !ep.overlapped) run(s, c);
-      for (auto& b : back) b->test();
-    }
-    ep.compute_seconds += seconds_since(t0);
-    t0 = Clock::now();
-    back.push_back(start_return(plan, ep, c, K, ep.own_dxs.data(), rows.dxs.data(), H, *comm));
-    ep.exchange_seconds += seconds_since(t0);
-  }
-  t0 = Clock::now();
-  finish_parts(ep, layout, owned_grads);  // while the last chunk travels
-  ep.compute_seconds += seconds_since(t0);
-  t0 = Clock::now();
-  for (auto& b : back) b->wait();
-  ep.exchange_seconds += seconds_since(t0);
+  // The tree of the unit parts is added while the last chunk travels.
+  compute_and_return(plan, ep, K, ep.overlapped, run, ep.own_dxs.data(), rows.dxs.data(), H, *comm,
+                     [&] { finish_parts(ep, layout, owned_grads); });
   ep.bytes_sent += comm->bytes_sent() - bytes0;
   dispatch_backward(plan, rows, H, dx);
 }

@@ -24,8 +24,8 @@ struct Chunk {
   size_t param;
   int64_t begin, end, slot;
 };
-int64_t per_expert(
-    const ParamRef& p) {  // elements of one expert (of the whole tensor if not stacked)
+// Elements of one expert (of the whole tensor if not stacked).
+int64_t per_expert(const ParamRef& p) {
   if (p.experts == 0) return p.value->numel();
   int64_t n = 1;
   for (size_t d = 1; d < p.value->shape().size(); ++d) n *= p.value->dim(static_cast<int>(d));

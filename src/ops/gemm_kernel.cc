@@ -1,10 +1,10 @@
 // The engine's GEMM micro-kernels and their blocking (see gemm_kernel.h). Loop order: rows in
-// blocks of kMc (A packed once per block into [k][MR] micro-panels, or read in place when it is a
-// transposed operand); columns in groups; k in chunks, inside the group, so the group's C block
-// stays in L2 between chunks; each chunk's B packed into [k][NR] panels (or read in place when
-// the rows are few) that every row block then uses. The micro-kernels keep an MR x NR tile of C in
-// registers (14 x 32: 28 of 32 zmm, at AVX-512; 6 x 16: 12 of 16 ymm, at AVX2) and run one FMA
-// chain per element over the chunk. The epilogue runs per row block of a finished group.
+// blocks of kMc (A packed once per block into [k][MR] micro-panels, a transposed A too); columns in
+// groups; k in chunks, inside the group, so the group's C block stays in L2 between chunks; each
+// chunk's B packed into [k][NR] panels (or read in place when the rows are few) that every row
+// block then uses. The micro-kernels keep an MR x NR tile of C in registers (14 x 32: 28 of 32 zmm,
+// at AVX-512; 6 x 16: 12 of 16 ymm, at AVX2) and run one FMA chain per element over the chunk. The
+// epilogue runs per row block of a finished group.
 #include "sparsemoe/ops/gemm_kernel.h"
 
 #include <immintrin.h>
@@ -51,8 +51,7 @@ constexpr int kMr512 = 14, kNr512 = 32;
 constexpr int kMr256 = 6, kNr256 = 16;
 
 // A micro-kernel: C[M, NR] (+)= A[M, kc] . Bp[kc, NR], M <= MR rows. A's M values for one k are
-// contiguous (a[i], i < M) and the next k's are acs floats on: packed panels and transposed
-// operands are both read this way.
+// contiguous (a[i], i < M) and the next k's are acs floats on (MR in a packed panel).
 using MicroFn = void (*)(int64_t kc, const float* a, int64_t acs, const float* bp, int64_t bs,
                          float* c, int64_t ldc, bool load);
 
@@ -261,12 +260,22 @@ inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
   _mm_storeu_ps(d + 3 * ld, r3);
 }
 
-// A row-major A's rows [i0, i0 + mc) x columns [p0, p0 + kc) into micro-panels: panel q holds
+// A's rows [i0, i0 + mc) x columns [p0, p0 + kc) into micro-panels: panel q holds
 // rows [q*mr, q*mr + mr), laid out [kc][mr] (rows past mc are left unset: no kernel reads them).
 // Read in place instead, mr rows a power-of-two stride apart share one L1 set and evict each other.
 [[gnu::always_inline]] inline void pack_a(MatRef a, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
                                           int64_t mr, float* out) {
   const int64_t ld = a.row_stride, p8 = kc / 8 * 8, p4 = kc / 4 * 4;
+  if (ld == 1 && a.col_stride != 1) {  // transposed: each k's rows are contiguous already
+    for (int64_t q = 0; q * mr < mc; ++q) {
+      const int64_t rows = std::min(mr, mc - q * mr);
+      const float* src = a.data + (p0 * a.col_stride) + i0 + q * mr;
+      float* panel = out + q * mr * kc;
+      for (int64_t p = 0; p < kc; ++p)
+        std::memcpy(panel + p * mr, src + p * a.col_stride, rows * 4);
+    }
+    return;
+  }
   if (a.col_stride != 1) {  // neither row-major nor transposed: element by element
     for (int64_t q = 0; q * mr < mc; ++q)
       for (int64_t r = 0; r < std::min(mr, mc - q * mr); ++r)
@@ -376,20 +385,19 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
   const int64_t kb = in_place ? kFewKc(m) : kKc;
   const int64_t nc = in_place ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
   float* tile = c_scratch.get(mr * nr);
-  // A transposed A (weight gradients: X^T) is read in place, its mr values per k being
-  // contiguous already; any other A is packed.
-  const bool pack_rows = a.row_stride != 1;
+  // A is always packed, a transposed one (weight gradients: X^T) too: read in place, its k steps
+  // are a row of X apart (2-8 KiB), so a micro-kernel's A falls in a few L1 sets and misses (the
+  // weight-gradient GEMMs ran 15-40% faster packed on a Xeon, docs/performance.md).
   const int64_t chunks = (k + kb - 1) / kb;
   float* bp = b_scratch.get(kb * nc);
-  const int64_t row_block =
-      pack_rows ? std::clamp(kPackedAFloats / (chunks * kb) / mr * mr, mr, kMc) : kMc;
+  const int64_t row_block = std::clamp(kPackedAFloats / (chunks * kb) / mr * mr, mr, kMc);
   for (int64_t i0 = 0; i0 < m; i0 += row_block) {
     const int64_t mc = std::min(row_block, m - i0);
     const int64_t blocks = (mc + mr - 1) / mr;
     // All of the block's A, chunk by chunk (chunk t at t * blocks * mr * kb): packed once, then
     // reused by every column group.
-    float* ap = pack_rows ? a_scratch.get(chunks * blocks * mr * kb) : nullptr;
-    for (int64_t p0 = 0; pack_rows && p0 < k; p0 += kb)
+    float* ap = a_scratch.get(chunks * blocks * mr * kb);
+    for (int64_t p0 = 0; p0 < k; p0 += kb)
       pack_a(a, i0, mc, p0, std::min(kb, k - p0), mr, ap + p0 / kb * blocks * mr * kb);
     // Column groups outside k chunks: the group's C block stays in L2 from one chunk to the
     // next instead of making a round trip to memory.
@@ -415,10 +423,9 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
           const int64_t nv = std::min(nr, n - j0);
           const bool direct = j0 - g0 < here;
           if (direct && mc <= static_cast<int64_t>(wide.size()) && j0 + 4 * nr <= g0 + here) {
-            const float* ab = pack_rows ? ap + p0 / kb * blocks * mr * kb
-                                        : a.data + i0 * a.row_stride + p0 * a.col_stride;
-            wide[mc - 1](kc, ab, pack_rows ? mr : a.col_stride, b.data + p0 * b.row_stride + j0,
-                         b.row_stride, c + i0 * ldc + j0, ldc, load);
+            const float* ab = ap + p0 / kb * blocks * mr * kb;
+            wide[mc - 1](kc, ab, mr, b.data + p0 * b.row_stride + j0, b.row_stride,
+                         c + i0 * ldc + j0, ldc, load);
             j0 += 3 * nr;  // four panels done
             continue;
           }
@@ -428,17 +435,15 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
           const int64_t bs = direct ? b.row_stride : nr;
           for (int64_t q = 0; q < blocks; ++q) {
             const int64_t r0 = i0 + q * mr, rows = std::min(mr, mc - q * mr);
-            const float* ab = pack_rows ? ap + p0 / kb * blocks * mr * kb + q * mr * kc
-                                        : a.data + r0 * a.row_stride + p0 * a.col_stride;
-            const int64_t acs = pack_rows ? mr : a.col_stride;
+            const float* ab = ap + p0 / kb * blocks * mr * kb + q * mr * kc;
             float* cb = c + r0 * ldc + j0;
             ahead.issue(per_call);
             if (nv == nr) {
-              micro[rows - 1](kc, ab, acs, panel, bs, cb, ldc, load);
+              micro[rows - 1](kc, ab, mr, panel, bs, cb, ldc, load);
             } else {  // a partial last panel: through a full-width tile
               for (int64_t i = 0; i < rows && load; ++i)
                 std::memcpy(tile + i * nr, cb + i * ldc, nv * 4);
-              micro[rows - 1](kc, ab, acs, panel, bs, tile, nr, load);
+              micro[rows - 1](kc, ab, mr, panel, bs, tile, nr, load);
               for (int64_t i = 0; i < rows; ++i) std::memcpy(cb + i * ldc, tile + i * nr, nv * 4);
             }
           }

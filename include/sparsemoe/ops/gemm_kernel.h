@@ -6,15 +6,16 @@
 // calls the BLAS library instead and rounds differently.
 //
 // Operands are given by strides, so transposed operands (W^T in the backward, X^T in weight
-// gradients) need no copies: they are gathered into the packed panels or read in place. Weights
-// are packed as they are used, into cache-sized buffers, once per call and row block of 512 (fewer
-// rows when k is long: a thread's packed A block is bounded to 4 MiB): in a training step that is
-// once per weight and direction, and the packing never goes through memory. When the rows are few
-// (decode, a few tokens per expert) and B is row-major, B is read in place, whole rows at a time,
-// at the machine's read bandwidth (the GEMV case). An epilogue called on each finished output
-// block, while it is still in cache, fuses bias, activation and dropout into the write-out. For
-// inference, where the same weights serve every batch, they can be packed once (PackedWeights)
-// and the calls then read the packed panels instead of packing them again.
+// gradients) need no copies of their own: they are gathered into the packed panels (A always, B
+// unless it is read in place, below). Weights are packed as they are used, into cache-sized
+// buffers, once per call and row block of 512 (fewer rows when k is long: a thread's packed A block
+// is bounded to 4 MiB): in a training step that is once per weight and direction, and the packing
+// never goes through memory. When the rows are few (decode, a few tokens per expert) and B is
+// row-major, B is read in place, whole rows at a time, at the machine's read bandwidth (the GEMV
+// case). An epilogue called on each finished output block, while it is still in cache, fuses bias,
+// activation and dropout into the write-out. For inference, where the same weights serve every
+// batch, they can be packed once (PackedWeights) and the calls then read the packed panels instead
+// of packing them again.
 #pragma once
 
 #include <cstdint>

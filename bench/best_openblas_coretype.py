@@ -3,8 +3,8 @@
 
 OpenBLAS chooses its kernels from the CPU's model number, and its choice is not always its best:
 on a 5th-generation Xeon (Emerald Rapids, family 6 model 207), OpenBLAS 0.3.21 (Debian 12) left
-to itself reports "Cooperlake" and runs single-precision GEMMs at about 25-28 GFLOP/s per core,
-while the same library with OPENBLAS_CORETYPE=SkylakeX (or Cooperlake, set by hand) reaches 140.
+to itself reports "Cooperlake" and runs single-precision GEMMs at about 25-32 GFLOP/s per core,
+while the same library with OPENBLAS_CORETYPE=SkylakeX (or Cooperlake, set by hand) reaches 135-147.
 A best-configured peer must not lose to such a mistake, so the
 comparison scripts ask this probe first. Each candidate runs in its own process (a kernel family
 the CPU cannot run dies there with SIGILL and is skipped); every candidate's rate goes to stderr,

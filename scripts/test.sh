@@ -6,8 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage prints its wall time, so that a slow CI run shows where the minutes went.
+stage_start=$SECONDS
+stage() {  # name of the stage just finished
+  echo "== stage '$1': $((SECONDS - stage_start)) s (total $SECONDS s)"
+  stage_start=$SECONDS
+}
+
 scripts/setup.sh
+stage setup+build
 (cd build && ctest --output-on-failure -j "$(nproc)")
+stage release-tests
 
 # Packaging: install to a scratch prefix and build + run a consumer through find_package.
 prefix=$(mktemp -d)
@@ -21,19 +30,24 @@ LD_LIBRARY_PATH="$libdir" "$prefix/consumer/consumer"
 pc_flags=$(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs sparsemoe)
 g++ -std=c++20 tests/consumer/main.cc $pc_flags -o "$prefix/consumer_pc"
 LD_LIBRARY_PATH="$libdir" "$prefix/consumer_pc"
+stage packaging
 
 # The Python package as pip installed it (.venv, by setup.sh): its tests from outside the
 # checkout, so that nothing of the build tree is on the path.
 (cd "$prefix" && OMP_NUM_THREADS=2 SPARSEMOE_CLI="$OLDPWD/build/sparsemoe" \
   "$OLDPWD/.venv/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests")
+stage python
 
 # The other GEMM backend, selectable at configure time, passes the same suite.
 cmake -S . -B build-openblas -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEMOE_BLAS=openblas \
   -DSPARSEMOE_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build build-openblas -j "$(nproc)"
+stage openblas-build
 (cd build-openblas && ctest --output-on-failure -j "$(nproc)")
+stage openblas-tests
 
 scripts/setup.sh --sanitize
+stage asan-build
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # cli_mpi_wordnet repeats the release stage's three WordNet trainings (tokenizer and test split
@@ -42,9 +56,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # bindings run sanitized in python_pytest's training tests.
 (cd build-asan &&
   ctest --output-on-failure -j "$(nproc)" -E '^(cli_mpi_wordnet|python_example_train_sparse_mixer)$')
+stage asan-tests
 
 # The readers of outside input under libFuzzer (docs/reliability.md has the longer runs).
 scripts/fuzz.sh "${SPARSEMOE_FUZZ_SECONDS:-60}"
+stage fuzz
 
 if command -v clang-format >/dev/null; then
   files=$(git ls-files '*.h' '*.cc')
@@ -53,4 +69,5 @@ if command -v clang-format >/dev/null; then
     exit 1
   fi
 fi
+stage clang-format
 echo "all test stages passed"

@@ -72,7 +72,9 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
     // c += a[i] * b with a[i] broadcast from memory inside the FMA ({1to16}). From intrinsics
     // GCC broadcasts into a register first, one more instruction per two FMAs; the folded form
     // measured faster on Zen 4 (expert FFN forward 72 -> 79 GFLOP/s, one noisy run, 12 rows) and
-    // leaves the registers for 14 rows of C.
+    // leaves the registers for 14 rows of C. It loads a[i] twice, 30 loads per 28 FMAs, which
+    // could bind on a core with two 512-bit FMA units and two loads per cycle; on a Xeon (Emerald
+    // Rapids) a register broadcast was no faster, though (docs/performance.md).
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
       asm("vfmadd231ps %[a]%{1to16%}, %[b], %[c]" : [c] "+v"(lo[i]) : [b] "v"(b0), [a] "m"(a[i]));
@@ -263,16 +265,25 @@ inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
 // A's rows [i0, i0 + mc) x columns [p0, p0 + kc) into micro-panels: panel q holds
 // rows [q*mr, q*mr + mr), laid out [kc][mr] (rows past mc are left unset: no kernel reads them).
 // Read in place instead, mr rows a power-of-two stride apart share one L1 set and evict each other.
+// mr is a constant so that a full panel's copy per k compiles to a few vector moves: a copy of
+// run-time length per k took most of the packing time of the weight-gradient GEMMs at H 64 (perf,
+// Xeon, docs/performance.md).
+template <int64_t mr>
 [[gnu::always_inline]] inline void pack_a(MatRef a, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
-                                          int64_t mr, float* out) {
+                                          float* out) {
   const int64_t ld = a.row_stride, p8 = kc / 8 * 8, p4 = kc / 4 * 4;
   if (ld == 1 && a.col_stride != 1) {  // transposed: each k's rows are contiguous already
     for (int64_t q = 0; q * mr < mc; ++q) {
       const int64_t rows = std::min(mr, mc - q * mr);
       const float* src = a.data + (p0 * a.col_stride) + i0 + q * mr;
       float* panel = out + q * mr * kc;
-      for (int64_t p = 0; p < kc; ++p)
-        std::memcpy(panel + p * mr, src + p * a.col_stride, rows * 4);
+      if (rows == mr) {
+        for (int64_t p = 0; p < kc; ++p)
+          std::memcpy(panel + p * mr, src + p * a.col_stride, mr * sizeof(float));
+      } else {
+        for (int64_t p = 0; p < kc; ++p)
+          for (int64_t r = 0; r < rows; ++r) panel[p * mr + r] = src[p * a.col_stride + r];
+      }
     }
     return;
   }
@@ -291,11 +302,18 @@ inline void transpose4x4(const float* s, int64_t ls, float* d, int64_t ld) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t p = from; p < kc; ++p) panel[p * mr + r] = src[r * ld + p];
     };
-    int64_t i = 0;
-    for (; i + 8 <= rows; i += 8) {
+    auto rows8 = [&](int64_t i) {  // rows [i, i + 8) through registers, 8 x 8 blocks
       for (int64_t p = 0; p < p8; p += 8)
         transpose8x8(src + i * ld + p, ld, panel + p * mr + i, mr);
       scalar(i, i + 8, p8);
+    };
+    int64_t i = 0;
+    for (; i + 8 <= rows; i += 8) rows8(i);
+    // 1-7 rows left after at least 8: the last 8 rows again, overlapping rows already packed
+    // (they are written twice with the same values) instead of 4 x 4 blocks and scalar rows.
+    if (i > 0 && i < rows) {
+      rows8(rows - 8);
+      continue;
     }
     for (; i + 4 <= rows; i += 4) {
       for (int64_t p = 0; p < p4; p += 4)
@@ -398,7 +416,7 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
     // reused by every column group.
     float* ap = a_scratch.get(chunks * blocks * mr * kb);
     for (int64_t p0 = 0; p0 < k; p0 += kb)
-      pack_a(a, i0, mc, p0, std::min(kb, k - p0), mr, ap + p0 / kb * blocks * mr * kb);
+      pack_a<mr>(a, i0, mc, p0, std::min(kb, k - p0), ap + p0 / kb * blocks * mr * kb);
     // Column groups outside k chunks: the group's C block stays in L2 from one chunk to the
     // next instead of making a round trip to memory.
     for (int64_t g0 = 0; g0 < n; g0 += nc) {

@@ -18,17 +18,24 @@ std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups) {
   return tiles;
 }
 
-int64_t col_splits(int64_t row_items, int64_t cols) {
+int64_t col_splits(int64_t row_items, int64_t cols, int64_t min_width) {
   int64_t s = 1;
-  while (row_items * s < kMinItems && cols / (s * 2) >= 128) s *= 2;
+  while (row_items * s < kMinItems && cols / (s * 2) >= min_width) s *= 2;
   return s;
+}
+
+int64_t col_width(int64_t cols, int64_t splits) {
+  return ((cols + splits - 1) / splits + 31) / 32 * 32;
 }
 
 void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
                      const float* B, int64_t N, float* dW) {
   // Items: (group, K tile, column tile); columns split like for_tiles when there are few items.
   const int64_t tiles = (K + kWeightTile - 1) / kWeightTile;
-  const int64_t splits = col_splits(groups * tiles, N), width = (N + splits - 1) / splits;
+  // Down to 64 columns: at H 64 (README's main job) a dense layer's 128-column weight gradient
+  // was one work item, one GEMM on one thread while the others waited. Its rows are K (features),
+  // never few, so narrow tiles cost the kernel nothing.
+  const int64_t splits = col_splits(groups * tiles, N, 64), width = col_width(N, splits);
   parallel_for(groups * tiles * splits, [&](int64_t item) {
     const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * kWeightTile;
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);

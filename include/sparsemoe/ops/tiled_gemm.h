@@ -23,15 +23,20 @@ inline constexpr int64_t kRowTile = 512;
 
 std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups);
 
-// Number of column tiles for `cols` columns given `row_items` row tiles (shape-only rule).
-int64_t col_splits(int64_t row_items, int64_t cols);
+// Number of column tiles for `cols` columns given `row_items` row tiles (shape-only rule): halved
+// until there are 16 items or a tile would be narrower than min_width. 128 for activations: a
+// GEMM of a few rows runs four 32-column panels at a time (the kernel's few-row path).
+int64_t col_splits(int64_t row_items, int64_t cols, int64_t min_width = 128);
+// Columns per tile: a multiple of 32, so that every tile starts on a packed weight panel (the
+// last tile may be narrower, or empty).
+int64_t col_width(int64_t cols, int64_t splits);
 
 // Runs fn(tile, c0, c1) over every (row tile, column tile) pair, in parallel.
 template <class Fn>
 void for_tiles(const std::vector<RowTile>& tiles, int64_t cols, Fn&& fn) {
   const int64_t n = static_cast<int64_t>(tiles.size());
   const int64_t splits = col_splits(n, cols);
-  const int64_t width = (cols + splits - 1) / splits;
+  const int64_t width = col_width(cols, splits);
   parallel_for(n * splits, [&](int64_t item) {
     const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
     if (c0 < c1) fn(tiles[item / splits], c0, c1);

@@ -1,9 +1,12 @@
-// Dense: against a plain-loop reference and the shape error. Gradients for each activation with
+// Dense: against a plain-loop reference and the shape error; the column tiling's rule, and bits
+// that do not depend on it. Gradients for each activation with
 // and without bias: the harness's nn/dense cases.
 #include <gtest/gtest.h>
 
 #include "sparsemoe/core/errors.h"
+#include "sparsemoe/core/parallel.h"
 #include "sparsemoe/nn/dense.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -25,6 +28,45 @@ TEST(Dense, MatchesPlainLoops) {
       EXPECT_NEAR(y[n * 3 + j], std::tanh(acc), 1e-5);
     }
   EXPECT_THROW(d.forward(Tensor({2, 4}), y), InvalidArgument);
+}
+
+// Column tiles: none at one thread, up to four items per thread, never narrower than min_width.
+TEST(TiledGemm, ColumnSplitsFollowTheThreads) {
+  EXPECT_EQ(col_splits(1, 768, 1), 1);
+  EXPECT_EQ(col_splits(1, 4096, 1), 1);
+  EXPECT_EQ(col_splits(4, 768, 2), 2);    // 4 row tiles x 2 = 8 items for 2 threads
+  EXPECT_EQ(col_splits(16, 2048, 2), 1);  // 16 experts: enough items already
+  EXPECT_EQ(col_splits(1, 768, 2), 4);    // 8 would leave 96 columns, under 128
+  EXPECT_EQ(col_splits(1, 768, 2, 64), 8);
+  EXPECT_EQ(col_splits(3, 4096, 4), 8);
+  EXPECT_EQ(col_width(1000, 4), 256);  // tiles start on 32-column panels
+  EXPECT_EQ(col_width(1000, 1), 1024);
+}
+
+// The column split changes with the thread count, the bits must not: forward and backward at 1,
+// 2, 3 and 4 threads, with few rows (the kernel reads the weights in place) and with two row tiles,
+// and an output width that is not a multiple of the 32-column panels.
+TEST(TiledGemm, DenseBitsDoNotDependOnTheColumnSplit) {
+  for (const int64_t rows : {int64_t{24}, int64_t{700}}) {
+    auto run = [&](int threads) {
+      set_num_threads(threads);
+      Dense d(96, 1000, Activation::kGelu, true, 0.5, 4);
+      d.bias = random_tensor({1000}, 5);
+      const Tensor x = random_tensor({rows, 96}, 6), dy = random_tensor({rows, 1000}, 7);
+      Tensor y, dx;
+      d.forward(x, y);
+      d.backward(dy, &dx);
+      set_num_threads(0);
+      return std::vector<Tensor>{y, dx, d.kernel_grad, d.bias_grad};
+    };
+    const auto one = run(1);
+    for (int threads : {2, 3, 4}) {
+      const auto other = run(threads);
+      for (size_t i = 0; i < one.size(); ++i)
+        EXPECT_TRUE(test::bitwise_equal(one[i], other[i]))
+            << "rows " << rows << ", tensor " << i << ": 1 vs " << threads << " threads";
+    }
+  }
 }
 
 }  // namespace

@@ -89,7 +89,7 @@ void MixingLayer::transform(const float* x, float* y, int64_t B) {
     });
     return;
   }
-  // On the GEMM kernel, in tiles fixed by shape: p = X C_H and q = +-X S_H over all B * L rows
+  // On the GEMM kernel, in tiles (ops/tiled_gemm.h): p = X C_H and q = +-X S_H over all B * L rows
   // (q negated for Fourier, so that y_b = C_L p_b + S_L q_b in both cases), then per sequence.
   p_.resize({B, L, H});
   q_.resize({B, L, H});

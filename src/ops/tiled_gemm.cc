@@ -6,7 +6,6 @@
 namespace sparsemoe {
 
 namespace {
-constexpr int64_t kMinItems = 16;     // column splits until this many work items
 constexpr int64_t kWeightTile = 512;  // rows of a weight gradient per work item
 }  // namespace
 
@@ -18,9 +17,11 @@ std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups) {
   return tiles;
 }
 
-int64_t col_splits(int64_t row_items, int64_t cols, int64_t min_width) {
+int64_t col_splits(int64_t row_items, int64_t cols, int64_t threads, int64_t min_width) {
+  // Four items per thread balance tiles of unequal rows (experts); one thread needs no split.
+  const int64_t target = threads > 1 ? 4 * threads : 1;
   int64_t s = 1;
-  while (row_items * s < kMinItems && cols / (s * 2) >= min_width) s *= 2;
+  while (row_items * s < target && cols / (s * 2) >= min_width) s *= 2;
   return s;
 }
 
@@ -35,7 +36,8 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
   // Down to 64 columns: at H 64 (README's main job) a dense layer's 128-column weight gradient
   // was one work item, one GEMM on one thread while the others waited. Its rows are K (features),
   // never few, so narrow tiles cost the kernel nothing.
-  const int64_t splits = col_splits(groups * tiles, N, 64), width = col_width(N, splits);
+  const int64_t splits = col_splits(groups * tiles, N, num_threads(), 64),
+                width = col_width(N, splits);
   parallel_for(groups * tiles * splits, [&](int64_t item) {
     const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * kWeightTile;
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);

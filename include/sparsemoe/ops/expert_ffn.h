@@ -4,10 +4,10 @@
 // and its backward. The GLU variant (lingvo's wi split in two) widens W1 to [H, 2F]: with
 // h = [h_act | h_lin], a = dropout_in(act(h_act) * h_lin). Only filled rows are computed: this is
 // where conditional computation pays. The dense FeedForward is the same kernel with E = 1. Work is
-// split into tiles fixed by shape (ops/tiled_gemm.h: 512 rows; columns split only when there are
-// few row tiles), each tile one single-threaded call of the GEMM kernel (ops/gemm_kernel.h) with
-// the bias, activation, GLU product and dropout in its epilogue, so results are bitwise identical
-// for any thread count.
+// split into tiles (ops/tiled_gemm.h: 512 rows; columns split only when there are too few row
+// tiles for the threads), each tile one single-threaded call of the GEMM kernel (ops/gemm_kernel.h)
+// with the bias, activation, GLU product and dropout in its epilogue, so results are bitwise
+// identical for any thread count.
 #pragma once
 
 #include <cstdint>

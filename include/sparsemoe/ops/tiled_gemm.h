@@ -1,7 +1,8 @@
 // The parallel layer over kernel_gemm (ops/gemm_kernel.h) shared by the expert FFN, the dense
-// layers and the heads: work split into tiles fixed by shape alone (row tiles of 512 within each
-// group of rows, columns split only when there are too few row tiles to occupy the threads), each
-// tile one single-threaded kernel call, so results are bitwise identical for any thread count.
+// layers and the heads: work split into tiles (row tiles of 512 within each group of rows, columns
+// split only when there are too few row tiles to occupy the threads), each tile one
+// single-threaded kernel call whose every output element is one FMA chain over k, so results are
+// bitwise identical for any thread count.
 // Groups are experts (rows [offsets[g], offsets[g+1]) use expert g's weights); a dense layer is
 // one group.
 #pragma once
@@ -23,10 +24,13 @@ inline constexpr int64_t kRowTile = 512;
 
 std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups);
 
-// Number of column tiles for `cols` columns given `row_items` row tiles (shape-only rule): halved
-// until there are 16 items or a tile would be narrower than min_width. 128 for activations: a
-// GEMM of a few rows runs four 32-column panels at a time (the kernel's few-row path).
-int64_t col_splits(int64_t row_items, int64_t cols, int64_t min_width = 128);
+// Number of column tiles for `cols` columns given `row_items` row tiles and `threads` threads:
+// halved until there are 4 items per thread (none at one thread) or a tile would be narrower than
+// min_width. 128 for activations: a GEMM of a few rows runs four 32-column panels at a time (the
+// kernel's few-row path). Each column tile packs its rows of A again, so tiles are split no more
+// than the threads need. The split may depend on the thread count because it never splits k:
+// every element is one FMA chain over k whatever the tiles, so the bits do not change.
+int64_t col_splits(int64_t row_items, int64_t cols, int64_t threads, int64_t min_width = 128);
 // Columns per tile: a multiple of 32, so that every tile starts on a packed weight panel (the
 // last tile may be narrower, or empty).
 int64_t col_width(int64_t cols, int64_t splits);
@@ -35,7 +39,7 @@ int64_t col_width(int64_t cols, int64_t splits);
 template <class Fn>
 void for_tiles(const std::vector<RowTile>& tiles, int64_t cols, Fn&& fn) {
   const int64_t n = static_cast<int64_t>(tiles.size());
-  const int64_t splits = col_splits(n, cols);
+  const int64_t splits = col_splits(n, cols, num_threads());
   const int64_t width = col_width(cols, splits);
   parallel_for(n * splits, [&](int64_t item) {
     const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);

@@ -30,6 +30,25 @@ TEST(Dense, MatchesPlainLoops) {
   EXPECT_THROW(d.forward(Tensor({2, 4}), y), InvalidArgument);
 }
 
+// save = false (inference): the same bits written straight into y, and no backward after it.
+TEST(Dense, ForwardWithoutSavingGivesTheSameBits) {
+  for (Activation act : {Activation::kLinear, Activation::kGelu})
+    for (bool bias : {false, true}) {
+      Dense d(40, 70, act, bias, 0.5, 3);
+      if (bias) d.bias = random_tensor({70}, 4);
+      const Tensor x = random_tensor({3, 50, 40}, 5);
+      Tensor y1, y2, dx;
+      d.forward(x, y1);
+      d.forward(x, y2, false);
+      ASSERT_EQ(y1.shape(), y2.shape());
+      EXPECT_TRUE(test::bitwise_equal(y1, y2)) << activation_name(act) << " bias " << bias;
+      EXPECT_THROW(d.backward(random_tensor({3, 50, 70}, 6), &dx), InvalidArgument);
+      d.forward(x, y1);
+      d.backward(random_tensor({3, 50, 70}, 6), &dx);
+      EXPECT_EQ(dx.shape(), x.shape());
+    }
+}
+
 // Column tiles: none at one thread, up to four items per thread, never narrower than min_width.
 TEST(TiledGemm, ColumnSplitsFollowTheThreads) {
   EXPECT_EQ(col_splits(1, 768, 1), 1);

@@ -362,6 +362,43 @@ TEST(SparseMixer, PreparedInferenceGivesTheSameBitsAndNeverGoesStale) {
   same_outputs("after a backward and an update");
 }
 
+// ForwardOptions::save_for_backward = false (inference, like no_grad): the dense layers write
+// their outputs directly and keep no input copies; the same bits, and a backward is refused.
+TEST(SparseMixer, ForwardWithoutSavingGivesTheSameBitsAndRefusesABackward) {
+  for (const bool glu : {false, true}) {
+    SparseMixerConfig c = load_model_config("tiny");  // mixing, MoE, attention and dense FFNs
+    c.embedding_width = 48;                           // the embedding projection too
+    c.moe.experts.glu = glu;
+    SparseMixer saving(c), inference(c);
+    const Tensor ids = ids_tensor({4, 32}, c.vocab_size, 7);
+    Tensor mask({4, 32}, 1.f);
+    for (int64_t l = 20; l < 32; ++l) mask[l] = 0.f;  // padding in the first sequence
+    saving.forward({&ids, &mask}, {.training = false});
+    inference.forward({&ids, &mask}, {.training = false, .save_for_backward = false});
+    for (const auto& [a, b] : {std::pair{&saving.sequence_output(), &inference.sequence_output()},
+                               {&saving.pooled_output(), &inference.pooled_output()}}) {
+      ASSERT_EQ(a->shape(), b->shape());
+      for (int64_t i = 0; i < a->numel(); ++i)
+        ASSERT_EQ((*a)[i], (*b)[i]) << "glu " << glu << " " << i;
+    }
+    Tensor dpooled(inference.pooled_output().shape(), 1.f);
+    try {
+      inference.backward(nullptr, &dpooled);
+      ADD_FAILURE() << "backward after a forward that saved nothing";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("save_for_backward"), std::string::npos) << e.what();
+    }
+    // A saving forward afterwards makes the backward possible again, with the saving net's bits.
+    inference.forward({&ids, &mask}, {.training = false});
+    inference.backward(nullptr, &dpooled);
+    saving.backward(nullptr, &dpooled);
+    const auto pa = saving.params(), pb = inference.params();
+    for (size_t i = 0; i < pa.size(); ++i)
+      for (int64_t j = 0; j < pa[i].grad->numel(); ++j)
+        ASSERT_EQ((*pa[i].grad)[j], (*pb[i].grad)[j]) << pa[i].name;
+  }
+}
+
 TEST(Heads, SoftmaxCrossEntropyMatchesHandComputation) {
   const Tensor logits({2, 3}, {1, 2, 3, 0, 0, 0});
   const float w[2] = {1, 3};

@@ -82,6 +82,10 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
   // backward below drops the packed copy).
   layer.prepare_inference();
   const double fwd_packed = time_it([&] { layer.forward(x, y, opt); }, a.min_time);
+  // Inference, as PyTorch's no_grad forward: packed weights, evaluation mode (the same capacity
+  // factor here), nothing saved for a backward.
+  const ForwardOptions infer{.training = false, .save_for_backward = false};
+  const double fwd_infer = time_it([&] { layer.forward(x, y, infer); }, a.min_time);
   const double fb = time_it(
       [&] {
         layer.forward(x, y, opt);
@@ -118,6 +122,7 @@ json bench_one(const BenchArgs& a, const std::string& router, int64_t k) {
           {"expert_capacity", m.expert_capacity},
           {"forward_ms", fwd * 1e3},
           {"forward_packed_ms", fwd_packed * 1e3},
+          {"inference_ms", fwd_infer * 1e3},
           {"forward_backward_ms", fb * 1e3},
           {"forward_tokens_per_s", N / fwd},
           {"forward_backward_tokens_per_s", N / fb},
@@ -291,13 +296,15 @@ int run_bench_moe(const BenchArgs& a) {
       std::snprintf(
           line, sizeof line,
           "%-15s k=%ld  fwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%% of peak), packed "
-          "weights %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s (%.0f%%) | library GEMM "
+          "weights %8.3f ms, inference %8.3f ms | fwd+bwd %8.3f ms %10.0f tok/s %6.1f GFLOP/s "
+          "(%.0f%%) | library GEMM "
           "%6.1f GFLOP/s (fwd at "
           "%.0f%%) | weights %.1f MB, read roofline %.3f ms (fwd at %.2fx)\n",
           router.c_str(), static_cast<long>(k), r["forward_ms"].get<double>(),
           r["forward_tokens_per_s"].get<double>(), r["forward_gflops"].get<double>(),
           r["forward_percent_of_fma_peak"].get<double>(), r["forward_packed_ms"].get<double>(),
-          r["forward_backward_ms"].get<double>(), r["forward_backward_tokens_per_s"].get<double>(),
+          r["inference_ms"].get<double>(), r["forward_backward_ms"].get<double>(),
+          r["forward_backward_tokens_per_s"].get<double>(),
           r["forward_backward_gflops"].get<double>(),
           r["forward_backward_percent_of_fma_peak"].get<double>(),
           r["library_gemm_gflops"].get<double>(), 100 * r["forward_vs_library"].get<double>(),

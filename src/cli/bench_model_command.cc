@@ -150,7 +150,7 @@ json bench_preset(const ModelBenchArgs& a, const std::string& name) {
   if (a.mode != "train") {
     // As `eval` and `predict` run a loaded model: weights packed once beforehand.
     r["inference_packed_weight_bytes"] = a.no_pack ? 0 : net.prepare_inference();
-    auto infer = [&] { net.forward(in, {false, 0}); };
+    auto infer = [&] { net.forward(in, {.training = false, .save_for_backward = false}); };
     const double t = time_it(infer, a.min_time, a.min_runs);
     r["inference_ms"] = t * 1e3;
     r["inference_tokens_per_s"] = B * L / t;

@@ -154,11 +154,11 @@ void ClassificationHead::forward(const Tensor& pooled, Tensor& logits, const For
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropoutTag, opt.step);
   drop_offset_ = static_cast<uint64_t>(opt.sequence_offset * pooled.dim(1));
-  if (!drop_) return dense_.forward(pooled, logits);
+  if (!drop_) return dense_.forward(pooled, logits, opt.save_for_backward);
   const float rate = static_cast<float>(dropout_);
   dropped_.resize(pooled.shape());
   dropout_span(drop_key_, drop_offset_, rate, pooled.data(), dropped_.data(), pooled.numel());
-  dense_.forward(dropped_, logits);
+  dense_.forward(dropped_, logits, opt.save_for_backward);
 }
 
 void ClassificationHead::backward(const Tensor& dlogits, Tensor& dpooled) {

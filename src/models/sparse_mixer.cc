@@ -362,7 +362,7 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
   first_.resize({B, H});
   for (int64_t b = 0; b < B; ++b)
     std::copy(last.data() + b * L * H, last.data() + b * L * H + H, first_.data() + b * H);
-  pooler_.forward(first_, pooled_);
+  pooler_.forward(first_, pooled_, opt.save_for_backward);
   return met;
 }
 

@@ -263,7 +263,7 @@ void experts_forward(const RoutingPlan& plan, FeedForwardExperts& experts, const
   if (!comm || comm->size() == 1) {
     rows.drop = experts.dropout(opt, rows.row_ids.data());
     ffn_forward(whole_params(experts), plan.expert_offsets.data(), rows.xs.data(), rows.ys.data(),
-                rows.drop, rows.ffn);
+                rows.drop, rows.ffn, opt.save_for_backward);
     combine(plan, rows, H, y);
     return;
   }

@@ -156,12 +156,14 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
 
   MoeMetrics m{act_.routed};
   m.num_groups = G, m.tokens_per_group = T, m.expert_capacity = plan.C;
+  if (!opt.save_for_backward) act_.x_shape.clear();  // the experts kept no pre-activations
   return m;
 }
 
 void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   experts_.weights().release_inference();  // an optimizer step follows
-  check_arg(!act_.x_shape.empty(), "MoeLayer::backward: call forward first");
+  check_arg(!act_.x_shape.empty(),
+            "MoeLayer::backward: call forward first (with ForwardOptions::save_for_backward)");
   check_shape("dy", dy.shape(), act_.x_shape, "[B, L, H]");
   const RoutingPlan& plan = act_.routing.plan;
   const int64_t E = plan.E, N = plan.G * plan.T;

@@ -105,9 +105,9 @@ void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
     mask_ = *mask;
   else
     mask_.resize({0});
-  q_.forward(x, q_out_);
-  k_.forward(x, k_out_);
-  v_.forward(x, v_out_);
+  q_.forward(x, q_out_, opt.save_for_backward);
+  k_.forward(x, k_out_, opt.save_for_backward);
+  v_.forward(x, v_out_, opt.save_for_backward);
   ctx_.resize({B, L, D});
   drop_ = opt.training && dropout_ > 0;
   drop_key_ = derive_key(seed_, kDropTag, opt.step);
@@ -130,7 +130,7 @@ void SelfAttention::forward(const Tensor& x, const Tensor* mask, Tensor& y,
                 MatRef::rows(v_out_.data() + b * L * D + h * dh, D),
                 ctx_.data() + (b * L + i0) * D + h * dh, D, false);
   });
-  o_.forward(ctx_, y);
+  o_.forward(ctx_, y, opt.save_for_backward);
 }
 
 void SelfAttention::backward(const Tensor& dy, Tensor& dx) {

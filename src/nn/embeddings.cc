@@ -97,7 +97,7 @@ void Embeddings::forward(const Tensor& ids, const Tensor& type_ids, const Tensor
     pre = &dropped_;
   }
   if (projection_) {
-    projection_->forward(*pre, out);
+    projection_->forward(*pre, out, opt.save_for_backward);
   } else {
     out = *pre;
   }

@@ -137,6 +137,11 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
   drop_ = {opt.training, derive_key(weights_.seed, kInnerDropoutTag, opt.step),
            derive_key(weights_.seed, kOutputDropoutTag, opt.step), row_ids_.data()};
   y.resize(x.shape());
+  if (!opt.save_for_backward) {  // inference: nothing kept for a backward
+    x_.resize({0});
+    ffn_forward(weights_.params(), offsets_.data(), x.data(), y.data(), drop_, saved_, false);
+    return;
+  }
   x_.resize(x.shape());  // backward's dW1 = x^T dh: a copy, not a pointer into the caller's x
   std::copy_n(x.data(), x.numel(), x_.data());
   ffn_forward(weights_.params(), offsets_.data(), x_.data(), y.data(), drop_, saved_);
@@ -144,7 +149,8 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
 
 void FeedForward::backward(const Tensor& dy, Tensor& dx) {
   weights_.release_inference();  // an optimizer step follows
-  check_arg(x_.numel() > 0, "FeedForward::backward: call forward first");
+  check_arg(x_.numel() > 0,
+            "FeedForward::backward: call forward first (with ForwardOptions::save_for_backward)");
   check_shape("dy", dy.shape(), x_.shape());
   dx.resize(dy.shape());
   ffn_backward(weights_.params(), offsets_.data(), x_.data(), dy.data(), dx.data(), drop_, saved_,

@@ -10,15 +10,18 @@
 namespace sparsemoe {
 
 void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
-                 const FfnDropout& drop, FfnSaved& saved) {
+                 const FfnDropout& drop, FfnSaved& saved, bool save) {
   const int64_t H = p.H, F = p.F, F1 = p.width1(), R = offsets[p.E];
-  saved.h.resize({R, F1});
+  // Without a backward to come (and without GLU, whose product reads the pre-activation's linear
+  // half), the first GEMM writes straight into `a` and the activation runs there in place.
+  const bool in_place = !save && !p.glu;
+  if (!in_place) saved.h.resize({R, F1});
   saved.a.resize({R, F});
   const auto tiles = row_tiles(offsets, p.E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
   const bool drop_out = drop.enabled && p.output_dropout > 0;
-  float* h = saved.h.data();
   float* a = saved.a.data();
+  float* h = in_place ? a : saved.h.data();  // [R, F1]
   auto packed = [](const PackedWeights* w, int64_t g, int64_t c0, int64_t k) {
     return w ? w->panels(g, c0, k) : nullptr;
   };
@@ -40,7 +43,10 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
           for (int64_t j = b0; j < b1; ++j) hr[j] += b[j];
           for (int64_t j = b0; p.glu && j < b1; ++j) hr[F + j] += b[F + j];
         }
-        activation_forward(p.activation, hr + b0, ar + b0, nc);
+        if (in_place)
+          activation_in_place(p.activation, ar + b0, nc);
+        else
+          activation_forward(p.activation, hr + b0, ar + b0, nc);
         for (int64_t j = b0; p.glu && j < b1; ++j) ar[j] *= hr[F + j];
         if (drop_in)
           dropout_span(drop.inner_key, static_cast<uint64_t>(drop.row_id[r] * F + b0),

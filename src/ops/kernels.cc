@@ -274,6 +274,18 @@ void activation_forward(Activation act, const float* h, float* a, int64_t n) {
   at_level(forward_baseline, forward_avx2, forward_avx512)(act, h, a, n);
 }
 
+void activation_in_place(Activation act, float* x, int64_t n) {
+  if (act == Activation::kLinear) return;
+  // Through a copy in L1: the kernels' operands are restrict (distinct arrays).
+  constexpr int64_t kChunk = 256;
+  float tmp[kChunk];
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    std::copy_n(x + i, len, tmp);
+    activation_forward(act, tmp, x + i, len);
+  }
+}
+
 void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n) {
   at_level(backward_baseline, backward_avx2, backward_avx512)(act, h, da, dh, n);
 }

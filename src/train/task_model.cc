@@ -200,8 +200,10 @@ EvalResult evaluate_classifier(TaskModel& m, const TokenizedSet& set, int64_t B,
   double loss_sum = 0, correct_sum = 0;
   for (int64_t i = 0, n = num_batches(set, B, max_batches); i < n; ++i) {
     const int64_t real = pack_eval_batch(set, i * B, B, L, batch);
-    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false, .replicated = true}));
-    m.classifier.forward(m.net.pooled_output(), logits, {.training = false});
+    moe.add(m.net.forward({&batch.ids, &batch.mask},
+                          {.training = false, .replicated = true, .save_for_backward = false}));
+    m.classifier.forward(m.net.pooled_output(), logits,
+                         {.training = false, .save_for_backward = false});
     std::vector<float> w(B, 0.0f);
     std::fill(w.begin(), w.begin() + real, 1.0f);
     double correct = 0;
@@ -235,7 +237,8 @@ EvalResult evaluate_mlm(TaskModel& m, const TokenizedSet& set, int64_t B, const 
     mask_batch(batch, mlm, V, derive_key(seed, kDevMask, i));
     const int64_t P = batch.positions.dim(1);
     std::fill(batch.mlm_weights.begin() + real * P, batch.mlm_weights.end(), 0.0f);
-    moe.add(m.net.forward({&batch.ids, &batch.mask}, {.training = false, .replicated = true}));
+    moe.add(m.net.forward({&batch.ids, &batch.mask},
+                          {.training = false, .replicated = true, .save_for_backward = false}));
     m.mlm.forward(m.net.sequence_output(), batch.positions, m.net.embeddings().word, logits);
     double w = 0, correct = 0;
     for (float x : batch.mlm_weights) w += x;
@@ -265,8 +268,9 @@ std::vector<std::vector<float>> predict_probabilities(TaskModel& m,
   Tensor logits;
   for (int64_t i = 0, n = num_batches(set, B, 0); i < n; ++i) {
     const int64_t real = pack_eval_batch(set, i * B, B, L, batch);
-    m.net.forward({&batch.ids, &batch.mask}, {.training = false});
-    m.classifier.forward(m.net.pooled_output(), logits, {.training = false});
+    m.net.forward({&batch.ids, &batch.mask}, {.training = false, .save_for_backward = false});
+    m.classifier.forward(m.net.pooled_output(), logits,
+                         {.training = false, .save_for_backward = false});
     for (int64_t b = 0; b < real; ++b) {
       const float* z = logits.data() + b * C;
       const float mx = *std::max_element(z, z + C);

@@ -18,8 +18,9 @@ class Dense {
   Dense(int64_t in, int64_t out, Activation activation = Activation::kLinear, bool use_bias = true,
         double init_stddev = 0.02, uint64_t seed = 0);
 
-  // x [..., in] -> y [..., out].
-  void forward(const Tensor& x, Tensor& y);
+  // x [..., in] -> y [..., out]. save = false (ForwardOptions::save_for_backward): inference,
+  // no copy of x and no pre-activation kept; backward() then throws.
+  void forward(const Tensor& x, Tensor& y, bool save = true);
   // dy [..., out] -> dx [..., in] (overwritten; null skips it); accumulates kernel/bias grads.
   void backward(const Tensor& dy, Tensor* dx);
 
@@ -42,7 +43,7 @@ class Dense {
   Activation act_;
   Tensor x_;  // [N, in] the last forward's input (a copy)
   Shape x_shape_;
-  Tensor h_;                      // [N, out] pre-activation
+  Tensor h_;                      // [N, out] pre-activation (unused when the activation is linear)
   Tensor dh_;                     // [N, out]
   std::vector<int64_t> offsets_;  // {0, N}: one group of rows for the tiled GEMM
   PackedWeights packed_;          // kernel packed for inference, or empty

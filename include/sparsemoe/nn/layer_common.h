@@ -33,6 +33,10 @@ struct ForwardOptions {
   // training): an expert-parallel MoeLayer runs each expert on its owner and shares the outputs,
   // and the call is the whole batch (units and offsets as for one process). No backward follows.
   bool replicated = false;
+  // false: an inference call, like PyTorch's no_grad. Layers keep only what the forward itself
+  // needs: the dense layers and FFNs skip the copies of their inputs and the pre-activations a
+  // backward reads, and a backward after such a forward throws. Outputs are the same bits.
+  bool save_for_backward = true;
 };
 
 struct ParamRef {

@@ -58,9 +58,11 @@ struct FfnSaved {
   Tensor g2;  // [R, H] backward workspace
 };
 
-// xs [R, H] -> ys [R, H]; fills saved.h / saved.a.
+// xs [R, H] -> ys [R, H]; fills saved.h / saved.a. save = false (inference): saved.h is not
+// written when the FFN has no GLU (the activation runs in place in saved.a), and no backward may
+// follow.
 void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
-                 const FfnDropout& drop, FfnSaved& saved);
+                 const FfnDropout& drop, FfnSaved& saved, bool save = true);
 
 // dys [R, H] -> dxs [R, H] (overwritten; may be null to skip), accumulating weight gradients.
 void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, const float* dys,

@@ -29,6 +29,8 @@ float activate_grad(Activation a, float x);
 // C library and serve as the reference these are tested against.
 void activation_forward(Activation act, const float* h, float* a, int64_t n);
 void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n);
+// x = act(x) in place, the same bits as activation_forward.
+void activation_in_place(Activation act, float* x, int64_t n);
 
 // In-place softmax over each of `rows` rows of length `n` (float32, max-subtracted).
 void softmax_rows(float* x, int64_t rows, int64_t n);

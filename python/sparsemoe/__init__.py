@@ -58,10 +58,11 @@ class _Layer(_Engine):
     def __init__(self, config=None):
         self._impl = self._core_class(_config_text({} if config is None else config))
 
-    def forward(self, x, *, training=False, step=0, paddings=None):
+    def forward(self, x, *, training=False, step=0, paddings=None, save_for_backward=True):
         """x [B, L, H] float32 -> (y [B, L, H], metrics dict). `training` selects jitter, dropout
-        and the train capacity factor; `step` keys their random streams."""
-        return self._impl.forward(x, training, step, paddings)
+        and the train capacity factor; `step` keys their random streams. save_for_backward=False
+        is inference (like torch.no_grad): nothing is kept for a backward, which then raises."""
+        return self._impl.forward(x, training, step, paddings, save_for_backward)
 
     __call__ = forward
 
@@ -114,9 +115,11 @@ class SparseMixer(_Engine):
         self._impl = _core.SparseMixer(_json.dumps(cfg))
 
     def forward(self, input_word_ids, *, input_mask=None, input_type_ids=None, training=False,
-                step=0):
-        """-> (sequence_output, pooled_output, metrics)."""
-        return self._impl.forward(input_word_ids, input_mask, input_type_ids, training, step)
+                step=0, save_for_backward=True):
+        """-> (sequence_output, pooled_output, metrics). save_for_backward=False is inference
+        (like torch.no_grad): the same outputs, nothing kept for a backward, which then raises."""
+        return self._impl.forward(input_word_ids, input_mask, input_type_ids, training, step,
+                                  save_for_backward)
 
     __call__ = forward
 

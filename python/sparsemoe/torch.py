@@ -92,7 +92,7 @@ class _EngineModule(torch.nn.Module):
     def config(self):
         return self._engine.config
 
-    def _run_forward(self, x):
+    def _run_forward(self, x, save=True):
         # Bookkeeping goes through __dict__: nn.Module.__setattr__ costs a microsecond a field.
         state = self.__dict__
         for p, g in self._params:
@@ -101,7 +101,7 @@ class _EngineModule(torch.nn.Module):
                                    "(they are the engine's buffers)")
         training, step = self.training, state["step"]
         state["_last_training"], state["_last_step"] = training, step
-        y, metrics = self._engine._impl.forward(_as_input(x, "x"), training, step, None)
+        y, metrics = self._engine._impl.forward(_as_input(x, "x"), training, step, None, save)
         if training:
             state["step"] = step + 1
         state["_call"] += 1
@@ -121,7 +121,7 @@ class _EngineModule(torch.nn.Module):
 
     def forward(self, x):
         if not torch.is_grad_enabled():  # inference: no graph, no autograd function
-            y, metrics, _ = self._run_forward(x)
+            y, metrics, _ = self._run_forward(x, save=False)
             self.__dict__["metrics"] = metrics
             self.__dict__["aux_loss"] = torch.scalar_tensor(metrics["loss"])
             return y

@@ -52,7 +52,7 @@ struct PyMixer {
       : model(SparseMixerConfig::from_json(py_to_json(config_json, "config"))) {}
 
   py::tuple forward(const py::handle& ids, const py::handle& mask, const py::handle& type_ids,
-                    bool training, uint64_t step) {
+                    bool training, uint64_t step, bool save_for_backward) {
     Tensor ids_t = ids_tensor(ids, "input_word_ids"), mask_t, type_t;
     SparseMixerInputs in;
     in.input_word_ids = &ids_t;
@@ -67,6 +67,7 @@ struct PyMixer {
     ForwardOptions opt;
     opt.training = training;
     opt.step = step;
+    opt.save_for_backward = save_for_backward;
     SparseMixerMetrics m;
     {
       Compute compute(mu);
@@ -125,7 +126,8 @@ void bind_models(py::module_& m) {
   py::class_<PyMixer>(m, "SparseMixer")
       .def(py::init<const std::string&>(), py::arg("config_json"))
       .def("forward", &PyMixer::forward, py::arg("input_word_ids"), py::arg("input_mask"),
-           py::arg("input_type_ids"), py::arg("training"), py::arg("step"))
+           py::arg("input_type_ids"), py::arg("training"), py::arg("step"),
+           py::arg("save_for_backward") = true)
       .def("backward", &PyMixer::backward, py::arg("dsequence"), py::arg("dpooled"))
       .def("parameters", [](const py::object& self) { return mixer_arrays(self, false); })
       .def("gradients", [](const py::object& self) { return mixer_arrays(self, true); })

@@ -54,7 +54,8 @@ struct PyLayer {
       : config(Config::from_json(py_to_json(config_json, "config"))), layer(config) {}
 
   std::pair<py::array_t<float>, py::object> forward(const py::handle& x_obj, bool training,
-                                                    uint64_t step, const py::handle& paddings_obj) {
+                                                    uint64_t step, const py::handle& paddings_obj,
+                                                    bool save_for_backward) {
     py::array x = checked_array(x_obj, "x");
     if (x.ndim() != 3)
       throw py::value_error("argument 'x': expected 3 dimensions [B, L, H], got shape " +
@@ -63,6 +64,7 @@ struct PyLayer {
     ForwardOptions opt;
     opt.training = training;
     opt.step = step;
+    opt.save_for_backward = save_for_backward;
     if (!paddings_obj.is_none()) {
       p_t = borrow(checked_array(paddings_obj, "paddings"));  // the caller keeps it alive
       opt.paddings = &p_t;
@@ -136,8 +138,9 @@ void bind_layer(py::module_& m, const char* name, const char* doc) {
   py::class_<P>(m, name, doc)
       .def(py::init<const std::string&>(), py::arg("config_json"))
       .def("forward", &P::forward, py::arg("x"), py::arg("training") = false, py::arg("step") = 0,
-           py::arg("paddings") = py::none(),
-           "x [B, L, H] float32 -> (y [B, L, H], metrics dict). Reads x in place.")
+           py::arg("paddings") = py::none(), py::arg("save_for_backward") = true,
+           "x [B, L, H] float32 -> (y [B, L, H], metrics dict). Reads x in place. "
+           "save_for_backward=False: inference (no_grad), no backward may follow.")
       .def("backward", &P::backward, py::arg("dy"), py::arg("loss_scale") = 1.0,
            "dy [B, L, H] -> dx; accumulates the parameters' gradients (routing losses included, "
            "scaled by loss_scale).")

@@ -192,6 +192,19 @@ def test_with_backbone_adds_a_dense_ffn():
     np.testing.assert_allclose(y - y_moe.detach().numpy(), dense_ffn(bb, xt), rtol=1e-4, atol=3e-5)
 
 
+def test_inference_without_saving_gives_the_same_output_and_refuses_a_backward():
+    cfg = {"moe": config(ROUTERS["tokens_choose_k1"]), "backbone": {"d_ff": 24}}
+    layer = sparsemoe.MoeLayerWithBackbone(cfg)
+    x = np.random.default_rng(5).normal(0, 1, (2, 8, H)).astype(np.float32)
+    y, _ = layer.forward(x)
+    y2, _ = layer.forward(x, save_for_backward=False)
+    np.testing.assert_array_equal(y, y2)
+    with pytest.raises(ValueError, match="save_for_backward"):
+        layer.backward(np.ones_like(y))
+    layer.forward(x)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
 def dense_ffn(w, x):
     names = sorted(w)
     k1 = next(n for n in names if n.startswith("intermediate") and n.endswith("kernel"))

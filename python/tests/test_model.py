@@ -42,6 +42,18 @@ def test_forward_shapes_determinism_and_dropout():
     np.testing.assert_array_equal(t0, t0b)
 
 
+def test_inference_without_saving_gives_the_same_outputs_and_refuses_a_backward():
+    m, ids, mask = make()
+    seq, pooled, _ = m.forward(ids, input_mask=mask)
+    seq2, pooled2, _ = m.forward(ids, input_mask=mask, save_for_backward=False)
+    np.testing.assert_array_equal(seq, seq2)
+    np.testing.assert_array_equal(pooled, pooled2)
+    with pytest.raises(ValueError, match="save_for_backward"):
+        m.backward(dpooled=np.ones_like(pooled))
+    m.forward(ids, input_mask=mask)  # a saving forward: the backward works again
+    m.backward(dpooled=np.ones_like(pooled))
+
+
 def test_finite_differences_through_the_encoder():
     # L = sum(seq * a) + sum(pooled * b) + routing loss, against central differences along a
     # random direction of several weights (float32 engine; eps small enough that no token

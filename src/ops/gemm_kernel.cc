@@ -24,20 +24,24 @@ namespace sparsemoe {
 
 namespace {
 
-// Blocking. Many rows: k chunks of kKc (an AVX-512 B micro-panel is kKc x 32 floats = 32 KiB)
-// and B packed kNcPanels panels at a time. Few rows (at most kFewRows: decode, a few tokens per
-// expert): B is streamed from memory and used once, so it is read in place, not packed, in chunks
-// of a few whole rows (kFewKc(m) rows, up to kFewCols wide): each chunk is one contiguous stretch
-// of memory, and the micro-kernels' prefetch of the next chunk keeps the stream going. Panel by
-// panel down all k instead, the reads are 128 bytes a weight row apart and run at a quarter of the
-// machine's read bandwidth. The shorter the chunk, the more often C is loaded and stored: 8 rows
-// when m <= 8, 32 up to kFewRows (measured on Zen 4, docs/performance.md).
-constexpr int64_t kKc = 256;
+// Blocking. Many rows: k chunks of kKc512 at AVX-512 (a B micro-panel of 512 x 32 floats, 64 KiB,
+// streamed from L2: on a Xeon (Emerald Rapids) 2-5% faster than 256 on the forward shapes and
+// never slower, in call-by-call alternation, docs/performance.md) and kKc256 at AVX2 (512 was no
+// faster there), and B packed kNcPanels panels at a time. The chunk length never changes a bit:
+// C is stored and reloaded in fp32 between chunks, one FMA chain per element. Few rows (at most
+// kFewRows: decode, a few tokens per expert): B is streamed from memory and used once, so it is
+// read in place, not packed, in chunks of a few whole rows (kFewKc(m) rows, up to kFewCols wide):
+// each chunk is one contiguous stretch of memory, and the micro-kernels' prefetch of the next chunk
+// keeps the stream going. Panel by panel down all k instead, the reads are 128 bytes a weight row
+// apart and run at a quarter of the machine's read bandwidth. The shorter the chunk, the more often
+// C is loaded and stored: 8 rows when m <= 8, 32 up to kFewRows (measured on Zen 4,
+// docs/performance.md).
+constexpr int64_t kKc512 = 512, kKc256 = 256;
 constexpr int64_t kNcPanels = 8;
 constexpr int64_t kFewRows = 32;
 constexpr int64_t kFewCols = 4096;
 constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
-constexpr int64_t kMc = 512;  // rows per A block: 512 x kKc floats = 512 KiB per k chunk
+constexpr int64_t kMc = 512;  // rows per A block: 512 x kc floats per k chunk
 // A packed row block holds all of k, so that every column group reuses it. Its size per thread is
 // bounded (4 MiB): with a long k (the MLM head's dX = dLogits . Table sums over the vocabulary)
 // the block has fewer rows instead, and B is packed once per block more.
@@ -389,7 +393,7 @@ struct Ahead {
   }
 };
 
-template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
+template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto& wide>
 [[gnu::always_inline]] inline void native_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b,
                                                float* c, int64_t ldc, bool accumulate,
                                                const GemmEpilogue* epilogue, const float* packed) {
@@ -400,7 +404,7 @@ template <int64_t mr, int64_t nr, const auto& micro, const auto& wide>
   const bool in_place = m <= kFewRows && b.col_stride == 1;
   // B packed beforehand ([panel][k][nr] from this call's first column): read, not packed.
   if (in_place) packed = nullptr;
-  const int64_t kb = in_place ? kFewKc(m) : kKc;
+  const int64_t kb = in_place ? kFewKc(m) : kc_many;
   const int64_t nc = in_place ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
   float* tile = c_scratch.get(mr * nr);
   // A is always packed, a transposed one (weight gradients: X^T) too: read in place, its k steps
@@ -478,15 +482,15 @@ __attribute__((target("avx512f"))) void native_avx512(int64_t m, int64_t n, int6
                                                       MatRef b, float* c, int64_t ldc,
                                                       bool accumulate, const GemmEpilogue* epi,
                                                       const float* packed) {
-  native_gemm<kMr512, kNr512, kMicro512, kWideFns512>(m, n, k, a, b, c, ldc, accumulate, epi,
-                                                      packed);
+  native_gemm<kMr512, kNr512, kKc512, kMicro512, kWideFns512>(m, n, k, a, b, c, ldc, accumulate,
+                                                              epi, packed);
 }
 __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64_t k, MatRef a,
                                                      MatRef b, float* c, int64_t ldc,
                                                      bool accumulate, const GemmEpilogue* epi,
                                                      const float* packed) {
-  native_gemm<kMr256, kNr256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate, epi,
-                                                      packed);
+  native_gemm<kMr256, kNr256, kKc256, kMicro256, kWideFns256>(m, n, k, a, b, c, ldc, accumulate,
+                                                              epi, packed);
 }
 
 // One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .

@@ -382,16 +382,26 @@ TEST(SparseMixer, ForwardWithoutSavingGivesTheSameBitsAndRefusesABackward) {
         ASSERT_EQ((*a)[i], (*b)[i]) << "glu " << glu << " " << i;
     }
     Tensor dpooled(inference.pooled_output().shape(), 1.f);
-    try {
-      inference.backward(nullptr, &dpooled);
-      ADD_FAILURE() << "backward after a forward that saved nothing";
-    } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find("save_for_backward"), std::string::npos) << e.what();
+    const Tensor dseq = random_tensor(inference.sequence_output().shape(), 8);
+    zero_grads(inference.params());
+    // Refused before anything is written: the top block's layer norm would otherwise add into
+    // its gradients before the FFN below it found nothing saved.
+    for (const bool with_pooled : {false, true}) {
+      try {
+        inference.backward(&dseq, with_pooled ? &dpooled : nullptr);
+        ADD_FAILURE() << "backward after a forward that saved nothing";
+      } catch (const InvalidArgument& e) {
+        EXPECT_NE(std::string(e.what()).find("save_for_backward"), std::string::npos) << e.what();
+      }
+      for (const ParamRef& p : inference.params())
+        for (int64_t j = 0; j < p.grad->numel(); ++j)
+          ASSERT_EQ((*p.grad)[j], 0.f) << p.name << " written by a refused backward";
     }
     // A saving forward afterwards makes the backward possible again, with the saving net's bits.
     inference.forward({&ids, &mask}, {.training = false});
-    inference.backward(nullptr, &dpooled);
-    saving.backward(nullptr, &dpooled);
+    zero_grads(saving.params());
+    inference.backward(&dseq, &dpooled);
+    saving.backward(&dseq, &dpooled);
     const auto pa = saving.params(), pb = inference.params();
     for (size_t i = 0; i < pa.size(); ++i)
       for (int64_t j = 0; j < pa[i].grad->numel(); ++j)

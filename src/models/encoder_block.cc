@@ -95,6 +95,14 @@ void EncoderBlock::ff_backward(const Tensor& d, Tensor& dx) {
 
 MoeMetrics EncoderBlock::forward(const Tensor& x, const Tensor* mask, Tensor& y,
                                  const ForwardOptions& opt) {
+  saved_ = false;
+  const MoeMetrics met = forward_sublayers(x, mask, y, opt);
+  saved_ = opt.save_for_backward;
+  return met;
+}
+
+MoeMetrics EncoderBlock::forward_sublayers(const Tensor& x, const Tensor* mask, Tensor& y,
+                                           const ForwardOptions& opt) {
   if (config_.norm_first) {
     // a = x + Mix(LN1(x)); y = a + F(LN2(a))
     ln1_.forward(x, n1_);
@@ -117,6 +125,9 @@ MoeMetrics EncoderBlock::forward(const Tensor& x, const Tensor* mask, Tensor& y,
 }
 
 void EncoderBlock::backward(const Tensor& dy, Tensor& dx) {
+  // Checked before the layer norms add into their gradients.
+  check_arg(saved_,
+            "EncoderBlock::backward: call forward first (with ForwardOptions::save_for_backward)");
   if (config_.norm_first) {
     ff_backward(dy, g_);     // d n2
     ln2_.backward(g_, g2_);  // d a (through the FF branch)

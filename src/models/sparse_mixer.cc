@@ -277,6 +277,7 @@ const Tensor& SparseMixer::sequence_output() const {
 
 SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const ForwardOptions& opt) {
   const SparseMixerConfig& c = config_;
+  saved_ = false;  // until this forward completes
   check_arg(in.input_word_ids != nullptr, "input_word_ids: required");
   const Tensor& ids = *in.input_word_ids;
   check_arg(ids.rank() == 2,
@@ -363,10 +364,14 @@ SparseMixerMetrics SparseMixer::forward(const SparseMixerInputs& in, const Forwa
   for (int64_t b = 0; b < B; ++b)
     std::copy(last.data() + b * L * H, last.data() + b * L * H + H, first_.data() + b * H);
   pooler_.forward(first_, pooled_, opt.save_for_backward);
+  saved_ = opt.save_for_backward;
   return met;
 }
 
 void SparseMixer::backward(const Tensor* dsequence, const Tensor* dpooled, Tensor* ddense) {
+  // Checked before any gradient is touched (a layer further down would throw half-way through).
+  check_arg(saved_,
+            "SparseMixer::backward: call forward first (with ForwardOptions::save_for_backward)");
   const Tensor& last = hidden_.back();
   const int64_t B = last.dim(0), L = last.dim(1), H = last.dim(2);
   g_.resize(last.shape());

@@ -58,6 +58,8 @@ class EncoderBlock {
  private:
   void mix_forward(const Tensor& in, const Tensor* mask, Tensor& out, const ForwardOptions& opt);
   void mix_backward(const Tensor& d, Tensor& dx);
+  MoeMetrics forward_sublayers(const Tensor& x, const Tensor* mask, Tensor& y,
+                               const ForwardOptions& opt);
   MoeMetrics ff_forward(const Tensor& in, Tensor& out, const ForwardOptions& opt);
   void ff_backward(const Tensor& d, Tensor& dx);
 
@@ -71,6 +73,7 @@ class EncoderBlock {
   // Saved activations (the sublayers keep pointers to their inputs).
   Tensor n1_, m_, s1_, a_, n2_, f_, s2_;
   Tensor g_, g2_, g3_, g4_;  // backward workspaces
+  bool saved_ = false;       // the last forward completed and saved for a backward
 };
 
 }  // namespace sparsemoe

@@ -195,6 +195,7 @@ class SparseMixer {
   Tensor sliced_;               // [B, output_range, H] when output_range is set
   Tensor first_, pooled_;       // [B, H]
   Tensor g_, g2_, dfirst_;      // backward workspaces
+  bool saved_ = false;          // the last forward completed and saved for a backward
 };
 
 }  // namespace sparsemoe

@@ -3,6 +3,9 @@
 // and without bias: the harness's nn/dense cases.
 #include <gtest/gtest.h>
 
+#include <array>
+#include <vector>
+
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/nn/dense.h"
@@ -60,6 +63,51 @@ TEST(TiledGemm, ColumnSplitsFollowTheThreads) {
   EXPECT_EQ(col_splits(3, 4096, 4), 8);
   EXPECT_EQ(col_width(1000, 4), 256);  // tiles start on 32-column panels
   EXPECT_EQ(col_width(1000, 1), 1024);
+}
+
+// With packed weights, the largest row tiles are halved first (down to min_rows), in row order.
+TEST(TiledGemm, RowSplitsBeforeColumnsWithPackedWeights) {
+  const int64_t one[2] = {0, 2048};
+  auto tiles = split_rows(row_tiles(one, 1), 2);  // 4 tiles of 512 -> 8 of 256
+  ASSERT_EQ(tiles.size(), 8u);
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    EXPECT_EQ(tiles[i].begin, static_cast<int64_t>(i) * 256);
+    EXPECT_EQ(tiles[i].end, static_cast<int64_t>(i + 1) * 256);
+  }
+  EXPECT_EQ(split_rows(row_tiles(one, 1), 1).size(), 4u);  // one thread: as they are
+  const int64_t small[2] = {0, 200};
+  EXPECT_EQ(split_rows(row_tiles(small, 1), 2).size(), 1u);  // halves would be under 128 rows
+  // Unequal groups (experts): the largest is split, each half stays in its group.
+  const int64_t experts[4] = {0, 100, 700, 730};
+  tiles = split_rows(row_tiles(experts, 3), 2);
+  std::vector<std::array<int64_t, 3>> got;
+  for (const auto& t : tiles) got.push_back({t.group, t.begin, t.end});
+  const std::vector<std::array<int64_t, 3>> want = {{0, 0, 100},   {1, 100, 228}, {1, 228, 356},
+                                                    {1, 356, 484}, {1, 484, 612}, {1, 612, 700},
+                                                    {2, 700, 730}};
+  EXPECT_EQ(got, want);
+}
+
+// Packed (inference) weights split rows, not columns: same bits as the training forward at any
+// thread count, with row counts that split into halves of unequal sizes.
+TEST(TiledGemm, PackedDenseBitsDoNotDependOnTheRowSplit) {
+  Dense d(96, 1000, Activation::kGelu, true, 0.5, 4);
+  d.bias = random_tensor({1000}, 5);
+  for (const int64_t rows : {int64_t{24}, int64_t{300}, int64_t{1100}}) {
+    const Tensor x = random_tensor({rows, 96}, 6);
+    set_num_threads(1);
+    Tensor ref;
+    d.forward(x, ref, false);
+    d.prepare_inference();
+    for (int threads : {1, 2, 3, 4}) {
+      set_num_threads(threads);
+      Tensor y;
+      d.forward(x, y, false);
+      EXPECT_TRUE(test::bitwise_equal(ref, y)) << "rows " << rows << ", " << threads << " threads";
+    }
+    d.release_inference();
+    set_num_threads(0);
+  }
 }
 
 // The column split changes with the thread count, the bits must not: forward and backward at 1,

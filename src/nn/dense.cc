@@ -53,21 +53,23 @@ void Dense::forward(const Tensor& x, Tensor& y, bool save) {
   float* h = keep_h ? h_.data() : y.data();
   offsets_ = {0, N};
   // h = x . W on the GEMM kernel; bias and activation in its write-out, per finished block.
-  for_tiles(row_tiles(offsets_.data(), 1), out_, [&](const RowTile& t, int64_t c0, int64_t c1) {
-    const GemmEpilogue epilogue = [&](int64_t r0, int64_t rows, int64_t j0, int64_t cols) {
-      for (int64_t r = t.begin + r0; r < t.begin + r0 + rows; ++r) {
-        float* hr = h + r * out_ + c0 + j0;
-        for (int64_t j = 0; bias.numel() && j < cols; ++j) hr[j] += bias[c0 + j0 + j];
-        if (keep_h)
-          activation_forward(act_, hr, y.data() + r * out_ + c0 + j0, cols);
-        else
-          activation_in_place(act_, hr, cols);
-      }
-    };
-    kernel_gemm(t.end - t.begin, c1 - c0, in_, MatRef::rows(x.data() + t.begin * in_, in_),
-                MatRef::rows(kernel.data() + c0, out_), h + t.begin * out_ + c0, out_, false,
-                &epilogue, packed_.panels(0, c0, in_));
-  });
+  for_tiles(
+      row_tiles(offsets_.data(), 1), out_, !packed_.empty(),
+      [&](const RowTile& t, int64_t c0, int64_t c1) {
+        const GemmEpilogue epilogue = [&](int64_t r0, int64_t rows, int64_t j0, int64_t cols) {
+          for (int64_t r = t.begin + r0; r < t.begin + r0 + rows; ++r) {
+            float* hr = h + r * out_ + c0 + j0;
+            for (int64_t j = 0; bias.numel() && j < cols; ++j) hr[j] += bias[c0 + j0 + j];
+            if (keep_h)
+              activation_forward(act_, hr, y.data() + r * out_ + c0 + j0, cols);
+            else
+              activation_in_place(act_, hr, cols);
+          }
+        };
+        kernel_gemm(t.end - t.begin, c1 - c0, in_, MatRef::rows(x.data() + t.begin * in_, in_),
+                    MatRef::rows(kernel.data() + c0, out_), h + t.begin * out_ + c0, out_, false,
+                    &epilogue, packed_.panels(0, c0, in_));
+      });
   if (save) x_shape_ = x.shape();
 }
 

@@ -25,7 +25,7 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   auto packed = [](const PackedWeights* w, int64_t g, int64_t c0, int64_t k) {
     return w ? w->panels(g, c0, k) : nullptr;
   };
-  for_tiles(tiles, F, [&](const RowTile& t, int64_t c0, int64_t c1) {
+  for_tiles(tiles, F, p.w1_packed != nullptr, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const int64_t rows = t.end - t.begin;
     const float* w1 = p.w1 + t.group * H * F1;
     const MatRef x = MatRef::rows(xs + t.begin * H, H);
@@ -56,7 +56,7 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
     kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), h + t.begin * F1 + c0, F1, false,
                 &epilogue, packed(p.w1_packed, t.group, c0, H));
   });
-  for_tiles(tiles, H, [&](const RowTile& t, int64_t c0, int64_t c1) {
+  for_tiles(tiles, H, p.w2_packed != nullptr, [&](const RowTile& t, int64_t c0, int64_t c1) {
     const float* b = p.b2 ? p.b2 + t.group * H : nullptr;
     const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
       for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {

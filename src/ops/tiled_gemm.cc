@@ -2,6 +2,7 @@
 #include "sparsemoe/ops/tiled_gemm.h"
 
 #include <algorithm>
+#include <cstddef>
 
 namespace sparsemoe {
 
@@ -23,6 +24,23 @@ int64_t col_splits(int64_t row_items, int64_t cols, int64_t threads, int64_t min
   int64_t s = 1;
   while (row_items * s < target && cols / (s * 2) >= min_width) s *= 2;
   return s;
+}
+
+std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads, int64_t min_rows) {
+  const size_t target = threads > 1 ? static_cast<size_t>(4 * threads) : 1;
+  while (tiles.size() < target) {
+    // The largest tile (the first of equals), halved if both halves keep min_rows rows.
+    size_t big = 0;
+    for (size_t i = 1; i < tiles.size(); ++i)
+      if (tiles[i].end - tiles[i].begin > tiles[big].end - tiles[big].begin) big = i;
+    if (tiles.empty() || tiles[big].end - tiles[big].begin < 2 * min_rows) break;
+    const RowTile t = tiles[big];
+    const int64_t mid = t.begin + (t.end - t.begin) / 2;
+    tiles[big].end = mid;
+    tiles.insert(tiles.begin() + static_cast<std::ptrdiff_t>(big) + 1,
+                 RowTile{t.group, mid, t.end});
+  }
+  return tiles;
 }
 
 int64_t col_width(int64_t cols, int64_t splits) {

@@ -1,13 +1,14 @@
 // The parallel layer over kernel_gemm (ops/gemm_kernel.h) shared by the expert FFN, the dense
-// layers and the heads: work split into tiles (row tiles of 512 within each group of rows, columns
-// split only when there are too few row tiles to occupy the threads), each tile one
-// single-threaded kernel call whose every output element is one FMA chain over k, so results are
-// bitwise identical for any thread count.
+// layers and the heads: work split into tiles (row tiles of 512 within each group of rows; when
+// there are too few to occupy the threads, rows halved first if the weights are packed, else
+// columns split), each tile one single-threaded kernel call whose every output element is one FMA
+// chain over k, so results are bitwise identical for any thread count.
 // Groups are experts (rows [offsets[g], offsets[g+1]) use expert g's weights); a dense layer is
 // one group.
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "sparsemoe/core/parallel.h"
@@ -35,16 +36,31 @@ int64_t col_splits(int64_t row_items, int64_t cols, int64_t threads, int64_t min
 // last tile may be narrower, or empty).
 int64_t col_width(int64_t cols, int64_t splits);
 
-// Runs fn(tile, c0, c1) over every (row tile, column tile) pair, in parallel.
+// With B packed beforehand (inference weights), splitting a row tile packs nothing more, while a
+// column split packs (transposes) the tile's A once per column tile: so the largest row tiles are
+// halved first, while both halves keep min_rows rows, until there are four items per thread, and
+// columns are split only after that. Without packed weights a row split would pack B once more
+// per half, so columns are split as before. Row splits never change a bit either (rows are
+// independent). Tiles stay in row order.
+std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads,
+                                int64_t min_rows = 128);
+
+// Runs fn(tile, c0, c1) over every (row tile, column tile) pair, in parallel. b_packed: every
+// call's B operand was packed beforehand (see split_rows).
 template <class Fn>
-void for_tiles(const std::vector<RowTile>& tiles, int64_t cols, Fn&& fn) {
-  const int64_t n = static_cast<int64_t>(tiles.size());
+void for_tiles(const std::vector<RowTile>& row_tiles, int64_t cols, bool b_packed, Fn&& fn) {
+  const std::vector<RowTile> split = b_packed ? split_rows(row_tiles, num_threads()) : row_tiles;
+  const int64_t n = static_cast<int64_t>(split.size());
   const int64_t splits = col_splits(n, cols, num_threads());
   const int64_t width = col_width(cols, splits);
   parallel_for(n * splits, [&](int64_t item) {
     const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
-    if (c0 < c1) fn(tiles[item / splits], c0, c1);
+    if (c0 < c1) fn(split[item / splits], c0, c1);
   });
+}
+template <class Fn>
+void for_tiles(const std::vector<RowTile>& row_tiles, int64_t cols, Fn&& fn) {
+  for_tiles(row_tiles, cols, false, std::forward<Fn>(fn));
 }
 
 // dW[g] [K, N] += A[rows_g]^T [K, M_g] . B[rows_g] [M_g, N] for each group, A [R, K] and B [R, N]

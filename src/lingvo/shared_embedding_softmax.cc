@@ -7,10 +7,11 @@
 
 #include "sparsemoe/core/config_io.h"
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/init.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/kernels.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
 
@@ -79,10 +80,21 @@ SoftmaxLossResult SharedEmbeddingSoftmax::compute_loss(const Tensor& activation,
   for (int64_t n = 0; n < N; ++n) nonpad_[n] = segment_ids[n] != 0.f ? 1.f : 0.f;
 
   // logits = (activation * D^-0.5) . embedding^T, optionally clipped.
+  // On the engine's GEMM kernel, in tiles over the threads: its bits do not depend on the SIMD
+  // level or the BLAS library (a library's kernels, chosen by CPU, round differently).
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   raw_logits_.resize({N, V});
-  gemm(false, true, N, V, D, scale, activation.data(), D, embedding.data(), D, 0.f,
-       raw_logits_.data(), V);
+  const int64_t rows[2] = {0, N};
+  float* raw_logits = raw_logits_.data();
+  for_tiles(row_tiles(rows, 1), V, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    float* out = raw_logits + t.begin * V + c0;
+    const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
+      for (int64_t r = r0; r < r0 + nr; ++r)
+        for (int64_t j = j0; j < j0 + nc; ++j) out[r * V + j] *= scale;
+    };
+    kernel_gemm(t.end - t.begin, c1 - c0, D, MatRef::rows(activation.data() + t.begin * D, D),
+                MatRef::transposed(embedding.data() + c0 * D, D), out, V, false, &epilogue);
+  });
   probs_.resize({N, V});
   lse_.resize(N);
   const float clip = static_cast<float>(config_.logits_abs_max);
@@ -137,6 +149,7 @@ void SharedEmbeddingSoftmax::compute_loss_backward(double dloss, Tensor& dactiva
   const double ls = config_.label_smoothing, off = ls / V, on = 1.0 - ls + off;
   const double zc = config_.z_loss_coef;
   const float clip = static_cast<float>(config_.logits_abs_max);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   dlogits_.resize({N, V});
   for (int64_t n = 0; n < N; ++n) {
     float* g = dlogits_.data() + n * V;
@@ -147,15 +160,18 @@ void SharedEmbeddingSoftmax::compute_loss_backward(double dloss, Tensor& dactiva
       const double target = v == labels_[n] ? on : off;
       double d = w * (p[v] - target + 2.0 * zc * lse_[n] * p[v]);
       if (clip > 0 && (raw[v] > clip || raw[v] < -clip)) d = 0;  // clipped: no gradient
-      g[v] = static_cast<float>(d);
+      g[v] = static_cast<float>(d * scale);  // the logits' scale, applied once here
     }
   }
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  // dactivation = g . embedding; embedding_grad += g^T . activation (tiles over the vocabulary).
   dactivation.resize(act_shape_);
-  gemm(false, false, N, D, V, scale, dlogits_.data(), V, embedding.data(), D, 0.f,
-       dactivation.data(), D);
-  gemm(true, false, V, D, N, scale, dlogits_.data(), V, act_.data(), D, 1.f, embedding_grad.data(),
-       D);
+  const int64_t rows[2] = {0, N};
+  for_tiles(row_tiles(rows, 1), D, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    kernel_gemm(t.end - t.begin, c1 - c0, V, MatRef::rows(dlogits_.data() + t.begin * V, V),
+                MatRef::rows(embedding.data() + c0, D), dactivation.data() + t.begin * D + c0, D,
+                false);
+  });
+  add_weight_grad(rows, 1, dlogits_.data(), V, act_.data(), D, embedding_grad.data());
 }
 
 }  // namespace sparsemoe

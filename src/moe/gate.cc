@@ -7,10 +7,11 @@
 #include <vector>
 
 #include "sparsemoe/core/errors.h"
-#include "sparsemoe/core/gemm.h"
 #include "sparsemoe/core/init.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/rng.h"
+#include "sparsemoe/ops/gemm_kernel.h"
+#include "sparsemoe/ops/tiled_gemm.h"
 
 namespace sparsemoe {
 
@@ -37,8 +38,17 @@ void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
   } else {
     std::memcpy(xin, x, N * H * sizeof(float));
   }
+  // The router's GEMMs run on the engine's kernel (ops/gemm_kernel.h), not the BLAS library: a
+  // library picks its kernels by CPU (oneDNN's AVX2 and AVX-512 ones round differently), and one
+  // changed bit in a logit can change a routing decision, so a model trained on an AVX2 machine
+  // differed from one trained on an AVX-512 machine. Row tiles over the threads.
   logits.resize({N, E});
-  matmul(N, E, H, xin, w.kernel.data(), logits.data());
+  float* out = logits.data();
+  parallel_for((N + kRowTile - 1) / kRowTile, [&](int64_t i) {
+    const int64_t r0 = i * kRowTile, rows = std::min(kRowTile, N - r0);
+    kernel_gemm(rows, E, H, MatRef::rows(xin + r0 * H, H), MatRef::rows(w.kernel.data(), E),
+                out + r0 * E, E, false);
+  });
   if (w.bias.numel())
     parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n)
@@ -54,8 +64,8 @@ void gate_weight_grads(const float* xin, const float* dl, int64_t n, int64_t H, 
   constexpr int64_t kTile = 64;
   parallel_for((H + kTile - 1) / kTile, [&](int64_t i) {
     const int64_t h0 = i * kTile, rows = std::min(kTile, H - h0);
-    gemm(true, false, rows, E, n, 1.f, xin + h0, H, dl, E, accumulate ? 1.f : 0.f, kernel + h0 * E,
-         E);
+    kernel_gemm(rows, E, n, MatRef::transposed(xin + h0, H), MatRef::rows(dl, E), kernel + h0 * E,
+                E, accumulate);
   });
   if (!bias) return;
   if (!accumulate) std::fill(bias, bias + E, 0.f);
@@ -75,7 +85,8 @@ void gate_backward(GateWeights& w, const Tensor& gate_in, const float* dl, const
   workspace.resize({N, H});
   parallel_for_range(N, 256, [&](int64_t b, int64_t e) {
     float* tmp = workspace.data() + b * H;
-    gemm(false, true, e - b, H, E, 1.f, dl + b * E, E, w.kernel.data(), E, 0.f, tmp, H);
+    kernel_gemm(e - b, H, E, MatRef::rows(dl + b * E, E), MatRef::transposed(w.kernel.data(), E),
+                tmp, H, false);
     for (int64_t i = 0; i < (e - b) * H; ++i) {
       const int64_t flat = b * H + i;
       dx[flat] += tmp[i] * (noise.jittered ? jitter(noise, flat) : 1.f);

@@ -90,7 +90,7 @@ class SharedEmbeddingSoftmax {
   std::vector<int64_t> labels_;  // [N]
   std::vector<float> nonpad_;    // [N]
   double denom_ = 1;
-  Tensor dlogits_;  // [N, V]
+  Tensor dlogits_;  // [N, V] dloss/dlogits times the logits' scale D^-0.5
 };
 
 }  // namespace sparsemoe

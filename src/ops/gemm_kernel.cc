@@ -1,10 +1,10 @@
 // The engine's GEMM micro-kernels and their blocking (see gemm_kernel.h). Loop order: rows in
-// blocks of kMc (A packed once per block into [k][MR] micro-panels, a transposed A too); columns in
-// groups; k in chunks, inside the group, so the group's C block stays in L2 between chunks; each
-// chunk's B packed into [k][NR] panels (or read in place when the rows are few) that every row
-// block then uses. The micro-kernels keep an MR x NR tile of C in registers (14 x 32: 28 of 32 zmm,
-// at AVX-512; 6 x 16: 12 of 16 ymm, at AVX2) and run one FMA chain per element over the chunk. The
-// epilogue runs per row block of a finished group.
+// blocks of kMc, kMcPacked with B packed beforehand (A packed once per block into [k][MR]
+// micro-panels, a transposed A too); columns in groups; k in chunks, inside the group, so the
+// group's C block stays in L2 between chunks; each chunk's B packed into [k][NR] panels (or read in
+// place when the rows are few) that every row block then uses. The micro-kernels keep an MR x NR
+// tile of C in registers (14 x 32: 28 of 32 zmm, at AVX-512; 6 x 16: 12 of 16 ymm, at AVX2) and run
+// one FMA chain per element over the chunk. The epilogue runs per row block of a finished group.
 #include "sparsemoe/ops/gemm_kernel.h"
 
 #include <immintrin.h>
@@ -42,6 +42,12 @@ constexpr int64_t kFewRows = 32;
 constexpr int64_t kFewCols = 4096;
 constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
 constexpr int64_t kMc = 512;  // rows per A block: 512 x kc floats per k chunk
+// With B packed beforehand, fewer: nothing is packed per block then, and a small A block (and
+// its C block) stays in L2 for all of a column group's panels. One thread, packed weights, on a
+// Xeon (Emerald Rapids), call-by-call alternation: 512 x 768 x 3072 117 -> 152 GFLOP/s, 512 x
+// 2048 x 512 135 -> 151, and never slower; the AVX2 path 73 -> 78-81. Per call-packed B stays
+// at kMc: there a smaller block packs B more often (97 -> 73 GFLOP/s at 84 rows).
+constexpr int64_t kMcPacked = 112;
 // A packed row block holds all of k, so that every column group reuses it. Its size per thread is
 // bounded (4 MiB): with a long k (the MLM head's dX = dLogits . Table sums over the vocabulary)
 // the block has fewer rows instead, and B is packed once per block more.
@@ -412,7 +418,8 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
   // weight-gradient GEMMs ran 15-40% faster packed on a Xeon, docs/performance.md).
   const int64_t chunks = (k + kb - 1) / kb;
   float* bp = b_scratch.get(kb * nc);
-  const int64_t row_block = std::clamp(kPackedAFloats / (chunks * kb) / mr * mr, mr, kMc);
+  const int64_t mc_max = packed ? std::max(mr, kMcPacked / mr * mr) : kMc;
+  const int64_t row_block = std::clamp(kPackedAFloats / (chunks * kb) / mr * mr, mr, mc_max);
   for (int64_t i0 = 0; i0 < m; i0 += row_block) {
     const int64_t mc = std::min(row_block, m - i0);
     const int64_t blocks = (mc + mr - 1) / mr;

@@ -41,13 +41,12 @@ void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
   // The router's GEMMs run on the engine's kernel (ops/gemm_kernel.h), not the BLAS library: a
   // library picks its kernels by CPU (oneDNN's AVX2 and AVX-512 ones round differently), and one
   // changed bit in a logit can change a routing decision, so a model trained on an AVX2 machine
-  // differed from one trained on an AVX-512 machine. Row tiles over the threads.
+  // differed from one trained on an AVX-512 machine.
   logits.resize({N, E});
-  float* out = logits.data();
-  parallel_for((N + kRowTile - 1) / kRowTile, [&](int64_t i) {
-    const int64_t r0 = i * kRowTile, rows = std::min(kRowTile, N - r0);
-    kernel_gemm(rows, E, H, MatRef::rows(xin + r0 * H, H), MatRef::rows(w.kernel.data(), E),
-                out + r0 * E, E, false);
+  const int64_t rows[2] = {0, N};
+  for_tiles(row_tiles(rows, 1), E, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    kernel_gemm(t.end - t.begin, c1 - c0, H, MatRef::rows(xin + t.begin * H, H),
+                MatRef::rows(w.kernel.data() + c0, E), logits.data() + t.begin * E + c0, E, false);
   });
   if (w.bias.numel())
     parallel_for_range(N, 1024, [&](int64_t b, int64_t e) {

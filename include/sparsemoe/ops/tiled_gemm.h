@@ -49,13 +49,15 @@ std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads,
 // call's B operand was packed beforehand (see split_rows).
 template <class Fn>
 void for_tiles(const std::vector<RowTile>& row_tiles, int64_t cols, bool b_packed, Fn&& fn) {
-  const std::vector<RowTile> split = b_packed ? split_rows(row_tiles, num_threads()) : row_tiles;
-  const int64_t n = static_cast<int64_t>(split.size());
+  std::vector<RowTile> split;  // only when rows are split: the caller's tiles are not copied
+  if (b_packed) split = split_rows(row_tiles, num_threads());
+  const std::vector<RowTile>& tiles = b_packed ? split : row_tiles;
+  const int64_t n = static_cast<int64_t>(tiles.size());
   const int64_t splits = col_splits(n, cols, num_threads());
   const int64_t width = col_width(cols, splits);
   parallel_for(n * splits, [&](int64_t item) {
     const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
-    if (c0 < c1) fn(split[item / splits], c0, c1);
+    if (c0 < c1) fn(tiles[item / splits], c0, c1);
   });
 }
 template <class Fn>

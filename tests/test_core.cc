@@ -11,6 +11,7 @@
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/moe/routing.h"
 #include "sparsemoe/ops/kernels.h"
+#include "sparsemoe/ops/simd.h"
 #include "test_util.h"
 
 namespace sparsemoe {
@@ -107,17 +108,23 @@ TEST(Kernels, FastActivationsMatchLibraryMath) {
   const int64_t n = 4001;
   Tensor h({n}), a({n}), da({n}, 1.f), dh({n});
   for (int64_t i = 0; i < n; ++i) h[i] = -12.f + 24.f * i / (n - 1);
-  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
-                         Activation::kLinear, Activation::kTanh}) {
-    activation_forward(act, h.data(), a.data(), n);
-    activation_backward(act, h.data(), da.data(), dh.data(), n);
-    for (int64_t i = 0; i < n; ++i) {
-      const float x = h[i];
-      EXPECT_NEAR(a[i], activate(act, x), 2e-6 * std::max(1.f, std::fabs(x)))
-          << activation_name(act) << " x=" << x;
-      EXPECT_NEAR(dh[i], activate_grad(act, x), 3e-6) << activation_name(act) << " x=" << x;
+  const SimdTarget saved = simd_target();
+  for (SimdTarget level : test::supported_levels()) {
+    set_simd_target(level);
+    for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
+                           Activation::kLinear, Activation::kTanh}) {
+      activation_forward(act, h.data(), a.data(), n);
+      activation_backward(act, h.data(), da.data(), dh.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = h[i];
+        EXPECT_NEAR(a[i], activate(act, x), 2e-6 * std::max(1.f, std::fabs(x)))
+            << activation_name(act) << " " << simd_target_name(level) << " x=" << x;
+        EXPECT_NEAR(dh[i], activate_grad(act, x), 3e-6)
+            << activation_name(act) << " " << simd_target_name(level) << " x=" << x;
+      }
     }
   }
+  set_simd_target(saved);
   EXPECT_THROW(parse_activation("swish"), ConfigError);
 }
 

@@ -14,6 +14,7 @@
 #include "sparsemoe/core/rng.h"
 #include "sparsemoe/core/tensor.h"
 #include "sparsemoe/dist/communicator.h"
+#include "sparsemoe/ops/simd.h"
 
 namespace sparsemoe::test {
 
@@ -46,6 +47,14 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "no error";
+}
+
+// The SIMD levels this CPU runs, baseline first.
+inline std::vector<SimdTarget> supported_levels() {
+  std::vector<SimdTarget> v;
+  for (SimdTarget t : {SimdTarget::kBaseline, SimdTarget::kAvx2, SimdTarget::kAvx512})
+    if (simd_supported(t)) v.push_back(t);
+  return v;
 }
 
 inline bool bitwise_equal(const Tensor& a, const Tensor& b) {

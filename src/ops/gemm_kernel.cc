@@ -53,22 +53,27 @@ constexpr int64_t kMcPacked = 112;
 // the block has fewer rows instead, and B is packed once per block more.
 constexpr int64_t kPackedAFloats = int64_t{1} << 20;
 
-// Rows of B ahead that the micro-kernels prefetch: B read in place is strided (a weight row
-// apart), which the hardware prefetchers do not follow, so memory latency would set the pace.
+// Rows ahead that the micro-kernels prefetch in a panel packed beforehand (a contiguous run), and
+// that pack_b prefetches in the strided B it packs. B read in place (few rows) is prefetched one
+// chunk ahead instead (kc rows: the same columns of the next chunk, the next stretch of the
+// stream that the kernel reads): 64 rows there was 8 chunks, half a megabyte, ahead, and one
+// token's MoE forward ran 11-17% slower at one and two threads on a Xeon (Emerald Rapids),
+// call-by-call alternation; 2 x kc was in between.
 constexpr int64_t kPrefetchRows = 64;
 
 constexpr int kMr512 = 14, kNr512 = 32;
 constexpr int kMr256 = 6, kNr256 = 16;
 
 // A micro-kernel: C[M, NR] (+)= A[M, kc] . Bp[kc, NR], M <= MR rows. A's M values for one k are
-// contiguous (a[i], i < M) and the next k's are acs floats on (MR in a packed panel).
+// contiguous (a[i], i < M) and the next k's are acs floats on (MR in a packed panel); B's rows are
+// bs floats apart, and each k step prefetches the row pf floats on.
 using MicroFn = void (*)(int64_t kc, const float* a, int64_t acs, const float* bp, int64_t bs,
-                         float* c, int64_t ldc, bool load);
+                         int64_t pf, float* c, int64_t ldc, bool load);
 
 template <int M>
 __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, int64_t acs,
-                                                     const float* bp, int64_t bs, float* c,
-                                                     int64_t ldc, bool load) {
+                                                     const float* bp, int64_t bs, int64_t pf,
+                                                     float* c, int64_t ldc, bool load) {
   __m512 lo[M], hi[M];
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
@@ -76,8 +81,8 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
     hi[i] = load ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
-    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bp + pf), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bp + pf + 16), _MM_HINT_T0);
     const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
     // c += a[i] * b with a[i] broadcast from memory inside the FMA ({1to16}). From intrinsics
     // GCC broadcasts into a register first, one more instruction per two FMAs; the folded form
@@ -100,8 +105,8 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
 
 template <int M>
 __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, int64_t acs,
-                                                    const float* bp, int64_t bs, float* c,
-                                                    int64_t ldc, bool load) {
+                                                    const float* bp, int64_t bs, int64_t pf,
+                                                    float* c, int64_t ldc, bool load) {
   __m256 lo[M], hi[M];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) {
@@ -109,7 +114,7 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
     hi[i] = load ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
   }
   for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
-    _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bp + pf), _MM_HINT_T0);
     const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
@@ -130,8 +135,8 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 // single token's GEMV; four panels give eight. Same chains, same order: same bits.
 template <int M>
 __attribute__((target("avx512f"))) void wide_avx512(int64_t kc, const float* a, int64_t acs,
-                                                    const float* bp, int64_t bs, float* c,
-                                                    int64_t ldc, bool load) {
+                                                    const float* bp, int64_t bs, int64_t pf,
+                                                    float* c, int64_t ldc, bool load) {
   __m512 acc[M][8];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i)
@@ -141,7 +146,7 @@ __attribute__((target("avx512f"))) void wide_avx512(int64_t kc, const float* a, 
   for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
 #pragma GCC unroll 8
     for (int v = 0; v < 8; ++v)
-      _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 16 * v), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(bp + pf + 16 * v), _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int v = 0; v < 8; ++v) {
       const __m512 b = _mm512_loadu_ps(bp + 16 * v);
@@ -154,8 +159,8 @@ __attribute__((target("avx512f"))) void wide_avx512(int64_t kc, const float* a, 
 
 template <int M>
 __attribute__((target("avx2,fma"))) void wide_avx2(int64_t kc, const float* a, int64_t acs,
-                                                   const float* bp, int64_t bs, float* c,
-                                                   int64_t ldc, bool load) {
+                                                   const float* bp, int64_t bs, int64_t pf,
+                                                   float* c, int64_t ldc, bool load) {
   __m256 acc[M][8];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i)
@@ -165,7 +170,7 @@ __attribute__((target("avx2,fma"))) void wide_avx2(int64_t kc, const float* a, i
   for (int64_t p = 0; p < kc; ++p, a += acs, bp += bs) {
 #pragma GCC unroll 8
     for (int v = 0; v < 8; v += 2)
-      _mm_prefetch(reinterpret_cast<const char*>(bp + kPrefetchRows * bs + 8 * v), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(bp + pf + 8 * v), _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int v = 0; v < 8; ++v) {
       const __m256 b = _mm256_loadu_ps(bp + 8 * v);
@@ -454,25 +459,25 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
           if (direct && mc <= static_cast<int64_t>(wide.size()) && j0 + 4 * nr <= g0 + here) {
             const float* ab = ap + p0 / kb * blocks * mr * kb;
             wide[mc - 1](kc, ab, mr, b.data + p0 * b.row_stride + j0, b.row_stride,
-                         c + i0 * ldc + j0, ldc, load);
+                         kc * b.row_stride, c + i0 * ldc + j0, ldc, load);
             j0 += 3 * nr;  // four panels done
             continue;
           }
           const float* panel = direct   ? b.data + p0 * b.row_stride + j0
                                : packed ? packed + j0 / nr * k * nr + p0 * nr
                                         : bp + (j0 - g0 - here) * kc;
-          const int64_t bs = direct ? b.row_stride : nr;
+          const int64_t bs = direct ? b.row_stride : nr, pf = direct ? kc * bs : kPrefetchRows * bs;
           for (int64_t q = 0; q < blocks; ++q) {
             const int64_t r0 = i0 + q * mr, rows = std::min(mr, mc - q * mr);
             const float* ab = ap + p0 / kb * blocks * mr * kb + q * mr * kc;
             float* cb = c + r0 * ldc + j0;
             ahead.issue(per_call);
             if (nv == nr) {
-              micro[rows - 1](kc, ab, mr, panel, bs, cb, ldc, load);
+              micro[rows - 1](kc, ab, mr, panel, bs, pf, cb, ldc, load);
             } else {  // a partial last panel: through a full-width tile
               for (int64_t i = 0; i < rows && load; ++i)
                 std::memcpy(tile + i * nr, cb + i * ldc, nv * 4);
-              micro[rows - 1](kc, ab, mr, panel, bs, tile, nr, load);
+              micro[rows - 1](kc, ab, mr, panel, bs, pf, tile, nr, load);
               for (int64_t i = 0; i < rows; ++i) std::memcpy(cb + i * ldc, tile + i * nr, nv * 4);
             }
           }

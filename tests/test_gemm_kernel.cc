@@ -27,7 +27,9 @@ struct Shape3 {
 
 // Shapes that hit full and partial row blocks and panels, several k chunks, the in-place B path
 // (m <= 32, with its short chunks), the four-panel kernels for one and two rows, one row times a
-// transposed B (its own path, with 8-wide and leftover rows and k), and more than
+// transposed B (its own path, with 8-wide and leftover rows and k), 2-16 rows times a transposed
+// B (read in place: 8 and 16 lanes, full and partial blocks of W rows, k not a multiple of 16),
+// and more than
 // one A block (m > 512), and a long k that shortens the packed A block to bound its memory.
 const Shape3 kShapes[] = {{1, 1, 1},      {1, 2048, 512}, {1, 100, 13},   {2, 130, 40},
                           {3, 100, 7},    {6, 16, 256},   {12, 32, 257},  {16, 96, 600},

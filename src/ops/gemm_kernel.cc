@@ -39,6 +39,8 @@ namespace {
 constexpr int64_t kKc512 = 512, kKc256 = 256;
 constexpr int64_t kNcPanels = 8;
 constexpr int64_t kFewRows = 32;
+// Rows up to which a transposed B (W^T) is read in place (rows_by_transposed), not packed.
+constexpr int64_t kFewRowsT = 16;
 constexpr int64_t kFewCols = 4096;
 constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
 constexpr int64_t kMc = 512;  // rows per A block: 512 x kc floats per k chunk
@@ -570,6 +572,85 @@ __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t
   }
 }
 
+// C[i, j] (+)= sum_p A^T[p, i] W[j, p] for J rows of W at a time and 8 * LB lanes of i: each
+// element one FMA chain over p in order. W's rows are read in place, each a sequential stream
+// prefetched a few lines ahead.
+template <int LB, int J>
+__attribute__((target("avx2,fma"))) void rows_by_transposed_block(int64_t k, const float* at,
+                                                                  const float* w, int64_t ldw,
+                                                                  float* t) {
+  constexpr int64_t kLineAhead = 128;  // floats: eight cache lines ahead in each row
+  __m256 acc[J][LB];
+#pragma GCC unroll 16
+  for (int jj = 0; jj < J; ++jj)
+#pragma GCC unroll 2
+    for (int l = 0; l < LB; ++l) acc[jj][l] = _mm256_loadu_ps(t + (jj * LB + l) * 8);
+  for (int64_t p0 = 0; p0 < k; p0 += 16) {
+#pragma GCC unroll 16
+    for (int jj = 0; jj < J; ++jj)
+      _mm_prefetch(reinterpret_cast<const char*>(w + jj * ldw + p0 + kLineAhead), _MM_HINT_T0);
+    const int64_t p1 = std::min(k, p0 + 16);
+    for (int64_t p = p0; p < p1; ++p) {
+      __m256 av[LB];
+#pragma GCC unroll 2
+      for (int l = 0; l < LB; ++l) av[l] = _mm256_loadu_ps(at + p * 8 * LB + 8 * l);
+#pragma GCC unroll 16
+      for (int jj = 0; jj < J; ++jj) {
+        const __m256 wb = _mm256_broadcast_ss(w + jj * ldw + p);
+#pragma GCC unroll 2
+        for (int l = 0; l < LB; ++l) acc[jj][l] = _mm256_fmadd_ps(wb, av[l], acc[jj][l]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int jj = 0; jj < J; ++jj)
+#pragma GCC unroll 2
+    for (int l = 0; l < LB; ++l) _mm256_storeu_ps(t + (jj * LB + l) * 8, acc[jj][l]);
+}
+
+// C [m, n] (+)= A [m, k] . W^T for a few rows (m <= kFewRowsT) and W [n, k] row-major (a
+// transposed B: the backward's dX = dH . W^T). The general path packs W^T, 8 x 8 transposes of
+// every weight, which cost more than the few rows' multiplications (a fifth of the MoE layer's
+// forward+backward at 8 tokens per expert); here W is read in place and the few rows of A are
+// transposed instead. Every element is the same FMA chain over p in order as on every other
+// path (fma(a, w, c) = fma(w, a, c)), so the bits do not depend on which path ran.
+template <int LB>
+__attribute__((target("avx2,fma"))) void rows_by_transposed_lanes(int64_t m, int64_t n, int64_t k,
+                                                                  const float* a, int64_t lda,
+                                                                  const float* w, int64_t ldw,
+                                                                  float* c, int64_t ldc,
+                                                                  bool accumulate) {
+  constexpr int64_t L = 8 * LB;
+  constexpr int J = LB == 1 ? 12 : 6;  // accumulators: J x LB of the 16 ymm registers
+  thread_local Scratch at_scratch;
+  float* at = at_scratch.get(k * L);  // A^T [k, L], lanes from m on zero
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t i = 0; i < L; ++i) at[p * L + i] = i < m ? a[i * lda + p] : 0.f;
+  alignas(64) float t[J * L];  // [J, L]: C^T of the block
+  for (int64_t j0 = 0; j0 < n; j0 += J) {
+    const int64_t jn = std::min<int64_t>(J, n - j0);
+    for (int64_t jj = 0; jj < jn; ++jj)
+      for (int64_t i = 0; i < L; ++i)
+        t[jj * L + i] = accumulate && i < m ? c[i * ldc + j0 + jj] : 0.f;
+    if (jn == J) {
+      rows_by_transposed_block<LB, J>(k, at, w + j0 * ldw, ldw, t);
+    } else {
+      for (int64_t jj = 0; jj < jn; ++jj)
+        rows_by_transposed_block<LB, 1>(k, at, w + (j0 + jj) * ldw, ldw, t + jj * L);
+    }
+    for (int64_t jj = 0; jj < jn; ++jj)
+      for (int64_t i = 0; i < m; ++i) c[i * ldc + j0 + jj] = t[jj * L + i];
+  }
+}
+
+void rows_by_transposed(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                        const float* w, int64_t ldw, float* c, int64_t ldc, bool accumulate) {
+  if (m <= 8)
+    rows_by_transposed_lanes<1>(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+  else
+    rows_by_transposed_lanes<2>(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
+}
+
 // The baseline level: the BLAS library on row-major or transposed operands.
 void library_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
                   bool accumulate, const GemmEpilogue* epilogue) {
@@ -610,9 +691,13 @@ void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, 
     for (int64_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
   } else if (const Level* lv = current_level()) {
     count_gemm_flops(m, n, k);
-    if (m > 1 || b.row_stride != 1 || a.col_stride != 1)
+    const bool transposed_b = b.row_stride == 1 && a.col_stride == 1;
+    if (transposed_b && m == 1)
+      row_times_transposed(n, k, a.data, b.data, b.col_stride, c, accumulate);
+    else if (transposed_b && m <= kFewRowsT && packed_b == nullptr)
+      rows_by_transposed(m, n, k, a.data, a.row_stride, b.data, b.col_stride, c, ldc, accumulate);
+    else
       return lv->run(m, n, k, a, b, c, ldc, accumulate, epilogue, packed_b);
-    row_times_transposed(n, k, a.data, b.data, b.col_stride, c, accumulate);
   } else {
     return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);
   }

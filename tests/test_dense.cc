@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
 #include <vector>
 
 #include "sparsemoe/core/errors.h"
@@ -88,6 +89,20 @@ TEST(TiledGemm, RowSplitsBeforeColumnsWithPackedWeights) {
   EXPECT_EQ(got, want);
 }
 
+// Without packed weights, rows are split only when there are fewer items than threads, into as
+// many tiles as threads while the halves keep kMinSplitRows rows.
+TEST(TiledGemm, FewItemsSplitRowsToOccupyTheThreads) {
+  const int64_t masked[2] = {0, 160};
+  auto tiles = split_rows(row_tiles(masked, 1), 2, kMinSplitRows, 1);
+  ASSERT_EQ(tiles.size(), 2u);
+  EXPECT_EQ(tiles[0].end, 80);
+  EXPECT_EQ(tiles[1].begin, 80);
+  EXPECT_EQ(split_rows(row_tiles(masked, 1), 4, kMinSplitRows, 1).size(), 4u);  // 40 each
+  EXPECT_EQ(split_rows(row_tiles(masked, 1), 8, kMinSplitRows, 1).size(), 4u);  // not under 32
+  const int64_t few[2] = {0, 50};
+  EXPECT_EQ(split_rows(row_tiles(few, 1), 2, kMinSplitRows, 1).size(), 1u);
+}
+
 // Packed (inference) weights split rows, not columns: same bits as the training forward at any
 // thread count, with row counts that split into halves of unequal sizes.
 TEST(TiledGemm, PackedDenseBitsDoNotDependOnTheRowSplit) {
@@ -110,30 +125,46 @@ TEST(TiledGemm, PackedDenseBitsDoNotDependOnTheRowSplit) {
   }
 }
 
-// The column split changes with the thread count, the bits must not: forward and backward at 1,
-// 2, 3 and 4 threads, with few rows (the kernel reads the weights in place) and with two row tiles,
-// and an output width that is not a multiple of the 32-column panels.
-TEST(TiledGemm, DenseBitsDoNotDependOnTheColumnSplit) {
-  for (const int64_t rows : {int64_t{24}, int64_t{700}}) {
-    auto run = [&](int threads) {
-      set_num_threads(threads);
-      Dense d(96, 1000, Activation::kGelu, true, 0.5, 4);
-      d.bias = random_tensor({1000}, 5);
-      const Tensor x = random_tensor({rows, 96}, 6), dy = random_tensor({rows, 1000}, 7);
-      Tensor y, dx;
-      d.forward(x, y);
-      d.backward(dy, &dx);
-      set_num_threads(0);
-      return std::vector<Tensor>{y, dx, d.kernel_grad, d.bias_grad};
-    };
-    const auto one = run(1);
-    for (int threads : {2, 3, 4}) {
-      const auto other = run(threads);
-      for (size_t i = 0; i < one.size(); ++i)
-        EXPECT_TRUE(test::bitwise_equal(one[i], other[i]))
-            << "rows " << rows << ", tensor " << i << ": 1 vs " << threads << " threads";
-    }
+// A Dense layer's forward and backward (y, dx, kernel and bias gradients) at 1 thread against 2,
+// 3 and 4: the tiles change with the thread count, the bits must not.
+void expect_dense_bits_independent_of_threads(int64_t in, int64_t out, int64_t rows,
+                                              Activation act) {
+  auto run = [&](int threads) {
+    set_num_threads(threads);
+    Dense d(in, out, act, true, 0.5, 4);
+    d.bias = random_tensor({out}, 5);
+    const Tensor x = random_tensor({rows, in}, 6), dy = random_tensor({rows, out}, 7);
+    // NaN where nothing writes: a row a split left out cannot pass for a value that an earlier
+    // run's freed buffer happened to hold.
+    Tensor y({rows, out}, std::nanf("")), dx({rows, in}, std::nanf(""));
+    d.forward(x, y);
+    d.backward(dy, &dx);
+    set_num_threads(0);
+    return std::vector<Tensor>{y, dx, d.kernel_grad, d.bias_grad};
+  };
+  const auto one = run(1);
+  for (int threads : {2, 3, 4}) {
+    const auto other = run(threads);
+    for (size_t i = 0; i < one.size(); ++i)
+      EXPECT_TRUE(test::bitwise_equal(one[i], other[i]))
+          << in << " x " << out << ", rows " << rows << ", tensor " << i << ": 1 vs " << threads
+          << " threads";
   }
+}
+
+// The column split: few rows (the kernel reads the weights in place) and two row tiles, and an
+// output width that is not a multiple of the 32-column panels.
+TEST(TiledGemm, DenseBitsDoNotDependOnTheColumnSplit) {
+  for (const int64_t rows : {int64_t{24}, int64_t{700}})
+    expect_dense_bits_independent_of_threads(96, 1000, rows, Activation::kGelu);
+}
+
+// A narrow layer (H 64, as the main job's) has too few tiles for the threads: the weight gradient
+// is split by its rows and dX by the token rows.
+TEST(TiledGemm, NarrowLayerBitsDoNotDependOnTheSplit) {
+  for (const int64_t in : {int64_t{64}, int64_t{128}})
+    for (const int64_t rows : {int64_t{160}, int64_t{1024}})
+      expect_dense_bits_independent_of_threads(in, 64, rows, Activation::kLinear);
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 namespace sparsemoe {
 
 namespace {
-constexpr int64_t kWeightTile = 512;  // rows of a weight gradient per work item
+constexpr int64_t kWeightTile = 512;    // rows of a weight gradient per work item
+constexpr int64_t kMinWeightRows = 32;  // ... and the fewest when there are few items
 }  // namespace
 
 std::vector<RowTile> row_tiles(const int64_t* offsets, int64_t groups) {
@@ -26,8 +27,9 @@ int64_t col_splits(int64_t row_items, int64_t cols, int64_t threads, int64_t min
   return s;
 }
 
-std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads, int64_t min_rows) {
-  const size_t target = threads > 1 ? static_cast<size_t>(4 * threads) : 1;
+std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads, int64_t min_rows,
+                                int64_t items_per_thread) {
+  const size_t target = threads > 1 ? static_cast<size_t>(items_per_thread * threads) : 1;
   while (tiles.size() < target) {
     // The largest tile (the first of equals), halved if both halves keep min_rows rows.
     size_t big = 0;
@@ -50,18 +52,28 @@ int64_t col_width(int64_t cols, int64_t splits) {
 void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
                      const float* B, int64_t N, float* dW) {
   // Items: (group, K tile, column tile); columns split like for_tiles when there are few items.
-  const int64_t tiles = (K + kWeightTile - 1) / kWeightTile;
+  int64_t ktile = kWeightTile;
   // Down to 64 columns: at H 64 (README's main job) a dense layer's 128-column weight gradient
   // was one work item, one GEMM on one thread while the others waited. Its rows are K (features),
   // never few, so narrow tiles cost the kernel nothing.
-  const int64_t splits = col_splits(groups * tiles, N, num_threads(), 64),
+  const int64_t threads = num_threads();
+  const int64_t splits = col_splits(groups * ((K + ktile - 1) / ktile), N, threads, 64),
                 width = col_width(N, splits);
+  // Then rows: a 64 x 64 or 128 x 64 weight gradient (attention, the dense FFN's output at H 64)
+  // was still one item. In the main job's training at 2 threads (AVX2, Xeon Emerald Rapids) the
+  // second thread had no work 36% of the time, single-item weight gradients 8 points of it
+  // (perf). So K tiles are halved, down to kMinWeightRows rows, until every thread has an item;
+  // the bits do not change (each element is still one FMA chain over the rows of A and B).
+  while (threads > 1 && groups * ((K + ktile - 1) / ktile) * splits < threads &&
+         ktile / 2 >= kMinWeightRows)
+    ktile /= 2;
+  const int64_t tiles = (K + ktile - 1) / ktile;
   parallel_for(groups * tiles * splits, [&](int64_t item) {
-    const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * kWeightTile;
+    const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * ktile;
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);
     const int64_t r0 = offsets[g], m = offsets[g + 1] - r0;
     if (m == 0 || c0 >= c1) return;
-    kernel_gemm(std::min(kWeightTile, K - k0), c1 - c0, m, MatRef::transposed(A + r0 * K + k0, K),
+    kernel_gemm(std::min(ktile, K - k0), c1 - c0, m, MatRef::transposed(A + r0 * K + k0, K),
                 MatRef::rows(B + r0 * N + c0, N), dW + g * K * N + k0 * N + c0, N, true);
   });
 }

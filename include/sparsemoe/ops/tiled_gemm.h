@@ -42,22 +42,35 @@ int64_t col_width(int64_t cols, int64_t splits);
 // columns are split only after that. Without packed weights a row split would pack B once more
 // per half, so columns are split as before. Row splits never change a bit either (rows are
 // independent). Tiles stay in row order.
-std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads,
-                                int64_t min_rows = 128);
+std::vector<RowTile> split_rows(std::vector<RowTile> tiles, int64_t threads, int64_t min_rows = 128,
+                                int64_t items_per_thread = 4);
+
+// Rows of a tile below which for_tiles does not split it to occupy idle threads.
+inline constexpr int64_t kMinSplitRows = 32;
 
 // Runs fn(tile, c0, c1) over every (row tile, column tile) pair, in parallel. b_packed: every
 // call's B operand was packed beforehand (see split_rows).
+// Without packed weights, tiles are split by rows only when the items would still be fewer than
+// the threads (a narrow layer's few rows, as the MLM head's dX over the masked tokens at H 64:
+// one GEMM on one thread while the others waited); each half packs B again.
 template <class Fn>
 void for_tiles(const std::vector<RowTile>& row_tiles, int64_t cols, bool b_packed, Fn&& fn) {
+  const int64_t threads = num_threads();
   std::vector<RowTile> split;  // only when rows are split: the caller's tiles are not copied
-  if (b_packed) split = split_rows(row_tiles, num_threads());
-  const std::vector<RowTile>& tiles = b_packed ? split : row_tiles;
-  const int64_t n = static_cast<int64_t>(tiles.size());
-  const int64_t splits = col_splits(n, cols, num_threads());
+  if (b_packed) split = split_rows(row_tiles, threads);
+  const std::vector<RowTile>* tiles = b_packed ? &split : &row_tiles;
+  int64_t n = static_cast<int64_t>(tiles->size());
+  int64_t splits = col_splits(n, cols, threads);
+  if (n * splits < threads) {
+    split = split_rows(*tiles, threads, kMinSplitRows, 1);
+    tiles = &split;
+    n = static_cast<int64_t>(split.size());
+    splits = col_splits(n, cols, threads);
+  }
   const int64_t width = col_width(cols, splits);
   parallel_for(n * splits, [&](int64_t item) {
     const int64_t c0 = (item % splits) * width, c1 = std::min(cols, c0 + width);
-    if (c0 < c1) fn(tiles[item / splits], c0, c1);
+    if (c0 < c1) fn((*tiles)[item / splits], c0, c1);
   });
 }
 template <class Fn>

@@ -175,6 +175,31 @@ TEST(Simd, LogsumexpAndSoftmaxBitwiseEqualAtEveryLevel) {
   }
 }
 
+// The AdamW update: at every level the bits of a plain scalar loop over the same expression (and
+// lengths with and without a vector tail), moments and weights alike.
+TEST(Simd, AdamWUpdateBitwiseEqualAtEveryLevel) {
+  SimdGuard guard;
+  const AdamWScalars s{0.5f, 0.9f, 0.1f, 0.999f, 0.001f, 0.9999f, 1e-3f, 10.f, 1e-6f};
+  for (int64_t n : {1, 23, 1000}) {
+    const Tensor g = random_tensor({n}, 21, -2.f, 2.f), w0 = random_tensor({n}, 22),
+                 m0 = random_tensor({n}, 23, -0.1f, 0.1f), v0 = random_tensor({n}, 24, 0.f, 0.1f);
+    Tensor w = w0, m = m0, v = v0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] * s.clip;
+      m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+      v[i] = s.beta2 * v[i] + s.one_minus_beta2 * gi * gi;
+      w[i] = w[i] * s.keep - s.step_size * m[i] / (std::sqrt(v[i] * s.inv_c2) + s.eps);
+    }
+    for (SimdTarget t : supported_levels()) {
+      set_simd_target(t);
+      Tensor wt = w0, mt = m0, vt = v0;
+      adamw_update(wt.data(), g.data(), mt.data(), vt.data(), n, s);
+      EXPECT_TRUE(bitwise_equal(wt, w) && bitwise_equal(mt, m) && bitwise_equal(vt, v))
+          << "n=" << n << " " << simd_target_name(t);
+    }
+  }
+}
+
 // Layer norm forward and backward: the same bits at every level (widths with and without a tail).
 TEST(Simd, LayerNormBitwiseEqualAtEveryLevel) {
   SimdGuard guard;

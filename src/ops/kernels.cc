@@ -271,6 +271,19 @@ template <bool kFma>
   return lse;
 }
 
+// adamw_update's element rule, in the order the scalar loop it replaced used (same bits).
+[[gnu::always_inline]] inline void adamw_body(float* __restrict w, const float* __restrict g,
+                                              float* __restrict m, float* __restrict v, int64_t n,
+                                              const AdamWScalars& s) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i] * s.clip;
+    m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+    v[i] = s.beta2 * v[i] + s.one_minus_beta2 * gi * gi;
+    w[i] = w[i] * s.keep - s.step_size * m[i] / (std::sqrt(v[i] * s.inv_c2) + s.eps);
+  }
+}
+
 // The three compilations of each body (levels.h); the activations fuse multiply-adds at the FMA
 // levels (mul_add).
 constexpr bool kFma_baseline = false, kFma_avx2 = true, kFma_avx512 = true;
@@ -296,6 +309,10 @@ constexpr bool kFma_baseline = false, kFma_avx2 = true, kFma_avx512 = true;
   }                                                                                        \
   attr float lse_##name(const float* z, int64_t n, float s, float* d) {                    \
     return lse_body(z, n, s, d);                                                           \
+  }                                                                                        \
+  attr void adamw_##name(float* w, const float* g, float* m, float* v, int64_t n,          \
+                         const AdamWScalars& s) {                                          \
+    adamw_body(w, g, m, v, n, s);                                                          \
   }
 SPARSEMOE_LEVELS(SPARSEMOE_DEFINE_LEVEL)
 #undef SPARSEMOE_DEFINE_LEVEL
@@ -362,6 +379,10 @@ float logsumexp(const float* x, int64_t n) {
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - m));
   return m + static_cast<float>(std::log(sum));
+}
+
+void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s) {
+  at_level(adamw_baseline, adamw_avx2, adamw_avx512)(w, g, m, v, n, s);
 }
 
 float dropout_scale(float rate) { return rate > 0.f ? 1.f / (1.f - rate) : 1.f; }

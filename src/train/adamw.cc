@@ -9,6 +9,7 @@
 #include "sparsemoe/core/errors.h"
 #include "sparsemoe/core/parallel.h"
 #include "sparsemoe/io/file_io.h"
+#include "sparsemoe/ops/kernels.h"
 
 namespace sparsemoe {
 
@@ -195,20 +196,14 @@ double AdamW::step(const std::vector<ParamRef>& params) {
   std::erase_if(chunks, [&](const Chunk& ch) {
     return owner_[ch.param] != me && owner_[ch.param] != kEveryRank;
   });
+  // Vectorised per SIMD level (ops/kernels.h): compiled for baseline x86-64, the loop ran
+  // scalar square roots and divisions, 4% of the main job's training step (perf, AVX2 path).
   parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
     const Chunk& ch = chunks[static_cast<size_t>(c)];
     const size_t k = ch.param;
-    float* w = params[k].value->data();
-    const float* g = params[k].grad->data();
-    float* m = m_[k].data();
-    float* v = v_[k].data();
-    const float kp = keep[k];
-    for (int64_t i = ch.begin; i < ch.end; ++i) {
-      const float gi = g[i] * fclip;
-      m[i] = fb1 * m[i] + ob1 * gi;
-      v[i] = fb2 * v[i] + ob2 * gi * gi;
-      w[i] = w[i] * kp - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
-    }
+    const AdamWScalars s{fclip, fb1, ob1, fb2, ob2, keep[k], step_size, inv_c2, eps};
+    adamw_update(params[k].value->data() + ch.begin, params[k].grad->data() + ch.begin,
+                 m_[k].data() + ch.begin, v_[k].data() + ch.begin, ch.end - ch.begin, s);
   });
   if (sharded())  // every parameter from its owner, in order
     for (size_t k = 0; k < params.size(); ++k)

@@ -52,6 +52,15 @@ float logsumexp_and_softmax(const float* z, int64_t n, float s, float* d);
 // logsumexp of one row.
 float logsumexp(const float* x, int64_t n);
 
+// One AdamW update of n parameters in place (train/adamw.h has the rule): gi = g * clip,
+// m = beta1 * m + (1 - beta1) * gi, v = beta2 * v + (1 - beta2) * gi * gi,
+// w = w * keep - step_size * m / (sqrt(v * inv_c2) + eps). Elementwise IEEE arithmetic without
+// fused multiply-adds, so every level gives the same bits; the levels only widen the vectors.
+struct AdamWScalars {
+  float clip, beta1, one_minus_beta1, beta2, one_minus_beta2, keep, step_size, inv_c2, eps;
+};
+void adamw_update(float* w, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s);
+
 // Dropout is keyed by (key, element index): kept iff uniform01(key, index) >= rate; kept values
 // are scaled by 1/(1-rate). rate must lie in [0, 1).
 inline bool dropout_keep(uint64_t key, uint64_t index, float rate);

@@ -1,8 +1,9 @@
 // The parallel layer over kernel_gemm (ops/gemm_kernel.h) shared by the expert FFN, the dense
 // layers and the heads: work split into tiles (row tiles of 512 within each group of rows; when
 // there are too few to occupy the threads, rows halved first if the weights are packed, else
-// columns split), each tile one single-threaded kernel call whose every output element is one FMA
-// chain over k, so results are bitwise identical for any thread count.
+// columns split, then rows if the items are still fewer than the threads), each tile one
+// single-threaded kernel call whose every output element is one FMA chain over k, so results are
+// bitwise identical for any thread count.
 // Groups are experts (rows [offsets[g], offsets[g+1]) use expert g's weights); a dense layer is
 // one group.
 #pragma once

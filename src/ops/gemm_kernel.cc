@@ -64,6 +64,12 @@ constexpr int64_t kPackedAFloats = int64_t{1} << 20;
 constexpr int64_t kPrefetchRows = 64;
 // The longest k chunk whose calls prefetch the next call's C tile (native_gemm).
 constexpr int64_t kShortK = 64;
+// The longest k of a transposed A (weight gradients: X^T over a few tokens) that outer_rows takes
+// instead of the tiles. A 512 x 2048 weight gradient into a C in memory, one thread, Xeon (Emerald
+// Rapids), call-by-call alternation: AVX-512 k 1: 785 -> 273 us, 8: 1021 -> 486, 16: 1077 -> 692,
+// 32: 1322 -> 1142, 48: 1612 -> 1723 (slower); AVX2 k 1: 1048 -> 319, 8: 1281 -> 873, 16: 1330 ->
+// 1226, 24: 1374 -> 1776 (slower). Its 4 rows of C hold too few accumulators for a long k.
+constexpr int64_t kOuterK512 = 32, kOuterK256 = 16;
 
 constexpr int kMr512 = 14, kNr512 = 32;
 constexpr int kMr256 = 6, kNr256 = 16;
@@ -236,9 +242,14 @@ constexpr auto kWideFns256 = micro_table<Wide256>(std::make_integer_sequence<int
 using DriverFn = void (*)(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c,
                           int64_t ldc, bool accumulate, const GemmEpilogue* epilogue,
                           const float* packed);
+using OuterFn = void (*)(int64_t m, int64_t n, int64_t k, const float* at, int64_t lda,
+                         const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
+                         bool stream);
 struct Level {
   int64_t mr, nr;
   DriverFn run;
+  OuterFn outer;
+  int64_t outer_k;  // the longest k that `outer` takes
 };
 
 // A per-thread scratch buffer, 64-byte aligned, grown on demand and never shrunk.
@@ -651,6 +662,125 @@ void rows_by_transposed(int64_t m, int64_t n, int64_t k, const float* a, int64_t
     rows_by_transposed_lanes<2>(m, n, k, a, lda, w, ldw, c, ldc, accumulate);
 }
 
+// C [m, n] (+)= A [m, k] . B [k, n] for a short k with A transposed (A(i, p) = at[p * lda + i],
+// the X^T of a weight gradient) and B row-major: a weight gradient over the rows of a few tokens.
+// R rows of C at a time, front to back across all columns, so that C, most of the traffic here,
+// moves in R sequential runs the hardware prefetcher follows. (The general path's tiles walk C down
+// 14-row columns a row of C apart, and each tile waited on memory.) Each element is one FMA chain
+// over p in order, from C or 0, as on every other path. `stream`: store with non-temporal writes
+// (C is not read again soon: a gradient written for the optimizer step).
+template <int R, int V>
+__attribute__((target("avx512f"))) inline void outer_block_avx512(int64_t k, const float* at,
+                                                                  int64_t lda, const float* b,
+                                                                  int64_t ldb, float* c,
+                                                                  int64_t ldc, bool accumulate,
+                                                                  bool stream) {
+  __m512 acc[R][V];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      acc[i][v] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    __m512 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + p * ldb + 16 * v);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const __m512 av = _mm512_set1_ps(at[p * lda + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* d = c + i * ldc + 16 * v;
+      if (stream && reinterpret_cast<uintptr_t>(d) % 64 == 0)
+        _mm512_stream_ps(d, acc[i][v]);
+      else
+        _mm512_storeu_ps(d, acc[i][v]);
+    }
+}
+
+template <int R, int V>
+__attribute__((target("avx2,fma"))) inline void outer_block_avx2(int64_t k, const float* at,
+                                                                 int64_t lda, const float* b,
+                                                                 int64_t ldb, float* c, int64_t ldc,
+                                                                 bool accumulate, bool stream) {
+  __m256 acc[R][V];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      acc[i][v] = accumulate ? _mm256_loadu_ps(c + i * ldc + 8 * v) : _mm256_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    __m256 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) bv[v] = _mm256_loadu_ps(b + p * ldb + 8 * v);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const __m256 av = _mm256_broadcast_ss(at + p * lda + i);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* d = c + i * ldc + 8 * v;
+      if (stream && reinterpret_cast<uintptr_t>(d) % 32 == 0)
+        _mm256_stream_ps(d, acc[i][v]);
+      else
+        _mm256_storeu_ps(d, acc[i][v]);
+    }
+}
+
+// A level's blocks: run computes R rows x V vectors of W floats.
+template <int R, int V>
+struct Outer512 {
+  static constexpr auto run = outer_block_avx512<R, V>;
+  static constexpr int64_t W = 16;
+};
+template <int R, int V>
+struct Outer256 {
+  static constexpr auto run = outer_block_avx2<R, V>;
+  static constexpr int64_t W = 8;
+};
+
+// R rows of C across all n columns: blocks of 4 and 1 vectors, then the last columns scalar.
+template <template <int, int> class Block, int R>
+void outer_band(int64_t n, int64_t k, const float* at, int64_t lda, const float* b, int64_t ldb,
+                float* c, int64_t ldc, bool accumulate, bool stream) {
+  constexpr int64_t W = Block<R, 1>::W;
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W)
+    Block<R, 4>::run(k, at, lda, b + j, ldb, c + j, ldc, accumulate, stream);
+  for (; j + W <= n; j += W)
+    Block<R, 1>::run(k, at, lda, b + j, ldb, c + j, ldc, accumulate, stream);
+  for (int i = 0; i < R; ++i)
+    for (int64_t jj = j; jj < n; ++jj) {
+      float acc = accumulate ? c[i * ldc + jj] : 0.f;
+      for (int64_t p = 0; p < k; ++p) acc = std::fma(at[p * lda + i], b[p * ldb + jj], acc);
+      c[i * ldc + jj] = acc;
+    }
+}
+
+template <template <int, int> class Block>
+void outer_rows(int64_t m, int64_t n, int64_t k, const float* at, int64_t lda, const float* b,
+                int64_t ldb, float* c, int64_t ldc, bool accumulate, bool stream) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4)
+    outer_band<Block, 4>(n, k, at + i, lda, b, ldb, c + i * ldc, ldc, accumulate, stream);
+  const auto rest = m - i == 3   ? outer_band<Block, 3>
+                    : m - i == 2 ? outer_band<Block, 2>
+                                 : outer_band<Block, 1>;
+  if (i < m) rest(n, k, at + i, lda, b, ldb, c + i * ldc, ldc, accumulate, stream);
+  if (stream) _mm_sfence();  // the non-temporal stores are visible before the caller goes on
+}
+
 // The baseline level: the BLAS library on row-major or transposed operands.
 void library_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
                   bool accumulate, const GemmEpilogue* epilogue) {
@@ -669,8 +799,8 @@ void library_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c,
 }
 
 const Level* current_level() {
-  static const Level avx512{kMr512, kNr512, native_avx512};
-  static const Level avx2{kMr256, kNr256, native_avx2};
+  static const Level avx512{kMr512, kNr512, native_avx512, outer_rows<Outer512>, kOuterK512};
+  static const Level avx2{kMr256, kNr256, native_avx2, outer_rows<Outer256>, kOuterK256};
   switch (simd_target()) {
     case SimdTarget::kAvx512:
       return &avx512;
@@ -702,6 +832,16 @@ void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, 
     return library_gemm(m, n, k, a, b, c, ldc, accumulate, epilogue);
   }
   if (epilogue) (*epilogue)(0, m, 0, n);
+}
+
+void weight_grad_gemm(int64_t m, int64_t n, int64_t k, const float* at, int64_t lda, const float* b,
+                      int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const Level* lv = current_level();
+  if (!lv || k > lv->outer_k || m <= 0 || n <= 0 || k <= 0)
+    return kernel_gemm(m, n, k, MatRef::transposed(at, lda), MatRef::rows(b, ldb), c, ldc,
+                       accumulate);
+  count_gemm_flops(m, n, k);
+  lv->outer(m, n, k, at, lda, b, ldb, c, ldc, accumulate, !accumulate);
 }
 
 void gemm_fma_reference(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,

@@ -73,8 +73,8 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);
     const int64_t r0 = offsets[g], m = offsets[g + 1] - r0;
     if (m == 0 || c0 >= c1) return;
-    kernel_gemm(std::min(ktile, K - k0), c1 - c0, m, MatRef::transposed(A + r0 * K + k0, K),
-                MatRef::rows(B + r0 * N + c0, N), dW + g * K * N + k0 * N + c0, N, true);
+    weight_grad_gemm(std::min(ktile, K - k0), c1 - c0, m, A + r0 * K + k0, K, B + r0 * N + c0, N,
+                     dW + g * K * N + k0 * N + c0, N, true);
   });
 }
 

@@ -46,6 +46,15 @@ void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, 
                  bool accumulate, const GemmEpilogue* epilogue = nullptr,
                  const float* packed_b = nullptr);
 
+// A weight gradient, C[m, n] = (accumulate ? C : 0) + A^T . B with A [k, m] and B [k, n]
+// row-major (lda, ldb): kernel_gemm with a transposed A, the same bits. Over a few rows (k: the
+// tokens an expert got, up to 32 at AVX-512 and 16 at AVX2) C is most of the traffic, and it is
+// computed R rows at a time across all columns so that it streams front to back; a C that is
+// written, not accumulated, goes out with non-temporal stores (the optimizer reads it after the
+// whole backward, so caching it would only evict what the backward still reads).
+void weight_grad_gemm(int64_t m, int64_t n, int64_t k, const float* at, int64_t lda, const float* b,
+                      int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
 // Weights packed once into the current level's panel layout, for calls that would otherwise pack
 // them on every call and 512-row tile (inference: the same weights serve every batch; about 5% of
 // a dense layer's time at 2048 rows). `groups` matrices B [k, n], row-major with leading dimension

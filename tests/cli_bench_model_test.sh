@@ -2,7 +2,8 @@
 # End-to-end test of `sparsemoe bench model` on the tiny preset: the JSON report carries both
 # measurements with their GEMM rates (GFLOP/s, % of FMA peak, % of the library), the parameter
 # count and the speed-up against the baseline measured in the same run; bad presets, overrides and modes exit with status 2 and one line naming the problem;
-# SPARSEMOE_SIMD forces the vector kernels' level, which the report names.
+# SPARSEMOE_SIMD forces the vector kernels' level, which the report names. `bench moe` reports
+# both forward+backward figures.
 set -u
 bin=$1
 fail=0
@@ -39,6 +40,12 @@ out=$(SPARSEMOE_SIMD=baseline "$bin" bench model --preset tiny --mode infer "${f
 err=$(SPARSEMOE_SIMD=sse9 "$bin" bench model --preset tiny "${fast[@]}" 2>&1 >/dev/null); status=$?
 [[ $status -eq 2 && "$err" == *"SPARSEMOE_SIMD: expected baseline, avx2 or avx512, got 'sse9'"* ]] ||
   { echo "FAIL: SPARSEMOE_SIMD=sse9 gave status $status, stderr: $err"; fail=1; }
+# `bench moe` reports the forward+backward with gradients added and with gradients written.
+out=$("$bin" bench moe --hidden 16 --d-ff 32 --experts 4 --tokens-per-group 16 --batch 1 \
+      --router tokens_choose --k 1 --min-time 0 --json) || { echo "FAIL: bench moe exit status"; fail=1; }
+for want in '"forward_backward_ms"' '"forward_backward_written_ms"' '"inference_ms"'; do
+  [[ "$out" == *"$want"* ]] || { echo "FAIL: bench moe output lacks $want"; fail=1; }
+done
 # `bench cases` times the harness's registered cases; an unmatched filter is an error.
 out=$("$bin" bench cases --filter moe/top2_glu --min-time 0 --json) ||
   { echo "FAIL: bench cases exit status"; fail=1; }

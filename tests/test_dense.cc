@@ -103,6 +103,31 @@ TEST(TiledGemm, FewItemsSplitRowsToOccupyTheThreads) {
   EXPECT_EQ(split_rows(row_tiles(few, 1), 2, kMinSplitRows, 1).size(), 1u);
 }
 
+// Weight and bias gradients written (accumulate = false) over buffers of NaN: the same bits as
+// zeroing them and accumulating, for groups of 3, 0 (zeros written), 40 (past the few-rows path)
+// and 1 rows, at one and two threads.
+TEST(TiledGemm, WrittenGradientsEqualZeroedAndAccumulated) {
+  const int64_t offsets[5] = {0, 3, 3, 43, 44}, K = 70, N = 100, groups = 4;
+  const Tensor a = random_tensor({44, K}, 1), b = random_tensor({44, N}, 2);
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(testing::Message() << threads << " threads");
+    set_num_threads(threads);
+    Tensor dw({groups, K, N}), want({groups, K, N}), db({groups, N}), want_b({groups, N});
+    dw.fill(NAN), db.fill(NAN);
+    add_weight_grad(offsets, groups, a.data(), K, b.data(), N, want.data());
+    add_weight_grad(offsets, groups, a.data(), K, b.data(), N, dw.data(), false);
+    add_bias_grad(offsets, groups, b.data(), N, want_b.data());
+    add_bias_grad(offsets, groups, b.data(), N, db.data(), false);
+    EXPECT_TRUE(test::bitwise_equal(dw, want));
+    EXPECT_TRUE(test::bitwise_equal(db, want_b));
+    // ... and accumulating onto them adds the same again.
+    add_weight_grad(offsets, groups, a.data(), K, b.data(), N, want.data());
+    add_weight_grad(offsets, groups, a.data(), K, b.data(), N, dw.data());
+    EXPECT_TRUE(test::bitwise_equal(dw, want));
+  }
+  set_num_threads(0);
+}
+
 // Packed (inference) weights split rows, not columns: same bits as the training forward at any
 // thread count, with row counts that split into halves of unequal sizes.
 TEST(TiledGemm, PackedDenseBitsDoNotDependOnTheRowSplit) {

@@ -116,15 +116,22 @@ TEST(MoeLayer, DroppedTokensOutputExactZero) {
   for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y[i], 0.f);
 }
 
+// E experts, k 1 (experts-choose) or 2, with the z and load-balancing losses and jitter in play.
+MoeLayerConfig noisy_moe(RouterType type, int64_t E, double capacity_factor) {
+  MoeLayerConfig c =
+      small_moe(type, E, type == RouterType::kExpertsChoose ? 1 : 2, capacity_factor);
+  c.router.router_z_loss_weight = 0.05;
+  c.router.load_balancing_loss_weight = 0.2;
+  c.router.jitter_noise = 0.05;
+  return c;
+}
+
 // backward's loss_scale: with dy = s * r and loss_scale s, every gradient (the aux and z-loss
 // terms included) is s times the gradient for r at scale 1; s = 4 makes that exact in floats.
 TEST(MoeLayer, LossScaleScalesEveryGradientIncludingTheAuxLosses) {
   for (RouterType type :
        {RouterType::kExpertsChoose, RouterType::kTokensChoose, RouterType::kTop2}) {
-    MoeLayerConfig c = small_moe(type, 4, type == RouterType::kExpertsChoose ? 1 : 2, 0.75);
-    c.router.router_z_loss_weight = 0.05;
-    c.router.load_balancing_loss_weight = 0.2;
-    c.router.jitter_noise = 0.05;
+    const MoeLayerConfig c = noisy_moe(type, 4, 0.75);
     Tensor x = random_tensor({2, 8, 8}, 31), r = random_tensor({2, 8, 8}, 32), r4 = r, dx1, dx4;
     for (int64_t i = 0; i < r4.numel(); ++i) r4[i] *= 4.f;
     MoeLayer a(c), b(c);
@@ -147,6 +154,49 @@ TEST(MoeLayer, LossScaleScalesEveryGradientIncludingTheAuxLosses) {
     d.backward(r, dxd);
     EXPECT_FALSE(test::bitwise_equal(*d.params()[0].grad, *pa[0].grad)) << router_type_name(type);
   }
+}
+
+// GradMode::kOverwrite writes every gradient over whatever the buffers held (NaN here): the same
+// bits as zeroing them and accumulating, and the same dx, for each router (top2 with its
+// sampling noise, jitter and the aux losses in play, a dropless tokens-choose) and with a
+// backbone (its FeedForward takes the mode too). Experts that get no token are zeros.
+TEST(MoeLayer, OverwrittenGradientsEqualZeroedAndAccumulated) {
+  auto check = [](auto& written, auto& summed, const Tensor& x, const std::string& what) {
+    SCOPED_TRACE(what);
+    const Tensor dy = random_tensor(x.shape(), 9);
+    Tensor y, dxw, dxs;
+    for (const ParamRef& p : written.params()) p.grad->fill(NAN);
+    written.forward(x, y, {true, 3});
+    written.backward(dy, dxw, 2.0, GradMode::kOverwrite);
+    zero_grads(summed.params());
+    summed.forward(x, y, {true, 3});
+    summed.backward(dy, dxs, 2.0);
+    EXPECT_TRUE(bitwise_equal(dxw, dxs));
+    const auto pw = written.params(), ps = summed.params();
+    ASSERT_EQ(pw.size(), ps.size());
+    for (size_t p = 0; p < pw.size(); ++p)
+      EXPECT_TRUE(bitwise_equal(*pw[p].grad, *ps[p].grad)) << pw[p].name;
+  };
+  const Tensor x = random_tensor({2, 8, 8}, 5);
+  int64_t idle = 0;  // experts without tokens, over the cases
+  for (RouterType type :
+       {RouterType::kExpertsChoose, RouterType::kTokensChoose, RouterType::kTop2}) {
+    const MoeLayerConfig c = noisy_moe(type, 12, 0.5);
+    MoeLayer written(c), summed(c);
+    check(written, summed, x, router_type_name(type));
+    const auto& off = written.plan().expert_offsets;
+    for (size_t e = 0; e + 1 < off.size(); ++e) idle += off[e + 1] == off[e];
+  }
+  EXPECT_GT(idle, 0);
+  MoeLayerConfig dropless = small_moe(RouterType::kTokensChoose, 6, 1, 1.0);
+  dropless.dropless = true;
+  MoeLayer written(dropless), summed(dropless);
+  check(written, summed, x, "dropless");
+  MoeLayerWithBackboneConfig bc;
+  bc.moe = small_moe(RouterType::kTokensChoose, 3, 1, 1.0);
+  bc.backbone.d_ff = 13;
+  MoeLayerWithBackbone wb(bc), sb(bc);
+  check(wb, sb, x, "with backbone");
 }
 
 // The activation record owns everything backward reads: changing or freeing the caller's input

@@ -66,10 +66,12 @@ class _Layer(_Engine):
 
     __call__ = forward
 
-    def backward(self, dy, *, loss_scale=1.0):
+    def backward(self, dy, *, loss_scale=1.0, accumulate=True):
         """dy [B, L, H] -> dx of the last forward; adds into the gradients (see zero_grad), with
-        the routing losses' gradients scaled by loss_scale."""
-        return self._impl.backward(dy, loss_scale)
+        the routing losses' gradients scaled by loss_scale. accumulate=False writes the gradients
+        instead, whatever the buffers held (like torch's zero_grad(set_to_none=True) before a
+        backward, and faster: the weight gradients are not read first)."""
+        return self._impl.backward(dy, loss_scale, accumulate)
 
 
 class MoeLayer(_Layer):

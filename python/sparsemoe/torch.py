@@ -55,8 +55,9 @@ class _EngineFunction(torch.autograd.Function):
         if module._call != ctx.call:  # another forward ran since: restore this one's activations
             module._engine.forward(_as_input(x, "x"), training=ctx.training, step=ctx.step)
             module._call = ctx.call
-        module._attach_grads()
-        dx = module._engine.backward(_as_input(dy, "dy"), loss_scale=float(daux))
+        fresh = module._attach_grads()
+        dx = module._engine.backward(_as_input(dy, "dy"), loss_scale=float(daux),
+                                     accumulate=not fresh)
         return (None, torch.from_numpy(dx) if ctx.needs_input_grad[1] else None,
                 *([None] * len(module._params)))
 
@@ -109,7 +110,13 @@ class _EngineModule(torch.nn.Module):
 
     def _attach_grads(self):
         # .grad is the engine's gradient buffer, so its backward adds straight into it. A .grad set
-        # to None (zero_grad) or replaced since is brought back onto the buffer first.
+        # to None (zero_grad) or replaced since is brought back onto the buffer first. When every
+        # .grad is None (torch's zero_grad default), the backward writes the buffers instead of
+        # zeroing and adding: returns True then.
+        if all(p.grad is None for p, _ in self._params):
+            for p, g in self._params:
+                p.grad = g
+            return True
         for p, g in self._params:
             if p.grad is None:
                 g.zero_()
@@ -118,6 +125,7 @@ class _EngineModule(torch.nn.Module):
             else:
                 continue
             p.grad = g
+        return False
 
     def forward(self, x):
         if not torch.is_grad_enabled():  # inference: no graph, no autograd function

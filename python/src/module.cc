@@ -80,7 +80,7 @@ struct PyLayer {
     return {std::move(y), metrics_dict(m)};
   }
 
-  py::array_t<float> backward(const py::handle& dy_obj, double loss_scale) {
+  py::array_t<float> backward(const py::handle& dy_obj, double loss_scale, bool accumulate) {
     py::array dy = checked_array(dy_obj, "dy");
     check_arg(!x_shape.empty(), "backward: call forward first");
     check_shape("dy", shape_of(dy), x_shape, "[B, L, H]");
@@ -88,7 +88,8 @@ struct PyLayer {
     auto [dx, dx_t] = output(x_shape);
     {
       Compute compute(mu);
-      layer.backward(dy_t, dx_t, loss_scale);
+      layer.backward(dy_t, dx_t, loss_scale,
+                     accumulate ? GradMode::kAccumulate : GradMode::kOverwrite);
     }
     settle(dx, dx_t);
     return dx;
@@ -142,8 +143,9 @@ void bind_layer(py::module_& m, const char* name, const char* doc) {
            "x [B, L, H] float32 -> (y [B, L, H], metrics dict). Reads x in place. "
            "save_for_backward=False: inference (no_grad), no backward may follow.")
       .def("backward", &P::backward, py::arg("dy"), py::arg("loss_scale") = 1.0,
+           py::arg("accumulate") = true,
            "dy [B, L, H] -> dx; accumulates the parameters' gradients (routing losses included, "
-           "scaled by loss_scale).")
+           "scaled by loss_scale), or with accumulate=False writes them (no zero_grad needed).")
       .def(
           "parameters", [](const py::object& self) { return arrays<P>(self, false); },
           "name -> writable float32 view of the weight (no copy)")

@@ -133,6 +133,27 @@ def test_gradients_accumulate_until_zero_grad():
     assert all(not v.any() for v in layer.gradients().values())
 
 
+def test_backward_without_accumulating_writes_the_gradients():
+    # accumulate=False: whatever the buffers held, they end as zero_grad() then backward leaves
+    # them, bit for bit.
+    for name in ("tokens_choose_k2", "experts_choose"):
+        written = sparsemoe.MoeLayer(config(ROUTERS[name]))
+        summed = sparsemoe.MoeLayer(config(ROUTERS[name]))
+        x = np.random.default_rng(4).normal(0, 1, (2, 8, H)).astype(np.float32)
+        dy = np.random.default_rng(5).normal(0, 1, (2, 8, H)).astype(np.float32)
+        for v in written.gradients().values():
+            v[...] = np.nan
+        written.forward(x, training=True, step=1)
+        dx_w = written.backward(dy, accumulate=False)
+        summed.zero_grad()
+        summed.forward(x, training=True, step=1)
+        dx_s = summed.backward(dy)
+        np.testing.assert_array_equal(dx_w, dx_s)
+        got, want = written.gradients(), summed.gradients()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name} {k}")
+
+
 def test_outputs_are_new_arrays_and_inputs_unchanged():
     layer = sparsemoe.MoeLayer(config(ROUTERS["experts_choose"]))
     x = np.random.default_rng(3).normal(0, 1, (2, 8, H)).astype(np.float32)

@@ -113,9 +113,14 @@ def test_zero_grad_set_to_none_and_accumulation():
         torch.testing.assert_close(p.grad, 2 * once[n], msg=n)
     layer.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in layer.parameters())
-    layer(x).sum().backward()
+    layer(x).sum().backward()  # every .grad None: the engine writes its gradients
     for n, p in layer.named_parameters():
         torch.testing.assert_close(p.grad, once[n], msg=n)
+    written = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad(set_to_none=False)  # zeroed buffers: the engine adds into them
+    layer(x).sum().backward()
+    for n, p in layer.named_parameters():
+        assert torch.equal(p.grad, written[n]), n
 
 
 def test_two_calls_in_one_graph():

@@ -380,18 +380,24 @@ void experts_forward_replicated(const RoutingPlan& plan, FeedForwardExperts& exp
 }
 
 void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* dy,
-                      float* dx, ExpertRows& rows, Communicator* comm) {
+                      float* dx, ExpertRows& rows, Communicator* comm, GradMode mode) {
   const int64_t H = experts.weights().H;
+  const bool overwrite = mode == GradMode::kOverwrite;
   combine_backward(plan, dy, H, rows);
   rows.dxs.resize({plan.rows(), H});
   if (!comm || comm->size() == 1) {
     rows.drop.row_id = rows.row_ids.data();
+    FfnGrads grads = experts.weights().grads();
+    grads.overwrite = overwrite;
     ffn_backward(whole_params(experts), plan.expert_offsets.data(), rows.xs.data(), rows.dys.data(),
-                 rows.dxs.data(), rows.drop, rows.ffn, experts.weights().grads());
+                 rows.dxs.data(), rows.drop, rows.ffn, grads);
     dispatch_backward(plan, rows, H, dx);
     return;
   }
   ExchangeRows& ep = rows.ep;
+  // Written gradients: zeroed here, as zero_grads before the call would (the units' parts are
+  // kept apart and added at the step's last unit).
+  if (overwrite) experts.weights().zero_grads();
   const int P = comm->size(), me = comm->rank();
   check_arg(ep.ffn.size() == static_cast<size_t>(P) * ep.used_chunks &&
                 ep.recv.numel() == ep.base[P] * H && !ep.replicated,

@@ -160,7 +160,7 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   return m;
 }
 
-void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
+void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale, GradMode mode) {
   experts_.weights().release_inference();  // an optimizer step follows
   check_arg(!act_.x_shape.empty(),
             "MoeLayer::backward: call forward first (with ForwardOptions::save_for_backward)");
@@ -169,7 +169,11 @@ void MoeLayer::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
   const int64_t E = plan.E, N = plan.G * plan.T;
   dx.resize(dy.shape());
   // Combine -> experts -> dispatch backward: dx from the experts, a gradient per plan row.
-  experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts, comm_);
+  experts_backward(plan, experts_, dy.data(), dx.data(), act_.experts, comm_, mode);
+  if (mode == GradMode::kOverwrite) {  // the router's gradients are small: zeroed, then added
+    gate_.kernel_grad.zero();
+    gate_.bias_grad.zero();
+  }
   // Routing policy -> softmax and z-loss -> gate.
   act_.dlogits.resize({N, E});
   route_logits_backward(*policy_, config_.router, act_.routing, act_.experts.dweight.data(),
@@ -204,9 +208,10 @@ MoeMetrics MoeLayerWithBackbone::forward(const Tensor& x, Tensor& y, const Forwa
   return m;
 }
 
-void MoeLayerWithBackbone::backward(const Tensor& dy, Tensor& dx, double loss_scale) {
-  moe_.backward(dy, dx, loss_scale);
-  backbone_.backward(dy, tmp_);
+void MoeLayerWithBackbone::backward(const Tensor& dy, Tensor& dx, double loss_scale,
+                                    GradMode mode) {
+  moe_.backward(dy, dx, loss_scale, mode);
+  backbone_.backward(dy, tmp_, mode);
   for (int64_t i = 0; i < dx.numel(); ++i) dx[i] += tmp_[i];
 }
 

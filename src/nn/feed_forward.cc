@@ -73,6 +73,10 @@ FfnGrads FfnWeights::grads() {
           db2.numel() ? db2.data() : nullptr};
 }
 
+void FfnWeights::zero_grads() {
+  for (Tensor* t : {&dw1, &db1, &dw2, &db2}) t->zero();
+}
+
 void FfnWeights::prepare_inference() {
   const int64_t F1 = glu ? 2 * F : F;
   w1_packed.pack(held, H, F1, w1.data(), H * F1);
@@ -147,14 +151,16 @@ void FeedForward::forward(const Tensor& x, Tensor& y, const ForwardOptions& opt)
   ffn_forward(weights_.params(), offsets_.data(), x_.data(), y.data(), drop_, saved_);
 }
 
-void FeedForward::backward(const Tensor& dy, Tensor& dx) {
+void FeedForward::backward(const Tensor& dy, Tensor& dx, GradMode mode) {
   weights_.release_inference();  // an optimizer step follows
   check_arg(x_.numel() > 0,
             "FeedForward::backward: call forward first (with ForwardOptions::save_for_backward)");
   check_shape("dy", dy.shape(), x_.shape());
   dx.resize(dy.shape());
+  FfnGrads grads = weights_.grads();
+  grads.overwrite = mode == GradMode::kOverwrite;
   ffn_backward(weights_.params(), offsets_.data(), x_.data(), dy.data(), dx.data(), drop_, saved_,
-               weights_.grads());
+               grads);
 }
 
 }  // namespace sparsemoe

@@ -91,8 +91,9 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
       else
         std::copy_n(dys + r * H, H, g2 + r * H);
   });
-  if (grads.b2) add_bias_grad(offsets, E, g2, H, grads.b2);
-  if (grads.w2) add_weight_grad(offsets, E, saved.a.data(), F, g2, H, grads.w2);
+  const bool acc = !grads.overwrite;
+  if (grads.b2) add_bias_grad(offsets, E, g2, H, grads.b2, acc);
+  if (grads.w2) add_weight_grad(offsets, E, saved.a.data(), F, g2, H, grads.w2, acc);
   // da = g2 . W2[e]^T, then through inner dropout and the activation (and the GLU product):
   // dh [R, F1], stored in saved.da.
   saved.da.resize({R, F1});
@@ -124,8 +125,8 @@ void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, c
                 MatRef::transposed(p.w2 + t.group * F * H + c0 * H, H), da + t.begin * F1 + c0, F1,
                 false, &epilogue);
   });
-  if (grads.b1) add_bias_grad(offsets, E, da, F1, grads.b1);
-  if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F1, grads.w1);
+  if (grads.b1) add_bias_grad(offsets, E, da, F1, grads.b1, acc);
+  if (grads.w1) add_weight_grad(offsets, E, xs, H, da, F1, grads.w1, acc);
   if (!dxs) return;
   input_grad(offsets, E, da, F1, p.w1, H, dxs);
 }

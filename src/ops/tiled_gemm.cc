@@ -50,7 +50,7 @@ int64_t col_width(int64_t cols, int64_t splits) {
 }
 
 void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
-                     const float* B, int64_t N, float* dW) {
+                     const float* B, int64_t N, float* dW, bool accumulate) {
   // Items: (group, K tile, column tile); columns split like for_tiles when there are few items.
   int64_t ktile = kWeightTile;
   // Down to 64 columns: at H 64 (README's main job) a dense layer's 128-column weight gradient
@@ -72,20 +72,27 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
     const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * ktile;
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);
     const int64_t r0 = offsets[g], m = offsets[g + 1] - r0;
-    if (m == 0 || c0 >= c1) return;
-    weight_grad_gemm(std::min(ktile, K - k0), c1 - c0, m, A + r0 * K + k0, K, B + r0 * N + c0, N,
-                     dW + g * K * N + k0 * N + c0, N, true);
+    if (c0 >= c1) return;
+    const int64_t rows = std::min(ktile, K - k0);
+    float* out = dW + g * K * N + k0 * N + c0;
+    if (m == 0) {  // no tokens: a written gradient is zero, an accumulated one unchanged
+      for (int64_t r = 0; r < rows && !accumulate; ++r)
+        std::fill(out + r * N, out + r * N + c1 - c0, 0.f);
+      return;
+    }
+    weight_grad_gemm(rows, c1 - c0, m, A + r0 * K + k0, K, B + r0 * N + c0, N, out, N, accumulate);
   });
 }
 
-void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols,
-                   float* out) {
+void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols, float* out,
+                   bool accumulate) {
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (cols + kChunk - 1) / kChunk;
   parallel_for(groups * chunks, [&](int64_t item) {
     const int64_t g = item / chunks, c0 = (item % chunks) * kChunk;
     const int64_t c1 = std::min(cols, c0 + kChunk);
     float* o = out + g * cols;
+    if (!accumulate) std::fill(o + c0, o + c1, 0.f);
     for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r)
       for (int64_t c = c0; c < c1; ++c) o[c] += m[r * cols + c];
   });

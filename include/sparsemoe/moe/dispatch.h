@@ -101,8 +101,11 @@ void experts_forward_replicated(const RoutingPlan& plan, FeedForwardExperts& exp
                                 const float* x, float* y, const ForwardOptions& opt,
                                 ExpertRows& rows, Communicator& comm);
 // dy [N, H] -> dx [N, H] (overwritten) and rows.dweight; accumulates the experts' gradients (under
-// expert parallelism: when the step's last unit is in, the owned experts' tree of unit parts).
+// expert parallelism: when the step's last unit is in, the owned experts' tree of unit parts), or
+// with GradMode::kOverwrite writes them (under expert parallelism: zeroes the held experts'
+// gradients first, as zero_grads before the call would).
 void experts_backward(const RoutingPlan& plan, FeedForwardExperts& experts, const float* dy,
-                      float* dx, ExpertRows& rows, Communicator* comm = nullptr);
+                      float* dx, ExpertRows& rows, Communicator* comm = nullptr,
+                      GradMode mode = GradMode::kAccumulate);
 
 }  // namespace sparsemoe

@@ -95,8 +95,10 @@ class MoeLayer {
   MoeMetrics forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
   // dy: [B, L, H] -> dx (overwritten). Accumulates parameter gradients, those of the weighted
   // load-balancing and z losses included, scaled by loss_scale: the factor dy carries (loss
-  // scaling, gradient accumulation).
-  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
+  // scaling, gradient accumulation). GradMode::kOverwrite writes them instead: the same bits as
+  // zero_grads(params()) before the call, without the zeroing pass.
+  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0,
+                GradMode mode = GradMode::kAccumulate);
 
   // Whether forward takes paddings (ForwardOptions::paddings): lingvo's top2 only.
   bool takes_paddings() const { return policy_->takes_paddings(); }
@@ -159,7 +161,8 @@ class MoeLayerWithBackbone {
  public:
   explicit MoeLayerWithBackbone(const MoeLayerWithBackboneConfig& config);
   MoeMetrics forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
-  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0);
+  void backward(const Tensor& dy, Tensor& dx, double loss_scale = 1.0,
+                GradMode mode = GradMode::kAccumulate);
   std::vector<ParamRef> params();
   int64_t count_params() { return sparsemoe::count_params(params()); }
   // Packs the weights its GEMMs read for inference; returns the bytes packed (see

@@ -52,6 +52,7 @@ class FfnWeights {
              int64_t first = 0, int64_t count = -1);
   FfnParams params() const;
   FfnGrads grads();
+  void zero_grads();
   // Writable views of the weights: drops the packed copies.
   std::vector<ParamRef> refs();
   // W1 and W2 packed once for inference (see Dense::prepare_inference for the contract); dropped
@@ -83,8 +84,8 @@ class FeedForward {
   FeedForward(const FeedForwardConfig& config, int64_t hidden_size, uint64_t seed = 0);
   // x: [..., H] -> y: same shape.
   void forward(const Tensor& x, Tensor& y, const ForwardOptions& opt = {});
-  // dy: [..., H] -> dx (overwritten); accumulates gradients.
-  void backward(const Tensor& dy, Tensor& dx);
+  // dy: [..., H] -> dx (overwritten); accumulates gradients, or writes them (GradMode).
+  void backward(const Tensor& dy, Tensor& dx, GradMode mode = GradMode::kAccumulate);
 
   std::vector<ParamRef> params() { return weights_.refs(); }
   // Packs the weights its GEMMs read for inference; returns the bytes packed (see

@@ -11,6 +11,15 @@
 
 namespace sparsemoe {
 
+// What a backward does with the parameter gradients. kAccumulate adds this call's gradients to the
+// gradient buffers (zero them before the step, or sum several micro-batches). kOverwrite replaces
+// the buffers' contents with this call's gradients, whatever they held: no zeroing pass is needed,
+// and the large weight gradients are written without reading the old values, which is most of the
+// backward's memory traffic when an expert gets few tokens (PyTorch's zero_grad(set_to_none=True)
+// before a backward). Same bits as zeroing and accumulating. MoeLayer, MoeLayerWithBackbone and
+// FeedForward take it.
+enum class GradMode { kAccumulate, kOverwrite };
+
 struct ForwardOptions {
   bool training = false;  // selects jitter, dropout and the train capacity factor
   uint64_t step = 0;      // folded into RNG keys: a new step draws new dropout/jitter noise

@@ -40,6 +40,8 @@ struct FfnGrads {  // accumulated (+=); null pointers skip that gradient
   float* b1 = nullptr;
   float* w2 = nullptr;
   float* b2 = nullptr;
+  // Written instead (GradMode::kOverwrite): a group with no rows gets zeros.
+  bool overwrite = false;
 };
 
 // Dropout keys for one call; dropout is off when `enabled` is false. Element (r, j) of the inner

@@ -80,13 +80,15 @@ void for_tiles(const std::vector<RowTile>& row_tiles, int64_t cols, Fn&& fn) {
 }
 
 // dW[g] [K, N] += A[rows_g]^T [K, M_g] . B[rows_g] [M_g, N] for each group, A [R, K] and B [R, N]
-// row-major; each element sums its group's rows in row order.
+// row-major; each element sums its group's rows in row order. accumulate=false: = instead of +=
+// (a group without rows gets zeros), the same bits as zeroing dW first.
 void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int64_t K,
-                     const float* B, int64_t N, float* dW);
+                     const float* B, int64_t N, float* dW, bool accumulate = true);
 
-// out[g] [cols] += the sum of m's rows of group g (m [R, cols]), in row order.
-void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols,
-                   float* out);
+// out[g] [cols] += the sum of m's rows of group g (m [R, cols]), in row order; accumulate=false:
+// = instead of +=.
+void add_bias_grad(const int64_t* offsets, int64_t groups, const float* m, int64_t cols, float* out,
+                   bool accumulate = true);
 
 // dx [R, K] = dh [R, N] . W[g]^T for each group, W [groups, K, N] row-major.
 void input_grad(const int64_t* offsets, int64_t groups, const float* dh, int64_t N, const float* w,

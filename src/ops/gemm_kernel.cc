@@ -34,15 +34,19 @@ namespace {
 // each chunk is one contiguous stretch of memory, and the micro-kernels' prefetch of the next chunk
 // keeps the stream going. Panel by panel down all k instead, the reads are 128 bytes a weight row
 // apart and run at a quarter of the machine's read bandwidth. The shorter the chunk, the more often
-// C is loaded and stored: 8 rows when m <= 8, 32 up to kFewRows (measured on Zen 4,
-// docs/performance.md).
+// C is loaded and stored, but the longer, the further ahead its prefetch reaches: 8 rows for the
+// wide kernels' one or two rows, 32 from 3 rows up to kFewRows. (8 up to 8 rows was measured on
+// Zen 4 before the one-chunk-ahead prefetch; on a Xeon (Emerald Rapids) after it, 32 rows read W
+// at 4 rows 12.3 -> 15.1 GB/s and at 8 rows 8.8 -> 12.9 (AVX2: 10.6 -> 13.7, 6.1 -> 7.4), and the
+// 128-token MoE inference ran 9-11% faster, while one token's (1-2 rows) was 9% slower with 32:
+// call-by-call alternation, docs/performance.md.)
 constexpr int64_t kKc512 = 512, kKc256 = 256;
 constexpr int64_t kNcPanels = 8;
 constexpr int64_t kFewRows = 32;
 // Rows up to which a transposed B (W^T) is read in place (rows_by_transposed), not packed.
 constexpr int64_t kFewRowsT = 16;
 constexpr int64_t kFewCols = 4096;
-constexpr int64_t kFewKc(int64_t m) { return m <= 8 ? 8 : 32; }
+constexpr int64_t kFewKc(int64_t m) { return m <= 2 ? 8 : 32; }
 constexpr int64_t kMc = 512;  // rows per A block: 512 x kc floats per k chunk
 // With B packed beforehand, fewer: nothing is packed per block then, and a small A block (and
 // its C block) stays in L2 for all of a column group's panels. One thread, packed weights, on a

@@ -9,7 +9,10 @@ A best-configured peer must not lose to such a mistake, so the
 comparison scripts ask this probe first. Each candidate runs in its own process (a kernel family
 the CPU cannot run dies there with SIGILL and is skipped); every candidate's rate goes to stderr,
 and the winner's name to stdout: empty when OpenBLAS's own choice (the variable unset) wins.
-Run it with the environment the peer will have (LD_LIBRARY_PATH selecting the OpenBLAS)."""
+Run it with the environment the peer will have (LD_LIBRARY_PATH selecting the OpenBLAS).
+BEST_CORETYPE_CANDIDATES (space-separated family names) limits the candidates, e.g. to the AVX2
+families "Haswell Zen" when an AVX-512 machine stands in for an AVX2 one (bench/peer_env.sh); then
+the fastest of those is named even when it is not clearly faster than another."""
 import os
 import subprocess
 import sys
@@ -53,7 +56,9 @@ def rate(coretype):
 
 
 def main():
-    results = [(c, rate(c)) for c in CANDIDATES]
+    only = os.environ.get("BEST_CORETYPE_CANDIDATES", "").split()
+    candidates = only or CANDIDATES
+    results = [(c, rate(c)) for c in candidates]
     for c, r in results:
         shown = "%.1f GFLOP/s" % r if r is not None else "unusable here"
         print("openblas coretype %-11s %s" % (c or "(unset)", shown), file=sys.stderr)
@@ -61,6 +66,9 @@ def main():
     if not usable:
         sys.exit("best_openblas_coretype: no candidate ran; is python3-torch installed?")
     best_rate, best = max(usable)
+    if only:
+        print(best)
+        return
     unset_rate = results[0][1]
     # Keep OpenBLAS's own choice unless another family is clearly (10%) faster: the probe is
     # noisy, and an unforced peer is the simpler one to reproduce.

@@ -57,17 +57,17 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
   // was one work item, one GEMM on one thread while the others waited. Its rows are K (features),
   // never few, so narrow tiles cost the kernel nothing.
   const int64_t threads = num_threads();
-  const int64_t splits = col_splits(groups * ((K + ktile - 1) / ktile), N, threads, 64),
+  auto k_tiles = [&] { return (K + ktile - 1) / ktile; };
+  const int64_t splits = col_splits(groups * k_tiles(), N, threads, 64),
                 width = col_width(N, splits);
   // Then rows: a 64 x 64 or 128 x 64 weight gradient (attention, the dense FFN's output at H 64)
   // was still one item. In the main job's training at 2 threads (AVX2, Xeon Emerald Rapids) the
   // second thread had no work 36% of the time, single-item weight gradients 8 points of it
   // (perf). So K tiles are halved, down to kMinWeightRows rows, until every thread has an item;
   // the bits do not change (each element is still one FMA chain over the rows of A and B).
-  while (threads > 1 && groups * ((K + ktile - 1) / ktile) * splits < threads &&
-         ktile / 2 >= kMinWeightRows)
+  while (threads > 1 && groups * k_tiles() * splits < threads && ktile / 2 >= kMinWeightRows)
     ktile /= 2;
-  const int64_t tiles = (K + ktile - 1) / ktile;
+  const int64_t tiles = k_tiles();
   parallel_for(groups * tiles * splits, [&](int64_t item) {
     const int64_t g = item / (tiles * splits), k0 = (item / splits % tiles) * ktile;
     const int64_t c0 = (item % splits) * width, c1 = std::min(N, c0 + width);
@@ -75,11 +75,7 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
     if (c0 >= c1) return;
     const int64_t rows = std::min(ktile, K - k0);
     float* out = dW + g * K * N + k0 * N + c0;
-    if (m == 0) {  // no tokens: a written gradient is zero, an accumulated one unchanged
-      for (int64_t r = 0; r < rows && !accumulate; ++r)
-        std::fill(out + r * N, out + r * N + c1 - c0, 0.f);
-      return;
-    }
+    // A group without tokens (m = 0): zeros when written, unchanged when accumulated.
     weight_grad_gemm(rows, c1 - c0, m, A + r0 * K + k0, K, B + r0 * N + c0, N, out, N, accumulate);
   });
 }

@@ -553,16 +553,52 @@ __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64
                                                               epi, packed);
 }
 
+// x[0], x[ld], ..., x[7 * ld] as one vector: a column of eight rows of W (k's tail).
+[[gnu::always_inline]] __attribute__((target("avx2,fma"))) inline __m256 column8(const float* x,
+                                                                                 int64_t ld) {
+  return _mm256_set_ps(x[7 * ld], x[6 * ld], x[5 * ld], x[4 * ld], x[3 * ld], x[2 * ld], x[ld],
+                       x[0]);
+}
+
 // One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .
 // W^T, W [n, k] row-major (b.col_stride apart). Packing W^T first would write and reread every
 // weight; here 8 x 8 blocks of W are transposed in registers and used at once, each output's FMA
-// chain still running over k in order (same bits). Rows of W are read front to back, eight at a
-// time (eight sequential streams); memory, not the single chain of eight lanes, sets the pace.
+// chain still running over k in order (same bits). Rows of W are read front to back, 16 at a time
+// (two blocks, two chains; the last 8-15 rows 8 and then 1 at a time).
 __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t k, const float* a,
                                                               const float* w, int64_t ld, float* c,
                                                               bool accumulate) {
   const int64_t k8 = k / 8 * 8;
   int64_t j0 = 0;
+  // Two blocks of eight rows at a time: two FMA chains in flight instead of one, whose latency
+  // set the pace (each chain is still one output's FMAs over k in order). One token's MoE
+  // forward+backward, k = 2, one thread: 2.19 -> 2.06 ms (AVX2 level 2.14 -> 2.01), in-process
+  // alternation on a Xeon (Emerald Rapids); the kernel alone reads W 5-20% faster.
+  for (; j0 + 16 <= n; j0 += 16) {
+    __m256 acc0 = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
+    __m256 acc1 = accumulate ? _mm256_loadu_ps(c + j0 + 8) : _mm256_setzero_ps();
+    const float* rows0 = w + j0 * ld;
+    const float* rows1 = rows0 + 8 * ld;
+    for (int64_t p = 0; p < k8; p += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows0 + i * ld + p);
+      for (int i = 0; i < 8; ++i) t[i] = _mm256_loadu_ps(rows1 + i * ld + p);
+      transpose_rows(r);
+      transpose_rows(t);
+      for (int q = 0; q < 8; ++q) {
+        const __m256 av = _mm256_broadcast_ss(a + p + q);
+        acc0 = _mm256_fmadd_ps(av, r[q], acc0);
+        acc1 = _mm256_fmadd_ps(av, t[q], acc1);
+      }
+    }
+    for (int64_t p = k8; p < k; ++p) {
+      const __m256 av = _mm256_broadcast_ss(a + p);
+      acc0 = _mm256_fmadd_ps(av, column8(rows0 + p, ld), acc0);
+      acc1 = _mm256_fmadd_ps(av, column8(rows1 + p, ld), acc1);
+    }
+    _mm256_storeu_ps(c + j0, acc0);
+    _mm256_storeu_ps(c + j0 + 8, acc1);
+  }
   for (; j0 + 8 <= n; j0 += 8) {
     __m256 acc = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
     const float* rows = w + j0 * ld;
@@ -572,12 +608,8 @@ __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t
       transpose_rows(r);  // r[q] = W[j0..j0+8, p+q]
       for (int q = 0; q < 8; ++q) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p + q), r[q], acc);
     }
-    for (int64_t p = k8; p < k; ++p) {
-      const __m256 col =
-          _mm256_set_ps(rows[7 * ld + p], rows[6 * ld + p], rows[5 * ld + p], rows[4 * ld + p],
-                        rows[3 * ld + p], rows[2 * ld + p], rows[ld + p], rows[p]);
-      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p), col, acc);
-    }
+    for (int64_t p = k8; p < k; ++p)
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p), column8(rows + p, ld), acc);
     _mm256_storeu_ps(c + j0, acc);
   }
   for (; j0 < n; ++j0) {

@@ -142,14 +142,14 @@ TEST(GemmKernel, PackedWeightsAreRefusedAtAnotherLevelAndAfterClear) {
 
 // Weight gradients (weight_grad_gemm): at every native level the same bits as the reference,
 // on both sides of the few-rows limit (k 16 and 17 at AVX2, 32 and 33 at AVX-512), for 1-9 rows
-// of C (blocks of 4 and the rest), columns in blocks of 4 vectors, single vectors and a scalar
-// tail, written (aligned rows: the non-temporal stores; unaligned: plain ones) or accumulated.
-// Past the last column of each row of C nothing is touched.
+// of C (bands of 4 at AVX-512 and 3 at AVX2, and every remainder), columns in blocks of 4 vectors,
+// single vectors and a scalar tail, written (aligned rows: the non-temporal stores; unaligned:
+// plain ones) or accumulated. Past the last column of each row of C nothing is touched.
 void check_weight_grad(SimdTarget level) {
   SimdGuard guard;
   set_simd_target(level);
   uint64_t seed = 300;
-  for (int64_t m : {1, 3, 4, 7, 9})
+  for (int64_t m : {1, 2, 3, 4, 5, 7, 9})
     for (int64_t n : {5, 16, 83, 130, 256})
       for (int64_t k : {1, 2, 16, 17, 32, 33})
         for (int64_t pad : {0, 3})

@@ -72,7 +72,8 @@ constexpr int64_t kShortK = 64;
 // instead of the tiles. A 512 x 2048 weight gradient into a C in memory, one thread, Xeon (Emerald
 // Rapids), call-by-call alternation: AVX-512 k 1: 785 -> 273 us, 8: 1021 -> 486, 16: 1077 -> 692,
 // 32: 1322 -> 1142, 48: 1612 -> 1723 (slower); AVX2 k 1: 1048 -> 319, 8: 1281 -> 873, 16: 1330 ->
-// 1226, 24: 1374 -> 1776 (slower). Its 4 rows of C hold too few accumulators for a long k.
+// 1226, 24: 1374 -> 1776 (slower). Its 4 (AVX2: 3) rows of C hold too few accumulators for a long
+// k. With AVX2's 3-row bands (below), k 24 was a tie and 32 slower than the tiles again.
 constexpr int64_t kOuterK512 = 32, kOuterK256 = 16;
 
 constexpr int kMr512 = 14, kNr512 = 32;
@@ -774,16 +775,23 @@ __attribute__((target("avx2,fma"))) inline void outer_block_avx2(int64_t k, cons
     }
 }
 
-// A level's blocks: run computes R rows x V vectors of W floats.
+// A level's blocks: run computes R rows x V vectors of W floats; kRows is the band height, as
+// many rows of 4 vectors as the registers hold: 4 x 4 of AVX-512's 32 zmm, 3 x 4 of AVX2's 16 ymm.
+// At 4 x 4 the AVX2 block spilled accumulators to the stack; 3 rows, 512 x 2048 and 2048 x 512
+// weight gradients into memory, one thread, Xeon (Emerald Rapids), call-by-call alternation, us:
+// k 1 added 319 -> 259 / 413 -> 352, k 8 672 -> 481 / 679 -> 517, k 16 1210 -> 919 / 998 -> 787,
+// written alike (log 2026-12-01-third-weight-grad-bands-xeon.txt). 6 rows at AVX-512 was slower.
 template <int R, int V>
 struct Outer512 {
   static constexpr auto run = outer_block_avx512<R, V>;
   static constexpr int64_t W = 16;
+  static constexpr int kRows = 4;
 };
 template <int R, int V>
 struct Outer256 {
   static constexpr auto run = outer_block_avx2<R, V>;
   static constexpr int64_t W = 8;
+  static constexpr int kRows = 3;
 };
 
 // R rows of C across all n columns: blocks of 4 and 1 vectors, then the last columns scalar.
@@ -807,9 +815,11 @@ void outer_band(int64_t n, int64_t k, const float* at, int64_t lda, const float*
 template <template <int, int> class Block>
 void outer_rows(int64_t m, int64_t n, int64_t k, const float* at, int64_t lda, const float* b,
                 int64_t ldb, float* c, int64_t ldc, bool accumulate, bool stream) {
+  constexpr int R = Block<1, 1>::kRows;
+  static_assert(R >= 1 && R <= 4);
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4)
-    outer_band<Block, 4>(n, k, at + i, lda, b, ldb, c + i * ldc, ldc, accumulate, stream);
+  for (; i + R <= m; i += R)
+    outer_band<Block, R>(n, k, at + i, lda, b, ldb, c + i * ldc, ldc, accumulate, stream);
   const auto rest = m - i == 3   ? outer_band<Block, 3>
                     : m - i == 2 ? outer_band<Block, 2>
                                  : outer_band<Block, 1>;

@@ -75,8 +75,11 @@ void add_weight_grad(const int64_t* offsets, int64_t groups, const float* A, int
     if (c0 >= c1) return;
     const int64_t rows = std::min(ktile, K - k0);
     float* out = dW + g * K * N + k0 * N + c0;
-    // A group without tokens (m = 0): zeros when written, unchanged when accumulated.
-    weight_grad_gemm(rows, c1 - c0, m, A + r0 * K + k0, K, B + r0 * N + c0, N, out, N, accumulate);
+    // A group without tokens (m = 0) reads nothing (no pointer into A or B is formed: it could
+    // point past their end): zeros when written, unchanged when accumulated.
+    const float* a = m ? A + r0 * K + k0 : nullptr;
+    const float* b = m ? B + r0 * N + c0 : nullptr;
+    weight_grad_gemm(rows, c1 - c0, m, a, K, b, N, out, N, accumulate);
   });
 }
 

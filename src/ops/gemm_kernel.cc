@@ -579,6 +579,34 @@ __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64
                        x[0]);
 }
 
+// C[j0, j0 + 8 * NB) (+)= a[k] . W^T for NB blocks of eight rows of W from `rows` (ld apart): each
+// block's 8 x 8 tiles transposed in registers, each output one FMA chain over k in order.
+template <int NB>
+[[gnu::always_inline]] __attribute__((target("avx2,fma"))) inline void rows8_times_transposed(
+    int64_t k, const float* a, const float* rows, int64_t ld, float* c, bool accumulate) {
+  const int64_t k8 = k / 8 * 8;
+  __m256 acc[NB];
+  for (int b = 0; b < NB; ++b)
+    acc[b] = accumulate ? _mm256_loadu_ps(c + 8 * b) : _mm256_setzero_ps();
+  for (int64_t p = 0; p < k8; p += 8) {
+    __m256 r[NB][8];
+    for (int b = 0; b < NB; ++b) {
+      for (int i = 0; i < 8; ++i) r[b][i] = _mm256_loadu_ps(rows + (8 * b + i) * ld + p);
+      transpose_rows(r[b]);  // r[b][q] = W[block b's rows, p + q]
+    }
+    for (int q = 0; q < 8; ++q) {
+      const __m256 av = _mm256_broadcast_ss(a + p + q);
+      for (int b = 0; b < NB; ++b) acc[b] = _mm256_fmadd_ps(av, r[b][q], acc[b]);
+    }
+  }
+  for (int64_t p = k8; p < k; ++p) {
+    const __m256 av = _mm256_broadcast_ss(a + p);
+    for (int b = 0; b < NB; ++b)
+      acc[b] = _mm256_fmadd_ps(av, column8(rows + 8 * b * ld + p, ld), acc[b]);
+  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_ps(c + 8 * b, acc[b]);
+}
+
 // One row times a transposed B (the backward's dX = dH . W^T for a single token): C[1, n] = a[k] .
 // W^T, W [n, k] row-major (b.col_stride apart). Packing W^T first would write and reread every
 // weight; here 8 x 8 blocks of W are transposed in registers and used at once, each output's FMA
@@ -587,50 +615,14 @@ __attribute__((target("avx2,fma"))) void native_avx2(int64_t m, int64_t n, int64
 __attribute__((target("avx2,fma"))) void row_times_transposed(int64_t n, int64_t k, const float* a,
                                                               const float* w, int64_t ld, float* c,
                                                               bool accumulate) {
-  const int64_t k8 = k / 8 * 8;
   int64_t j0 = 0;
-  // Two blocks of eight rows at a time: two FMA chains in flight instead of one, whose latency
-  // set the pace (each chain is still one output's FMAs over k in order). One token's MoE
-  // forward+backward, k = 2, one thread: 2.19 -> 2.06 ms (AVX2 level 2.14 -> 2.01), in-process
-  // alternation on a Xeon (Emerald Rapids); the kernel alone reads W 5-20% faster.
-  for (; j0 + 16 <= n; j0 += 16) {
-    __m256 acc0 = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
-    __m256 acc1 = accumulate ? _mm256_loadu_ps(c + j0 + 8) : _mm256_setzero_ps();
-    const float* rows0 = w + j0 * ld;
-    const float* rows1 = rows0 + 8 * ld;
-    for (int64_t p = 0; p < k8; p += 8) {
-      __m256 r[8], t[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows0 + i * ld + p);
-      for (int i = 0; i < 8; ++i) t[i] = _mm256_loadu_ps(rows1 + i * ld + p);
-      transpose_rows(r);
-      transpose_rows(t);
-      for (int q = 0; q < 8; ++q) {
-        const __m256 av = _mm256_broadcast_ss(a + p + q);
-        acc0 = _mm256_fmadd_ps(av, r[q], acc0);
-        acc1 = _mm256_fmadd_ps(av, t[q], acc1);
-      }
-    }
-    for (int64_t p = k8; p < k; ++p) {
-      const __m256 av = _mm256_broadcast_ss(a + p);
-      acc0 = _mm256_fmadd_ps(av, column8(rows0 + p, ld), acc0);
-      acc1 = _mm256_fmadd_ps(av, column8(rows1 + p, ld), acc1);
-    }
-    _mm256_storeu_ps(c + j0, acc0);
-    _mm256_storeu_ps(c + j0 + 8, acc1);
-  }
-  for (; j0 + 8 <= n; j0 += 8) {
-    __m256 acc = accumulate ? _mm256_loadu_ps(c + j0) : _mm256_setzero_ps();
-    const float* rows = w + j0 * ld;
-    for (int64_t p = 0; p < k8; p += 8) {
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + i * ld + p);
-      transpose_rows(r);  // r[q] = W[j0..j0+8, p+q]
-      for (int q = 0; q < 8; ++q) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p + q), r[q], acc);
-    }
-    for (int64_t p = k8; p < k; ++p)
-      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p), column8(rows + p, ld), acc);
-    _mm256_storeu_ps(c + j0, acc);
-  }
+  // Two blocks at a time: two FMA chains in flight instead of one, whose latency set the pace.
+  // One token's MoE forward+backward, k = 2, one thread: 2.19 -> 2.06 ms (AVX2 level 2.14 ->
+  // 2.01), in-process alternation on a Xeon (Emerald Rapids); the kernel alone reads W 5-20%
+  // faster.
+  for (; j0 + 16 <= n; j0 += 16)
+    rows8_times_transposed<2>(k, a, w + j0 * ld, ld, c + j0, accumulate);
+  for (; j0 + 8 <= n; j0 += 8) rows8_times_transposed<1>(k, a, w + j0 * ld, ld, c + j0, accumulate);
   for (; j0 < n; ++j0) {
     float acc = accumulate ? c[j0] : 0.f;
     for (int64_t p = 0; p < k; ++p) acc = std::fma(a[p], w[j0 * ld + p], acc);

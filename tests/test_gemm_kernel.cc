@@ -103,11 +103,14 @@ void check_packed(SimdTarget level) {
         ASSERT_NE(panels, nullptr);
         const MatRef b = MatRef::rows(w.data() + g * s.k * s.n + c0, s.n);
         const int64_t n = s.n - c0;
-        Tensor c({s.m * n}), want({s.m * n});
-        gemm_fma_reference(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, want.data(), n, false);
-        kernel_gemm(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, c.data(), n, false, nullptr,
-                    panels);
-        for (int64_t i = 0; i < s.m * n; ++i) ASSERT_EQ(c[i], want[i]) << "g " << g << " i " << i;
+        for (bool acc : {false, true}) {  // from two rows on, a few rows read the panels too
+          Tensor c = random_tensor({s.m * n}, seed++), want = c;
+          gemm_fma_reference(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, want.data(), n, acc);
+          kernel_gemm(s.m, n, s.k, MatRef::rows(a.data(), s.k), b, c.data(), n, acc, nullptr,
+                      panels);
+          for (int64_t i = 0; i < s.m * n; ++i)
+            ASSERT_EQ(c[i], want[i]) << "g " << g << " acc " << acc << " i " << i;
+        }
       }
     // Panels that cannot serve a call are refused, never misread.
     EXPECT_EQ(packed.panels(0, 1, s.k), nullptr);      // not a panel boundary

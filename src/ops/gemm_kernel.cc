@@ -450,10 +450,16 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
   thread_local Scratch a_scratch, b_scratch, c_scratch;
   // Few rows and a row-major B: full panels are read where they are, a few whole rows at a time.
   // A transposed B (W^T) is packed in the usual chunks even then: short chunks would read each
-  // weight row a few floats at a time.
-  const bool in_place = m <= kFewRows && b.col_stride == 1;
-  // B packed beforehand ([panel][k][nr] from this call's first column): read, not packed.
-  if (in_place) packed = nullptr;
+  // weight row a few floats at a time. B packed beforehand ([panel][k][nr] from this call's first
+  // column) is read, not packed, and from two rows on it serves a few rows too: each panel is one
+  // contiguous run, where B in place is a column strip of rows n floats apart, whose lines
+  // share a few L1 sets (n a multiple of 1024) and each need their own prefetch stream. W read
+  // rate over 16 experts of 512 x 2048 and 2048 x 512, one thread, AMD EPYC Zen 3 (AVX2), panels
+  // against in place: 2 rows 16-17 against 9-16 GB/s, 8 rows 10-12 against 4.6-8.4, 32 rows 4.7
+  // against 1.4-2.5; one row 15-16 against 15-19, so one row stays in place (the wide kernels).
+  const bool few = m <= kFewRows;
+  if (few && m == 1 && b.col_stride == 1) packed = nullptr;
+  const bool in_place = few && b.col_stride == 1 && !packed;
   const int64_t kb = in_place ? kFewKc(m) : kc_many;
   const int64_t nc = in_place ? std::min((n + nr - 1) / nr * nr, kFewCols) : kNcPanels * nr;
   float* tile = c_scratch.get(mr * nr);
@@ -468,11 +474,11 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
     const int64_t mc = std::min(row_block, m - i0);
     const int64_t blocks = (mc + mr - 1) / mr;
     // Rows per micro-kernel call (mp; the panels' height): mr, except for a few rows read in
-    // place, which are split evenly: 8 rows at AVX2 as 4 + 4, not 6 + 2, whose 2-row call has
-    // four FMA chains and waits on their latency. The MoE layer's 128-token inference at the
-    // AVX2 level, one thread: -3 to -5% (Xeon Emerald Rapids, in-process alternation); AVX-512
-    // within noise. Which rows share a call never changes a bit.
-    const int64_t mp = in_place ? (mc + blocks - 1) / blocks : mr;
+    // place or from panels packed beforehand, which are split evenly: 8 rows at AVX2 as 4 + 4,
+    // not 6 + 2, whose 2-row call has four FMA chains and waits on their latency. The MoE
+    // layer's 128-token inference at the AVX2 level, one thread: -3 to -5% (Xeon Emerald Rapids,
+    // in-process alternation); AVX-512 within noise. Which rows share a call never changes a bit.
+    const int64_t mp = in_place || (few && packed) ? (mc + blocks - 1) / blocks : mr;
     // All of the block's A, chunk by chunk (chunk t at t * blocks * mp * kb): packed once, then
     // reused by every column group.
     float* ap = a_scratch.get(chunks * blocks * mp * kb);

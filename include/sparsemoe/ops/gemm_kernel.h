@@ -11,11 +11,11 @@
 // buffers, once per call and row block of 512 (fewer rows when k is long: a thread's packed A block
 // is bounded to 4 MiB): in a training step that is once per weight and direction, and the packing
 // never goes through memory. When the rows are few (decode, a few tokens per expert) and B is
-// row-major, B is read in place, whole rows at a time, at the machine's read bandwidth (the GEMV
-// case). An epilogue called on each finished output block, while it is still in cache, fuses bias,
-// activation and dropout into the write-out. For inference, where the same weights serve every
-// batch, they can be packed once (PackedWeights) and the calls then read the packed panels instead
-// of packing them again.
+// row-major, B is read in place, whole rows at a time (the GEMV case), unless it was packed
+// beforehand (below). An epilogue called on each finished output block, while it is still in cache,
+// fuses bias, activation and dropout into the write-out. For inference, where the same weights
+// serve every batch, they can be packed once (PackedWeights) and the calls then read the packed
+// panels instead of packing them again.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +40,9 @@ using GemmEpilogue = std::function<void(int64_t r0, int64_t rows, int64_t c0, in
 
 // C[m, n] = (accumulate ? C : 0) + A[m, k] . B[k, n]; C row-major with leading dimension ldc.
 // `packed_b`, when not null, is B already packed (PackedWeights::panels for this call's first
-// column): the call reads it instead of packing B. B itself is still needed: a call with few rows
-// reads B in place, whole rows at a time, which streams faster than panels a k-stride apart.
+// column): the call reads it instead of packing B, also when the rows are few (2 to 32). B itself
+// is still needed: a call with one row reads B in place, whole rows at a time (as fast as the
+// panels or faster there, on an AMD EPYC Zen 3).
 void kernel_gemm(int64_t m, int64_t n, int64_t k, MatRef a, MatRef b, float* c, int64_t ldc,
                  bool accumulate, const GemmEpilogue* epilogue = nullptr,
                  const float* packed_b = nullptr);

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "sparsemoe/core/config_io.h"
+#include "sparsemoe/core/parallel.h"
 #include "sparsemoe/io/file_io.h"
 #include "sparsemoe/io/safetensors.h"
 #include "sparsemoe/train/checkpoint.h"
@@ -248,6 +249,49 @@ TEST(Trainer, ResumeIsBitwiseIdenticalToAnUninterruptedRun) {
   other.seed = 6;
   Trainer(other, dir + "/other", {}).run();
   EXPECT_FALSE(read_file(dir + "/other/checkpoint.safetensors") == full);
+}
+
+// --compare-dense hands the MoE run's tokenizer and prepared data to its other runs: a run given
+// them trains the same bits as one that prepares the data itself; the data is encoded in parallel
+// and is the same at every thread count.
+TEST(Trainer, SharedDataTrainsTheSameModel) {
+  const std::string dir = fresh_dir("shared_data");
+  const TrainConfig c = test::tiny_train_config(dir, 4, 4);
+  write_file_atomic(c.data.path, test::synthetic_corpus(1500));  // several chunks of 512
+  Trainer a(c, dir + "/a", {});
+  a.run();
+  const Corpus corpus = load_corpus(c.data);
+  // Each split holds its examples' encodings, one by one (in the split's fixed shuffled order).
+  for (int s = 0; s < 3; ++s) {
+    std::vector<std::pair<std::vector<int>, int64_t>> want, got;
+    for (const TextExample& e : corpus.examples) {
+      if (static_cast<int>(e.split) == s) want.emplace_back(a.tokenizer().encode(e.text), e.label);
+    }
+    const TokenizedSet& set = a.data().classify[s];
+    for (int64_t i = 0; i < set.size(); ++i) got.emplace_back(set.tokens[i], set.labels[i]);
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    EXPECT_TRUE(got == want) << "split " << s;
+  }
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    const TaskData d = prepare_task_data(c.data, corpus, a.tokenizer());
+    for (int s = 0; s < 3; ++s) {
+      EXPECT_EQ(d.classify[s].tokens, a.data().classify[s].tokens) << threads << " threads";
+      EXPECT_EQ(d.classify[s].labels, a.data().classify[s].labels) << threads << " threads";
+    }
+    for (int s = 0; s < 2; ++s) EXPECT_EQ(d.pretrain[s].tokens, a.data().pretrain[s].tokens);
+  }
+  set_num_threads(0);
+  ASSERT_GT(a.data().classify[0].size(), 1000);
+  Trainer(c, dir + "/own", {.tokenizer = &a.tokenizer()}).run();
+  Trainer(c, dir + "/shared", {.tokenizer = &a.tokenizer(), .data = &a.data()}).run();
+  for (const char* f : {"checkpoint.safetensors", "labels.json", "results.json"}) {
+    EXPECT_TRUE(read_file(dir + "/shared/" + f) == read_file(dir + "/own/" + f)) << f;
+    EXPECT_TRUE(read_file(dir + "/shared/" + f) == read_file(dir + "/a/" + f)) << f;
+  }
+  const std::string e = error_of([&] { Trainer(c, dir + "/bad", {.data = &a.data()}); });
+  EXPECT_NE(e.find("without the tokenizer"), std::string::npos) << e;
 }
 
 TEST(Trainer, StopSignalCheckpointsAndResumes) {

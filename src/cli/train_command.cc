@@ -57,7 +57,7 @@ struct TrainArgs {
 // faults do not count, over enough steps (a few seconds for the main job) that a pause of a noisy
 // machine moves the estimate less (30 steps gave -20% to +25% on a 2-vCPU VM).
 double seconds_per_step(const TrainConfig& base, bool pretrain, const Tokenizer& tok,
-                        const std::string& dir) {
+                        const TaskData& data, const std::string& dir) {
   constexpr int64_t kWarm = 20, kSteps = 200;
   auto timed = [&](int64_t steps) {
     TrainConfig c = base;
@@ -67,6 +67,7 @@ double seconds_per_step(const TrainConfig& base, bool pretrain, const Tokenizer&
     c.checkpoint_every = 0;
     TrainOptions o;
     o.tokenizer = &tok;
+    o.data = &data;  // not prepared again (about 1 s each, and there are eight of these runs)
     o.stop_after_step = steps;
     o.stop_signal = &g_signal;
     const TrainResult r = Trainer(c, dir, o).run();
@@ -96,8 +97,9 @@ int compare_dense(const TrainArgs& a, Trainer& moe, const TrainResult& moe_resul
   for (int p = 0; p < 2; ++p) {
     if (phases[p]->steps == 0) continue;
     const double t_moe =
-        seconds_per_step(moe.config(), p == 0, moe.tokenizer(), dense_dir + ".timing");
-    const double t = seconds_per_step(dense, p == 0, moe.tokenizer(), dense_dir + ".timing");
+        seconds_per_step(moe.config(), p == 0, moe.tokenizer(), moe.data(), dense_dir + ".timing");
+    const double t =
+        seconds_per_step(dense, p == 0, moe.tokenizer(), moe.data(), dense_dir + ".timing");
     steps[p] =
         std::max<int64_t>(1, std::llround(static_cast<double>(phases[p]->steps) * t_moe / t));
     if (opt.log)
@@ -114,6 +116,7 @@ int compare_dense(const TrainArgs& a, Trainer& moe, const TrainResult& moe_resul
                             steps[0], steps[1], dense_dir);
   TrainOptions dopt = opt;
   dopt.tokenizer = &moe.tokenizer();
+  dopt.data = &moe.data();
   Trainer trainer(dense, dense_dir, dopt);
   const TrainResult d = trainer.run();
   if (d.outcome == TrainOutcome::kInterrupted) {

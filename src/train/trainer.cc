@@ -355,8 +355,16 @@ void Trainer::prepare_directory(bool fresh, const Corpus* loaded) {
   }
   note(memory);
   Corpus corpus;
-  if (fresh) {
+  const TaskData* shared = fresh && comm_->size() == 1 ? options_.data : nullptr;
+  check_arg(!shared || options_.tokenizer,
+            "TrainOptions: data is given without the tokenizer it was prepared with");
+  if (shared) {  // only the name and the labels are needed from the corpus
+    corpus.name = shared->corpus_name;
+    corpus.label_names = shared->label_names;
+  } else if (fresh) {
     corpus = loaded ? *loaded : load_corpus(config_.data);
+  }
+  if (fresh) {
     if (options_.tokenizer) {
       tokenizer_ = *options_.tokenizer;
     } else {
@@ -377,7 +385,7 @@ void Trainer::prepare_directory(bool fresh, const Corpus* loaded) {
     tokenizer_ = read_run_tokenizer(path("tokenizer.model"), config_);
     corpus = load_corpus(config_.data);
   }
-  data_ = prepare_task_data(config_.data, corpus, tokenizer_);
+  data_ = shared ? *shared : prepare_task_data(config_.data, corpus, tokenizer_);
   build_model();
   if (fresh) {
     enter_phase(in_pretrain(0));

@@ -42,6 +42,10 @@ struct TrainOptions {
   std::ostream* log = nullptr;                    // progress output; null: silent
   bool live = false;  // one self-updating line (for a terminal) instead of plain lines
   const Tokenizer* tokenizer = nullptr;  // a new run uses this one instead of training its own
+  // With `tokenizer`: a new run on one process uses this data (prepared from the same data config
+  // with that tokenizer, e.g. another Trainer's data()) instead of reading and tokenizing the
+  // corpus again; --compare-dense shares the MoE run's between its runs.
+  const TaskData* data = nullptr;
   // The processes training together (null: this one alone). Rank 0 owns the run directory: it
   // writes every file and the progress output; the others read nothing from it (they get the
   // config, tokenizer and checkpoint from rank 0) except the corpus, which each reads itself.

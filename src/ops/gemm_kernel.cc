@@ -479,12 +479,13 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
     // layer's 128-token inference at the AVX2 level, one thread: -3 to -5% (Xeon Emerald Rapids,
     // in-process alternation); AVX-512 within noise. Which rows share a call never changes a bit.
     const int64_t mp = in_place || (few && packed) ? (mc + blocks - 1) / blocks : mr;
-    // B read in place by the micro-kernels (3 to kFewRows rows): the next chunk is also fetched
-    // into L2 as one sequential stream (Ahead), not only as the kernels' per-panel prefetch, whose
-    // lines, one weight row apart, share a few L1 sets with the panel being read. At AVX2 (one
-    // line per row of a panel) with several row blocks, each block rereads the panel, and the
-    // kernels' own prefetch of the next chunk evicts it first, so it is left to the stream; at
-    // AVX-512 with one row block it stays. Other cases measured no better (several row blocks at
+    // B read in place by the micro-kernels: the next chunk is also fetched into L2 as one
+    // sequential stream (Ahead), not only as the kernels' per-panel prefetch, whose lines, one
+    // weight row apart, share a few L1 sets with the panel being read. At AVX2 (one line per row
+    // of a panel) with several row blocks (7 to kFewRows rows), each block rereads the panel, and
+    // the kernels' own prefetch of the next chunk evicts it first, so it is left to the stream
+    // (a distance of 0: the line being loaded); at AVX-512 with one row block (3 to 14 rows) it
+    // stays. Other cases measured no better (several row blocks at
     // AVX-512, one at AVX2). The MoE training forward, 1 thread, AMD EPYC Zen 5, alternating
     // runs: 128 tokens (8 rows an expert) AVX-512 9.6-10.1 -> 8.2-8.6 ms, AVX2 13.2-13.7 ->
     // 11.9-12.0; 512 tokens (32 rows) AVX2 44.7-50.5 -> 34.8-41.1. Prefetching changes no bit.

@@ -130,9 +130,11 @@ template <bool kFma>
   return 1.f / (1.f + fast_exp<kFma>(-two_u));
 }
 
+// a[i] = act(h[i]); h and a are one array (in place) or disjoint, so no restrict: every loop is
+// `omp simd`, which vectorises it regardless, and each element is read before its own store.
 template <bool kFma>
-[[gnu::always_inline]] inline void forward_body(Activation act, const float* __restrict h,
-                                                float* __restrict a, int64_t n) {
+[[gnu::always_inline]] inline void forward_body(Activation act, const float* h, float* a,
+                                                int64_t n) {
   switch (act) {
     case Activation::kRelu:
 #pragma omp simd
@@ -147,9 +149,11 @@ template <bool kFma>
       for (int64_t i = 0; i < n; ++i) a[i] = h[i] * gelu_tanh_sigmoid<kFma>(h[i]);
       return;
     case Activation::kLinear:
+#pragma omp simd
       for (int64_t i = 0; i < n; ++i) a[i] = h[i];
       return;
     case Activation::kTanh:
+#pragma omp simd
       for (int64_t i = 0; i < n; ++i) a[i] = fast_tanh<kFma>(h[i]);
       return;
   }
@@ -325,14 +329,10 @@ void activation_forward(Activation act, const float* h, float* a, int64_t n) {
 
 void activation_in_place(Activation act, float* x, int64_t n) {
   if (act == Activation::kLinear) return;
-  // Through a copy in L1: the kernels' operands are restrict (distinct arrays).
-  constexpr int64_t kChunk = 256;
-  float tmp[kChunk];
-  for (int64_t i = 0; i < n; i += kChunk) {
-    const int64_t len = std::min(kChunk, n - i);
-    std::copy_n(x + i, len, tmp);
-    activation_forward(act, tmp, x + i, len);
-  }
+  // The same kernel with both operands one array (forward_body allows it). Through a copy in L1
+  // to a distinct array instead, as before, the MoE layer's inference at 4096 tokens ran 2-3%
+  // slower (in-process alternation, Xeon Emerald Rapids, one and two threads, AVX-512 and AVX2).
+  at_level(forward_baseline, forward_avx2, forward_avx512)(act, x, x, n);
 }
 
 void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n) {

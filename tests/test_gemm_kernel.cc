@@ -1,12 +1,16 @@
 // The engine's GEMM kernel (ops/gemm_kernel.h): at every native level it equals the scalar FMA
 // reference bitwise, for row-major and transposed operands, accumulation, partial tiles, k
 // chunks and the in-place (unpacked B) path; the epilogue sees every output element exactly once,
-// after its final value is written; the baseline level (library) agrees to tolerance.
+// after its final value is written; the baseline level (library) agrees to tolerance. The expert
+// FFN's fused inference path gives the bits of its two-pass forward.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
+#include "sparsemoe/core/parallel.h"
 #include "sparsemoe/core/tensor.h"
+#include "sparsemoe/ops/expert_ffn.h"
 #include "sparsemoe/ops/gemm_kernel.h"
 #include "sparsemoe/ops/simd.h"
 #include "test_util.h"
@@ -122,6 +126,55 @@ void check_packed(SimdTarget level) {
 TEST(GemmKernel, PackedWeightsGiveTheSameBits) {
   for (SimdTarget level : {SimdTarget::kAvx2, SimdTarget::kAvx512})
     if (simd_supported(level)) check_packed(level);
+}
+
+// The expert FFN's inference on packed weights, where each work item runs both GEMMs on a few
+// rows through a per-thread scratch (expert_ffn.cc), gives the bits of the saving forward that
+// packs per call: with and without GLU and biases, experts of 0, 1, 1000 and 2500 rows (split into
+// items) and at 1 to 4 threads (4 threads with few items take the unfused, column-split path).
+void check_fused_ffn(SimdTarget level) {
+  SimdGuard guard;
+  set_simd_target(level);
+  const int64_t E = 4, H = 40, F = 72;
+  for (const bool glu : {false, true})
+    for (const bool bias : {false, true})
+      for (const std::vector<int64_t>& rows :
+           {std::vector<int64_t>{1000, 0, 1, 2500}, std::vector<int64_t>{3, 90, 0, 0}}) {
+        SCOPED_TRACE(testing::Message()
+                     << "glu " << glu << " bias " << bias << " rows " << rows[0] << "," << rows[1]);
+        std::vector<int64_t> offsets{0};
+        for (int64_t r : rows) offsets.push_back(offsets.back() + r);
+        const int64_t R = offsets.back(), F1 = glu ? 2 * F : F;
+        const Tensor w1 = random_tensor({E, H, F1}, 1), b1 = random_tensor({E, F1}, 2),
+                     w2 = random_tensor({E, F, H}, 3), b2 = random_tensor({E, H}, 4),
+                     x = random_tensor({R, H}, 5);
+        FfnParams p;
+        p.E = E, p.H = H, p.F = F, p.glu = glu, p.activation = Activation::kGeluTanh;
+        p.w1 = w1.data(), p.w2 = w2.data();
+        if (bias) p.b1 = b1.data(), p.b2 = b2.data();
+        FfnSaved saved;
+        set_num_threads(1);
+        Tensor want({R, H});
+        ffn_forward(p, offsets.data(), x.data(), want.data(), {}, saved, true);
+        PackedWeights p1, p2;
+        p1.pack(E, H, F1, w1.data(), H * F1);
+        p2.pack(E, F, H, w2.data(), F * H);
+        p.w1_packed = &p1, p.w2_packed = &p2;
+        for (int threads : {1, 2, 3, 4}) {
+          set_num_threads(threads);
+          Tensor y({R, H}, std::nanf(""));
+          FfnSaved fresh;
+          ffn_forward(p, offsets.data(), x.data(), y.data(), {}, fresh, false);
+          for (int64_t i = 0; i < R * H; ++i)
+            ASSERT_EQ(y[i], want[i]) << threads << " threads, element " << i;
+        }
+        set_num_threads(0);
+      }
+}
+
+TEST(ExpertFfn, FusedInferenceOnPackedWeightsGivesTheSavingForwardsBits) {
+  for (SimdTarget level : {SimdTarget::kAvx2, SimdTarget::kAvx512})
+    if (simd_supported(level)) check_fused_ffn(level);
 }
 
 TEST(GemmKernel, PackedWeightsAreRefusedAtAnotherLevelAndAfterClear) {

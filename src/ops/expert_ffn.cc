@@ -9,35 +9,48 @@
 
 namespace sparsemoe {
 
+namespace {
+
+// Rows per work item of the fused inference FFN: two of the kernel's A blocks on packed weights
+// (kMcPacked), each item starting on a block boundary of its tile. Every A block streams all of
+// the weights; tiles split evenly instead (236 rows as 118 + 118, each a 112-row block and a
+// 6-row one) ran the MoE layer's inference 5% slower than this split (224 + 12).
+constexpr int64_t kFusedRows = 224;
+
+// Per-thread scratch for the fused inference FFN: grown on demand, never shrunk.
+struct FusedScratch {
+  Tensor h, a;
+};
+
+}  // namespace
+
 void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
                  const FfnDropout& drop, FfnSaved& saved, bool save) {
   const int64_t H = p.H, F = p.F, F1 = p.width1(), R = offsets[p.E];
-  // Without a backward to come (and without GLU, whose product reads the pre-activation's linear
-  // half), the first GEMM writes straight into `a` and the activation runs there in place.
-  const bool in_place = !save && !p.glu;
-  if (!in_place) saved.h.resize({R, F1});
-  saved.a.resize({R, F});
   const auto tiles = row_tiles(offsets, p.E);
   const bool drop_in = drop.enabled && p.inner_dropout > 0;
   const bool drop_out = drop.enabled && p.output_dropout > 0;
-  float* a = saved.a.data();
-  float* h = in_place ? a : saved.h.data();  // [R, F1]
+  // Without a backward to come (and without GLU, whose product reads the pre-activation's linear
+  // half), the first GEMM writes straight into `a` and the activation runs there in place.
+  const bool in_place = !save && !p.glu;
   auto packed = [](const PackedWeights* w, int64_t g, int64_t c0, int64_t k) {
     return w ? w->panels(g, c0, k) : nullptr;
   };
-  for_tiles(tiles, F, p.w1_packed != nullptr, [&](const RowTile& t, int64_t c0, int64_t c1) {
+  // Columns [c0, c1) of tile t's first GEMM; hb and ab: the tile's first row of h [rows, F1] and
+  // a [rows, F] (one array when in place).
+  auto first = [&](const RowTile& t, int64_t c0, int64_t c1, float* hb, float* ab) {
     const int64_t rows = t.end - t.begin;
     const float* w1 = p.w1 + t.group * H * F1;
     const MatRef x = MatRef::rows(xs + t.begin * H, H);
     if (p.glu)  // the linear half first (columns F + [c0, c1)): the epilogue below reads it
-      kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + F + c0, F1), h + t.begin * F1 + F + c0, F1,
-                  false, nullptr, packed(p.w1_packed, t.group, F + c0, H));
+      kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + F + c0, F1), hb + F + c0, F1, false,
+                  nullptr, packed(p.w1_packed, t.group, F + c0, H));
     // Bias, activation, GLU product and inner dropout on each finished block, still in L1.
     const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
       const int64_t b0 = c0 + j0, b1 = b0 + nc;
-      for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
-        float* hr = h + r * F1;
-        float* ar = a + r * F;
+      for (int64_t i = r0; i < r0 + nr; ++i) {
+        float* hr = hb + i * F1;
+        float* ar = ab + i * F;
         if (p.b1) {
           const float* b = p.b1 + t.group * F1;
           for (int64_t j = b0; j < b1; ++j) hr[j] += b[j];
@@ -49,14 +62,15 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
           activation_forward(p.activation, hr + b0, ar + b0, nc);
         for (int64_t j = b0; p.glu && j < b1; ++j) ar[j] *= hr[F + j];
         if (drop_in)
-          dropout_span(drop.inner_key, static_cast<uint64_t>(drop.row_id[r] * F + b0),
+          dropout_span(drop.inner_key, static_cast<uint64_t>(drop.row_id[t.begin + i] * F + b0),
                        p.inner_dropout, ar + b0, ar + b0, nc);
       }
     };
-    kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), h + t.begin * F1 + c0, F1, false,
-                &epilogue, packed(p.w1_packed, t.group, c0, H));
-  });
-  for_tiles(tiles, H, p.w2_packed != nullptr, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    kernel_gemm(rows, c1 - c0, H, x, MatRef::rows(w1 + c0, F1), hb + c0, F1, false, &epilogue,
+                packed(p.w1_packed, t.group, c0, H));
+  };
+  // Columns [c0, c1) of tile t's second GEMM, reading a from ab (the tile's first row).
+  auto second = [&](const RowTile& t, int64_t c0, int64_t c1, const float* ab) {
     const float* b = p.b2 ? p.b2 + t.group * H : nullptr;
     const GemmEpilogue epilogue = [&](int64_t r0, int64_t nr, int64_t j0, int64_t nc) {
       for (int64_t r = t.begin + r0; r < t.begin + r0 + nr; ++r) {
@@ -68,10 +82,46 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
                        p.output_dropout, yr, yr, nc);
       }
     };
-    kernel_gemm(t.end - t.begin, c1 - c0, F, MatRef::rows(a + t.begin * F, F),
+    kernel_gemm(t.end - t.begin, c1 - c0, F, MatRef::rows(ab, F),
                 MatRef::rows(p.w2 + t.group * F * H + c0, H), ys + t.begin * H + c0, H, false,
                 &epilogue, packed(p.w2_packed, t.group, c0, F));
+  };
+  // Inference on weights packed beforehand, with rows enough to occupy the threads (four items a
+  // thread, as for_tiles aims at): each item runs both GEMMs on its rows (kFusedRows at most),
+  // its h and a in a per-thread scratch that stays in cache, instead of a [R, F] activation
+  // written to memory by the first GEMM and read back by the second. Same bits (rows are
+  // independent; every element is one FMA chain over k either way). In-process alternation on a
+  // Xeon (Emerald Rapids), AVX-512: the MoE layer's inference at 4096 tokens -3 to -4% at one
+  // thread, a tie at two; Fast Sparse Mixer's inference (batch 4) -1 to -4% at one thread, -2%
+  // at two. With the fused order but a [R, F] array instead of the scratch, only -1%.
+  if (!save && p.w1_packed && p.w2_packed) {
+    std::vector<RowTile> items;
+    for (const RowTile& t : tiles)
+      for (int64_t r = t.begin; r < t.end; r += kFusedRows)
+        items.push_back({t.group, r, std::min(t.end, r + kFusedRows)});
+    const int64_t threads = num_threads();
+    if (static_cast<int64_t>(items.size()) >= (threads > 1 ? 4 * threads : 1)) {
+      parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i) {
+        thread_local FusedScratch scratch;
+        const int64_t rows = items[i].end - items[i].begin;
+        scratch.a.resize({rows, F});
+        if (!in_place) scratch.h.resize({rows, F1});
+        float* ab = scratch.a.data();
+        first(items[i], 0, F, in_place ? ab : scratch.h.data(), ab);
+        second(items[i], 0, H, ab);
+      });
+      return;
+    }
+  }
+  if (!in_place) saved.h.resize({R, F1});
+  saved.a.resize({R, F});
+  float* a = saved.a.data();
+  float* h = in_place ? a : saved.h.data();  // [R, F1]
+  for_tiles(tiles, F, p.w1_packed != nullptr, [&](const RowTile& t, int64_t c0, int64_t c1) {
+    first(t, c0, c1, h + t.begin * F1, a + t.begin * F);
   });
+  for_tiles(tiles, H, p.w2_packed != nullptr,
+            [&](const RowTile& t, int64_t c0, int64_t c1) { second(t, c0, c1, a + t.begin * F); });
 }
 
 void ffn_backward(const FfnParams& p, const int64_t* offsets, const float* xs, const float* dys,

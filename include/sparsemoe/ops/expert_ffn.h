@@ -7,7 +7,9 @@
 // split into tiles (ops/tiled_gemm.h: 512 rows; columns split only when there are too few row
 // tiles for the threads), each tile one single-threaded call of the GEMM kernel (ops/gemm_kernel.h)
 // with the bias, activation, GLU product and dropout in its epilogue, so results are bitwise
-// identical for any thread count.
+// identical for any thread count. Inference on packed weights runs both GEMMs per row tile of at
+// most 224 rows instead, its activations in a per-thread scratch (up to 224 x F1 floats of h and
+// 224 x F of a, kept for the thread's lifetime) rather than in memory: the same bits.
 #pragma once
 
 #include <cstdint>
@@ -60,9 +62,10 @@ struct FfnSaved {
   Tensor g2;  // [R, H] backward workspace
 };
 
-// xs [R, H] -> ys [R, H]; fills saved.h / saved.a. save = false (inference): saved.h is not
-// written when the FFN has no GLU (the activation runs in place in saved.a), and no backward may
-// follow.
+// xs [R, H] -> ys [R, H]; fills saved.h / saved.a. save = false (inference): no backward may
+// follow; saved.h is not written when the FFN has no GLU (the activation runs in place in
+// saved.a), and with both weights packed and rows enough for the threads neither is: each row
+// tile's activations stay in a per-thread scratch between the two GEMMs.
 void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, float* ys,
                  const FfnDropout& drop, FfnSaved& saved, bool save = true);
 

@@ -128,18 +128,24 @@ TEST(Kernels, FastActivationsMatchLibraryMath) {
   EXPECT_THROW(parse_activation("swish"), ConfigError);
 }
 
-// In place (through an L1 chunk of 256): the same bits as activation_forward, across chunk ends.
+// In place (the kernel on one array): the same bits as activation_forward, at every level.
 TEST(Kernels, ActivationInPlaceHasTheSameBits) {
   const int64_t n = 1000;
   Tensor h({n}), a({n});
   for (int64_t i = 0; i < n; ++i) h[i] = -6.f + 12.f * static_cast<float>((i * 37) % n) / n;
-  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
-                         Activation::kLinear, Activation::kTanh}) {
-    activation_forward(act, h.data(), a.data(), n);
-    Tensor x = h;
-    activation_in_place(act, x.data(), n);
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(x[i], a[i]) << activation_name(act) << " " << i;
+  const SimdTarget saved = simd_target();
+  for (SimdTarget level : test::supported_levels()) {
+    set_simd_target(level);
+    for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh,
+                           Activation::kLinear, Activation::kTanh}) {
+      activation_forward(act, h.data(), a.data(), n);
+      Tensor x = h;
+      activation_in_place(act, x.data(), n);
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(x[i], a[i]) << activation_name(act) << " " << simd_target_name(level) << " " << i;
+    }
   }
+  set_simd_target(saved);
 }
 
 TEST(Kernels, ActivationGradientsMatchFiniteDifferences) {

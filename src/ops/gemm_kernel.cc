@@ -76,6 +76,9 @@ constexpr int64_t kShortK = 64;
 // k. With AVX2's 3-row bands (below), k 24 was a tie and 32 slower than the tiles again.
 constexpr int64_t kOuterK512 = 32, kOuterK256 = 16;
 
+// Rows of a transposed A (X^T) that its packing prefetches ahead (pack_a).
+constexpr int64_t kTransposedAhead = 8;
+
 constexpr int kMr512 = 14, kNr512 = 32;
 constexpr int kMr256 = 6, kNr256 = 16;
 
@@ -382,8 +385,19 @@ template <int64_t mr>
       const float* src = a.data + (p0 * a.col_stride) + i0 + q * mr;
       float* panel = out + q * mr * kc;
       if (rows == mr) {
-        for (int64_t p = 0; p < kc; ++p)
+        // Each k is a row of X (2-8 KiB apart): too far apart for the hardware's stride
+        // prefetchers, so every row's line was a demand miss. Fetched kTransposedAhead rows
+        // ahead: 16 experts' 2048 x 512 weight gradients over 236 tokens +3% at AVX-512, over 100
+        // +0.4%, AVX2 no change; the MoE layer's forward+backward at 4096 tokens -1% (one thread,
+        // Xeon Emerald Rapids, in-process alternation).
+        for (int64_t p = 0; p < kc; ++p) {
+          if (p + kTransposedAhead < kc) {
+            const float* ahead = src + (p + kTransposedAhead) * a.col_stride;
+            _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(ahead + mr - 1), _MM_HINT_T0);
+          }
           std::memcpy(panel + p * mr, src + p * a.col_stride, mr * sizeof(float));
+        }
       } else {
         for (int64_t p = 0; p < kc; ++p)
           for (int64_t r = 0; r < rows; ++r) panel[p * mr + r] = src[p * a.col_stride + r];

@@ -15,7 +15,9 @@ ours with GradMode::kOverwrite (every gradient written, no zeroing pass needed, 
 tokens zeroed), PyTorch with each .grad set to None first (per-expert tensors: unused ones stay
 None).
 Run with Debian's /usr/bin/python3 (python3-torch). Scenarios: 4096 tokens (8 x 512), one
-sequence of 128 tokens, and a single token (tokens-choose, dropless)."""
+sequence of 128 tokens, and a single token (tokens-choose, dropless). On a noisy (shared, virtual)
+machine, --rounds N measures every scenario N times, ours and PyTorch in turn, and keeps each
+side's fastest median of each quantity: a burst of noise then costs neither side a cell."""
 import argparse
 import json
 import os
@@ -188,6 +190,9 @@ def main():
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--scenarios", default="4096,128,1")
     ap.add_argument("--routers", default="", help="comma list to keep (e.g. top2); default all")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure each scenario this many times, ours and PyTorch alternating, and "
+                         "keep each side's fastest median of each quantity (for noisy machines)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -212,27 +217,44 @@ def main():
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for sc in scenarios:
-            mine, env = ours(args, sc, threads)
             layer = Layer(args.hidden, args.d_ff, args.experts)
             # The input needs a gradient, as inside a network: the backward computes dx too.
             x = (torch.rand(sc["B"], sc["T"], args.hidden) * 2 - 1).requires_grad_()
             dy = torch.rand_like(x) * 2 - 1
             row = dict(scenario=sc["name"], router=sc["router"], k=sc["k"], threads=threads,
-                       ours_fwd_ms=mine["forward_ms"], ours_fb_ms=mine["forward_backward_ms"],
-                       ours_infer_ms=mine["inference_ms"])
-            for form in ("einsum", "sparse"):
-                fn = getattr(layer, form)
-                with torch.no_grad():
-                    f = timeit(lambda: fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]), args.min_time)
+                       rounds=args.rounds)
+            mine = {}
 
-                def fb():
-                    for p in layer.params():
-                        p.grad = None
-                    x.grad = None
-                    (fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]) * dy).sum().backward()
-                b = timeit(fb, args.min_time)
-                row[f"torch_{form}_fwd_ms"] = f * 1e3
-                row[f"torch_{form}_fb_ms"] = b * 1e3
+            def keep(key, value):  # the fastest over the rounds
+                row[key] = min(row.get(key, value), value)
+            for _ in range(max(1, args.rounds)):
+                got, env = ours(args, sc, threads)
+                for key in ("forward_ms", "forward_backward_ms", "inference_ms",
+                            "forward_backward_written_ms"):
+                    keep("ours_" + key, got[key])
+                # GFLOP/s of our fastest round; the library's best rate
+                if got["forward_ms"] <= row["ours_forward_ms"]:
+                    mine["forward_gflops"] = got["forward_gflops"]
+                if got["forward_backward_ms"] <= row["ours_forward_backward_ms"]:
+                    mine["forward_backward_gflops"] = got["forward_backward_gflops"]
+                mine["library_gemm_gflops"] = max(mine.get("library_gemm_gflops", 0),
+                                                  got["library_gemm_gflops"])
+                for form in ("einsum", "sparse"):
+                    fn = getattr(layer, form)
+                    with torch.no_grad():
+                        f = timeit(lambda: fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]), args.min_time)
+
+                    def fb():
+                        for p in layer.params():
+                            p.grad = None
+                        x.grad = None
+                        (fn(x, sc["router"], sc["k"], args.capacity_factor, sc["dropless"]) * dy).sum().backward()
+                    b = timeit(fb, args.min_time)
+                    keep(f"torch_{form}_fwd_ms", f * 1e3)
+                    keep(f"torch_{form}_fb_ms", b * 1e3)
+            row["ours_fwd_ms"] = row.pop("ours_forward_ms")
+            row["ours_fb_ms"] = row.pop("ours_forward_backward_ms")
+            row["ours_infer_ms"] = row.pop("ours_inference_ms")
             best_f = min(row["torch_einsum_fwd_ms"], row["torch_sparse_fwd_ms"])
             best_b = min(row["torch_einsum_fb_ms"], row["torch_sparse_fb_ms"])
             row["speedup_fwd"] = best_f / row["ours_fwd_ms"]
@@ -242,7 +264,7 @@ def main():
             row["ours_fb_gflops"] = mine["forward_backward_gflops"]
             # Gradients written (GradMode::kOverwrite): the step's gradient work with no zeroing
             # pass, experts without tokens zeroed; PyTorch's per-expert tensors leave those None.
-            row["ours_fb_written_ms"] = mine["forward_backward_written_ms"]
+            row["ours_fb_written_ms"] = row.pop("ours_forward_backward_written_ms")
             row["speedup_fb_written"] = best_b / row["ours_fb_written_ms"]
             row["library_gemm_gflops"] = mine["library_gemm_gflops"]
             rows.append(row)

@@ -445,8 +445,10 @@ template <int64_t mr>
 // In registers: rows r[0..15] of a 16 x 16 block become its columns (r[c] = column c), in 64
 // shuffles. (GCC 12 warns that the shuffle intrinsics' own undefined pass-through operand may be
 // used uninitialized; it is not, so that warning is off here.)
+#if defined(__GNUC__) && !defined(__clang__)  // clang has no such warning (nor the false alarm)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 [[gnu::always_inline]] __attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
@@ -472,7 +474,9 @@ template <int64_t mr>
   }
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 // The AVX-512 packing of a transposed B (W^T: B(p, j) = src[j * ld + p]) into [kc][32] panels,
 // columns [0, n16) and k [0, p16), both multiples of 16: 16 x 16 blocks, each read as 16 lines of

@@ -8,7 +8,6 @@
 #include "sparsemoe/ops/gemm_kernel.h"
 
 #include <immintrin.h>
-#include <x86intrin.h>
 
 #include <algorithm>
 #include <array>

@@ -332,7 +332,7 @@ void activation_in_place(Activation act, float* x, int64_t n) {
   // The same kernel with both operands one array (forward_body allows it). Through a copy in L1
   // to a distinct array instead, as before, the MoE layer's inference at 4096 tokens ran 2-3%
   // slower (in-process alternation, Xeon Emerald Rapids, one and two threads, AVX-512 and AVX2).
-  at_level(forward_baseline, forward_avx2, forward_avx512)(act, x, x, n);
+  activation_forward(act, x, x, n);
 }
 
 void activation_backward(Activation act, const float* h, const float* da, float* dh, int64_t n) {

@@ -1,6 +1,8 @@
 // Fused expert FFN forward/backward over expert-grouped rows (see expert_ffn.h).
 #include "sparsemoe/ops/expert_ffn.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "sparsemoe/core/parallel.h"
@@ -16,6 +18,15 @@ namespace {
 // the weights; tiles split evenly instead (236 rows as 118 + 118, each a 112-row block and a
 // 6-row one) ran the MoE layer's inference 5% slower than this split (224 + 12).
 constexpr int64_t kFusedRows = 224;
+
+// The core's L2 cache in bytes, as the C library reports it (1 MiB when it reports none).
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t{1} << 20;
+  }();
+  return bytes;
+}
 
 // Per-thread scratch for the fused inference FFN: grown on demand, never shrunk.
 struct FusedScratch {
@@ -93,8 +104,12 @@ void ffn_forward(const FfnParams& p, const int64_t* offsets, const float* xs, fl
   // independent; every element is one FMA chain over k either way). In-process alternation on a
   // Xeon (Emerald Rapids), AVX-512: the MoE layer's inference at 4096 tokens -3 to -4% at one
   // thread, a tie at two; Fast Sparse Mixer's inference (batch 4) -1 to -4% at one thread, -2%
-  // at two. With the fused order but a [R, F] array instead of the scratch, only -1%.
-  if (!save && p.w1_packed && p.w2_packed) {
+  // at two. With the fused order but a [R, F] array instead of the scratch, only -1%. The item's
+  // activations must fit the core's L2, though: on an AMD EPYC Zen 5 (1 MiB L2) at F 2048 (1.8
+  // MB of a per 224 rows) the fused path ran the same inference 0.6-1.8% slower than two passes
+  // at one thread and 2-3% slower at two (in-process alternation), so there it is not taken.
+  const int64_t item_bytes = kFusedRows * (F + (in_place ? 0 : F1)) * 4;
+  if (!save && p.w1_packed && p.w2_packed && item_bytes <= l2_bytes()) {
     std::vector<RowTile> items;
     for (const RowTile& t : tiles)
       for (int64_t r = t.begin; r < t.end; r += kFusedRows)

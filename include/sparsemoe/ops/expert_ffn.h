@@ -9,7 +9,8 @@
 // with the bias, activation, GLU product and dropout in its epilogue, so results are bitwise
 // identical for any thread count. Inference on packed weights runs both GEMMs per row tile of at
 // most 224 rows instead, its activations in a per-thread scratch (up to 224 x F1 floats of h and
-// 224 x F of a, kept for the thread's lifetime) rather than in memory: the same bits.
+// 224 x F of a, kept for the thread's lifetime) rather than in memory: the same bits. It does so
+// only when those activations fit the core's L2 cache; otherwise it runs the two passes.
 #pragma once
 
 #include <cstdint>

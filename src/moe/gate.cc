@@ -27,16 +27,20 @@ GateWeights::GateWeights(int64_t H, int64_t E, bool use_bias, double init_stddev
 }
 
 void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
-                  const GateNoise& noise, Tensor& gate_in, Tensor& logits) {
+                  const GateNoise& noise, Tensor& gate_in, Tensor& logits, bool save) {
   const int64_t E = w.kernel.dim(1);
-  gate_in.resize({N, H});
-  float* xin = gate_in.data();
+  // Inference reads x in place: the copy was 0.6% of the MoE layer's inference at 4096 tokens
+  // (8 MB, perf, AMD EPYC Zen 5, one thread).
+  const bool copy = save || noise.jittered;
+  if (copy) gate_in.resize({N, H});
+  const float* xin = copy ? gate_in.data() : x;
   if (noise.jittered) {
+    float* xj = gate_in.data();
     parallel_for_range(N * H, 1 << 15, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) xin[i] = x[i] * jitter(noise, i);
+      for (int64_t i = b; i < e; ++i) xj[i] = x[i] * jitter(noise, i);
     });
-  } else {
-    std::memcpy(xin, x, N * H * sizeof(float));
+  } else if (copy) {
+    std::memcpy(gate_in.data(), x, N * H * sizeof(float));
   }
   // The router's GEMMs run on the engine's kernel (ops/gemm_kernel.h), not the BLAS library: a
   // library picks its kernels by CPU (oneDNN's AVX2 and AVX-512 ones round differently), and one

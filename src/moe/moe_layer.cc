@@ -139,7 +139,8 @@ MoeMetrics MoeLayer::forward(const Tensor& x, Tensor& y, const ForwardOptions& o
   const uint64_t key = derive_key(config_.seed, kJitterTag, opt.step);
   act_.noise = {opt.training && config_.router.jitter_noise > 0, key,
                 static_cast<float>(config_.router.jitter_noise), opt.token_offset * H};
-  gate_forward(gate_, x.data(), B * L, H, act_.noise, act_.gate_in, act_.routing.logits);
+  gate_forward(gate_, x.data(), B * L, H, act_.noise, act_.gate_in, act_.routing.logits,
+               opt.save_for_backward);
   act_.routed = route_logits(*policy_, config_.router, act_.routing.logits.data(), G, T, C,
                              opt.paddings ? opt.paddings->data() : nullptr, opt.training,
                              derive_key(key, kTop2Stream), act_.routing, opt.token_offset / T,

@@ -22,9 +22,10 @@ struct GateNoise {
   int64_t offset = 0;  // flat [N, H] index of this call's first element in the global batch
 };
 
-// x [N, H] -> gate_in [N, H] (x~, saved for backward), logits [N, E].
+// x [N, H] -> gate_in [N, H] (x~, saved for backward), logits [N, E]. Without `save` (inference)
+// and without jitter, gate_in is left alone and the logits are computed from x itself.
 void gate_forward(const GateWeights& w, const float* x, int64_t N, int64_t H,
-                  const GateNoise& noise, Tensor& gate_in, Tensor& logits);
+                  const GateNoise& noise, Tensor& gate_in, Tensor& logits, bool save = true);
 // dlogits [N, E] -> kernel/bias gradients (+=); dx [N, H] += (dlogits . kernel^T) * noise.
 // workspace: [N, H] scratch.
 void gate_backward(GateWeights& w, const Tensor& gate_in, const float* dlogits,

@@ -37,6 +37,20 @@ expect_error "mode" --preset tiny --mode fast
 out=$(SPARSEMOE_SIMD=baseline "$bin" bench model --preset tiny --mode infer "${fast[@]}" --json) ||
   { echo "FAIL: SPARSEMOE_SIMD=baseline exit status"; fail=1; }
 [[ "$out" == *'"simd": "baseline (x86-64)"'* ]] || { echo "FAIL: simd not reported: $out"; fail=1; }
+# ... and the library (oneDNN) is held to the forced level too, unless ONEDNN_MAX_CPU_ISA says
+# otherwise; the report names the library's instruction set.
+out=$(env -u ONEDNN_MAX_CPU_ISA -u DNNL_MAX_CPU_ISA SPARSEMOE_SIMD=avx2 "$bin" bench model \
+      --preset tiny --mode infer "${fast[@]}" --json 2>&1)
+if [[ "$out" == *"this CPU supports at most"* ]]; then
+  echo "note: no AVX2 level on this CPU, the library's cap not checked"
+elif [[ "$out" == *'"blas": "onednn"'* ]]; then
+  [[ "$out" == *'"blas_isa": "avx2"'* ]] || { echo "FAIL: oneDNN not held to AVX2: $out"; fail=1; }
+  out=$(env -u ONEDNN_MAX_CPU_ISA -u DNNL_MAX_CPU_ISA SPARSEMOE_SIMD=baseline "$bin" bench model \
+        --preset tiny --mode infer "${fast[@]}" --json)
+  [[ "$out" == *'"blas_isa": "sse41"'* ]] || { echo "FAIL: oneDNN not held to SSE4.1: $out"; fail=1; }
+else
+  [[ "$out" == *'"blas_isa": "'* ]] || { echo "FAIL: blas_isa not reported: $out"; fail=1; }
+fi
 err=$(SPARSEMOE_SIMD=sse9 "$bin" bench model --preset tiny "${fast[@]}" 2>&1 >/dev/null); status=$?
 [[ $status -eq 2 && "$err" == *"SPARSEMOE_SIMD: expected baseline, avx2 or avx512, got 'sse9'"* ]] ||
   { echo "FAIL: SPARSEMOE_SIMD=sse9 gave status $status, stderr: $err"; fail=1; }

@@ -288,7 +288,8 @@ int run_bench_moe(const BenchArgs& a) {
               << " T=" << a.tokens_per_group << " batch=" << a.batch << " cf=" << a.capacity_factor
               << "\nenvironment: " << env.dump() << "\nmachine: FMA peak " << static_cast<int>(peak)
               << " GFLOP/s (" << env["simd"].get<std::string>() << ", " << num_threads()
-              << " threads), read bandwidth "
+              << " threads), library " << env["blas"].get<std::string>() << " at "
+              << env["blas_isa"].get<std::string>() << ", read bandwidth "
               << static_cast<int>(env["read_bandwidth_gbps"].get<double>()) << " GB/s\n";
   for (const auto& [router, k] : runs) {
     json r = bench_one(a, router, k);

@@ -285,7 +285,8 @@ int run_bench_model(const ModelBenchArgs& a) {
     std::cout << "sparsemoe bench model  batch=" << a.batch << " mode=" << a.mode
               << "\nenvironment: " << env.dump() << "\nmachine: FMA peak " << static_cast<int>(peak)
               << " GFLOP/s (" << env["simd"].get<std::string>() << ", " << num_threads()
-              << " threads)\n";
+              << " threads), library " << env["blas"].get<std::string>() << " at "
+              << env["blas_isa"].get<std::string>() << "\n";
   json results = json::array();
   for (const auto& name : names) {
     json r = bench_preset(a, name);

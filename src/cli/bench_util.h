@@ -30,6 +30,7 @@ inline nlohmann::json bench_environment() {
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   return {{"threads", num_threads()},
           {"blas", blas_backend()},
+          {"blas_isa", blas_isa()},
           {"simd", simd_target_name(simd_target())},
           {"OPENBLAS_CORETYPE", core ? core : "(unset)"},
           {"cpu", cpu_model()}};

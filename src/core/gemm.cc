@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "sparsemoe/core/parallel.h"
 
@@ -13,14 +16,36 @@
 #elif defined(SPARSEMOE_BLAS_OPENBLAS)
 #include <cblas.h>
 extern "C" void openblas_set_num_threads(int);
+extern "C" char* openblas_get_corename(void);
 #endif
 
 namespace sparsemoe {
 
 namespace {
 
+// SPARSEMOE_SIMD=avx2 (or baseline) stands in for a CPU without AVX-512 (or AVX2), so it holds
+// oneDNN to the same instruction set, once, before its first call, unless ONEDNN_MAX_CPU_ISA (or
+// DNNL_MAX_CPU_ISA) already says which: before, the engine's kernels ran AVX2 while the library
+// kept its AVX-512 code, and `bench moe` compared our AVX2 forward with an AVX-512 library GEMM.
+// OpenBLAS picks its kernels when it loads (OPENBLAS_CORETYPE); it cannot be held here.
+void hold_library_isa() {
+#if defined(SPARSEMOE_BLAS_ONEDNN)
+  static const bool once = [] {
+    const char* simd = std::getenv("SPARSEMOE_SIMD");
+    if (!simd || std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA")) return true;
+    if (std::strcmp(simd, "avx2") == 0)
+      dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2);
+    else if (std::strcmp(simd, "baseline") == 0)
+      dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41);
+    return true;
+  }();
+  (void)once;
+#endif
+}
+
 void blas_call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  hold_library_isa();
 #if defined(SPARSEMOE_BLAS_ONEDNN)
   dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 #else
@@ -111,5 +136,34 @@ void gemm_library_threaded(bool trans_a, bool trans_b, int64_t m, int64_t n, int
 }
 
 std::string blas_backend() { return SPARSEMOE_BLAS_NAME; }
+
+std::string blas_isa() {
+  hold_library_isa();
+#if defined(SPARSEMOE_BLAS_ONEDNN)
+  switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41:
+      return "sse41";
+    case dnnl_cpu_isa_avx:
+      return "avx";
+    case dnnl_cpu_isa_avx2:
+      return "avx2";
+    case dnnl_cpu_isa_avx2_vnni:
+      return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_core:
+      return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
+  }
+#else
+  const char* name = openblas_get_corename();
+  return name ? name : "unknown";
+#endif
+}
 
 }  // namespace sparsemoe

@@ -37,4 +37,10 @@ uint64_t gemm_flops();
 // "onednn" or "openblas".
 std::string blas_backend();
 
+// The instruction set the BLAS library runs: oneDNN's effective ISA ("avx2", "avx512_core", ...)
+// or OpenBLAS's kernel family ("haswell", "skylakex", ...). SPARSEMOE_SIMD=avx2 or baseline holds
+// oneDNN to that level too (unless ONEDNN_MAX_CPU_ISA is set); OpenBLAS follows
+// OPENBLAS_CORETYPE only.
+std::string blas_isa();
+
 }  // namespace sparsemoe

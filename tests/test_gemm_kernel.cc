@@ -34,11 +34,13 @@ struct Shape3 {
 // four-panel kernels for one and two rows, one row times a transposed B (its own path, with
 // 16- and 8-row blocks, leftover rows and k), 2-16 rows times a transposed B (read in place: 8 and
 // 16 lanes, full and partial blocks of W rows, k not a multiple of 16), more than one A block (m >
-// 512), and a long k that shortens the packed A block to bound its memory.
-const Shape3 kShapes[] = {{1, 1, 1},       {1, 2048, 512}, {1, 100, 13},   {2, 130, 40},
-                          {3, 100, 7},     {6, 16, 256},   {12, 32, 257},  {16, 96, 600},
-                          {17, 33, 513},   {40, 300, 70},  {130, 200, 64}, {600, 70, 300},
-                          {60, 20, 24000}, {5, 70, 100},   {8, 64, 45},    {1, 120, 29}};
+// 512), and a long k that shortens the packed A block to bound its memory. A row-major B whose
+// column group is whole panels is packed by the first row block's calls (micro_copy): with one
+// and several k chunks, and a last row block too short for it ({520, 64, 600}: 512 + 8 rows).
+const Shape3 kShapes[] = {
+    {1, 1, 1},       {1, 2048, 512}, {1, 100, 13},  {2, 130, 40},  {3, 100, 7},    {6, 16, 256},
+    {12, 32, 257},   {16, 96, 600},  {17, 33, 513}, {40, 300, 70}, {130, 200, 64}, {600, 70, 300},
+    {60, 20, 24000}, {5, 70, 100},   {8, 64, 45},   {1, 120, 29},  {520, 64, 600}, {47, 96, 1100}};
 
 void check_level(SimdTarget level) {
   SimdGuard guard;

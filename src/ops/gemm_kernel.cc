@@ -698,8 +698,9 @@ template <int64_t mr, int64_t nr, int64_t kc_many, const auto& micro, const auto
         // (micro_copy), not by a pass of its own: the pass (pack_b) read the chunk and wrote it
         // before any FMA, a third to half of it waiting on memory. The MoE layer's training
         // forward, one thread, AMD EPYC Zen 5 (AVX-512), in-process alternation: 4096 tokens
-        // -2.5% (two threads -2.6%), 1024 tokens -6%, forward+backward -0.5 to -3%; the AVX2 level
-        // -0.6% (4096 tokens). The same values reach the same FMAs: no bit changes.
+        // -2.0 to -2.5% (two threads -2.7%), 1024 tokens -6%, forward+backward -0.6 to -3.3%; the
+        // AVX2 level -0.6 to -1.8% (4096 tokens, one thread; a tie at two). The same values reach
+        // the same FMAs: no bit changes.
         const bool copy = !packed && !in_place && b.col_stride == 1 && gv % nr == 0 && mc >= mr;
         if (here < gv && !packed && !copy) pack_b(b, p0, kc, g0 + here, gv - here, nr, bp);
         // Packed B comes from memory a chunk at a time: fetch the next chunk in this order (the
